@@ -1,0 +1,34 @@
+# Each target bootstraps .venv (python3 -m venv + pip install -e '.[dev]') when it is missing or stale.
+VENV   ?= .venv
+PYTHON ?= python3
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+
+.PHONY: test parity golden bench install clean
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --disable-pip-version-check -e '.[dev]'
+	touch $@
+
+install: $(STAMP)
+
+# The CI suite: harness unit tests, parity of every component vs golden, pipeline tests.
+test: $(STAMP)
+	$(PY) -m pytest -m "not slow" --benchmark-disable
+
+# Everything in `test`, plus the live float64 oracle with teacher forcing, benchmarks and the HTML report.
+parity: $(STAMP)
+	mkdir -p reports
+	$(PY) -m pytest --report reports/parity.json --benchmark-json reports/bench.json
+
+# Regenerate golden files after an intentional change (atomic; refused when CI is set).
+golden: $(STAMP)
+	$(PY) -m pytest tests/parity -m "parity and not slow" --regen-golden --benchmark-disable
+
+bench: $(STAMP)
+	mkdir -p reports
+	$(PY) -m pytest tests/bench --benchmark-only --benchmark-json reports/bench.json
+
+clean:
+	rm -rf $(VENV) reports/*.json reports/*.html .pytest_cache

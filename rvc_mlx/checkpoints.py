@@ -1,0 +1,228 @@
+"""Safe loading of original checkpoints and conversion to MLX safetensors.
+
+Original `.pt`/`.pth` files are read with `torch.load(weights_only=True)` only (no arbitrary unpickling), so
+torch is needed to convert but never to run. Conversion is a per-tensor layout transform chosen by the MLX
+module class at the key's path (module paths equal checkpoint prefixes, nothing is renamed), plus dropping
+training-only keys. Loading is strict: missing or unexpected keys are an error that lists them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import tempfile
+from pathlib import Path
+from typing import Iterable
+
+import numpy as np
+
+FORMAT = "rvc-mlx/1"
+TRAINING_ONLY_SUFFIXES = ("num_batches_tracked",)
+
+
+class CheckpointError(ValueError):
+    """A checkpoint is unreadable, of the wrong kind, or does not match the model."""
+
+
+def cache_dir() -> Path:
+    """Where converted weights and synthetic checkpoints live: $RVC_MLX_CACHE or ~/.cache/rvc-mlx."""
+    root = os.environ.get("RVC_MLX_CACHE") or Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "rvc-mlx"
+    path = Path(root)
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def file_sha256(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def state_sha256(state: dict[str, np.ndarray]) -> str:
+    """Hash of a state dict's content (names, dtypes, shapes, bytes) independent of the file container."""
+    h = hashlib.sha256()
+    for key in sorted(state):
+        a = np.ascontiguousarray(state[key])
+        h.update(f"{key}|{a.dtype.str}|{a.shape}|".encode())
+        h.update(a.tobytes())
+    return h.hexdigest()
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def _torch():
+    try:
+        import torch
+    except ImportError:  # pragma: no cover - depends on the environment
+        raise CheckpointError(
+            "reading original .pt/.pth checkpoints needs PyTorch (torch.load with weights_only=True): "
+            "`pip install torch`, or pass an already converted .safetensors file"
+        ) from None
+    return torch
+
+
+def load_torch_checkpoint(path: str | Path) -> object:
+    """`torch.load(weights_only=True)`: tensors and plain containers only; anything else is refused."""
+    torch = _torch()
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such checkpoint file")
+    try:
+        return torch.load(str(path), map_location="cpu", weights_only=True)
+    except Exception as e:  # UnpicklingError for code objects, RuntimeError for a damaged zip
+        text = re.sub(r"\x1b\[[0-9;]*m", "", str(e))
+        glob = re.search(r"Unsupported global: GLOBAL (\S+)", text)
+        if glob:
+            why = f"it references {glob.group(1)}, which is code, not weights; refusing to unpickle it"
+        else:
+            why = text.strip().splitlines()[0] if text.strip() else type(e).__name__
+        raise CheckpointError(f"{path}: not a loadable weights-only checkpoint ({why})") from None
+
+
+def tensors_to_numpy(state: dict, path: str | Path, what: str) -> dict[str, np.ndarray]:
+    torch = _torch()
+    if not isinstance(state, dict) or not state or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise CheckpointError(f"{path}: expected a plain state dict of tensors for {what}")
+    return {k: v.detach().cpu().numpy() for k, v in state.items()}
+
+
+# --------------------------------------------------------------------------------------------- layouts
+def _transform_for(module: object, param: str):
+    """torch -> MLX layout of one parameter, chosen by the MLX module class that owns it."""
+    import mlx.nn as nn
+
+    if param != "weight":
+        return None
+    if isinstance(module, nn.Conv2d):
+        return (0, 2, 3, 1)  # (O, I, KH, KW) -> (O, KH, KW, I)
+    if isinstance(module, nn.ConvTranspose2d):
+        return (1, 2, 3, 0)  # (I, O, KH, KW) -> (O, KH, KW, I)
+    if isinstance(module, nn.Conv1d):
+        return (0, 2, 1)  # (O, I, K) -> (O, K, I)
+    if isinstance(module, nn.ConvTranspose1d):
+        return (1, 2, 0)  # (I, O, K) -> (O, K, I)
+    return None
+
+
+def _key_list(keys: Iterable[str], limit: int = 12) -> str:
+    keys = sorted(keys)
+    shown = ", ".join(keys[:limit])
+    return shown + (f", ... (+{len(keys) - limit} more)" if len(keys) > limit else "")
+
+
+def expected_shapes(model) -> dict[str, tuple[int, ...]]:
+    from mlx.utils import tree_flatten
+
+    return {k: tuple(v.shape) for k, v in tree_flatten(model.parameters())}
+
+
+def check_keys(expected: Iterable[str], given: Iterable[str], model, source: str) -> None:
+    """Strict key match; the error lists every missing and unexpected key (abridged past 12)."""
+    missing, unexpected = set(expected) - set(given), set(given) - set(expected)
+    if missing or unexpected:
+        parts = []
+        if missing:
+            parts.append(f"missing keys: {_key_list(missing)}")
+        if unexpected:
+            parts.append(f"unexpected keys: {_key_list(unexpected)}")
+        raise CheckpointError(f"{source}: does not match {type(model).__name__}: " + "; ".join(parts))
+
+
+def convert_state(state: dict[str, np.ndarray], model, source: str) -> dict[str, np.ndarray]:
+    """Strictly map a torch state dict onto `model`'s parameters with layout transforms; float32 out."""
+    expected = expected_shapes(model)
+    given = {k: v for k, v in state.items() if not k.endswith(TRAINING_ONLY_SUFFIXES)}
+    check_keys(expected, given, model, source)
+    modules = dict(model.named_modules())
+    out = {}
+    for key, value in given.items():
+        path, _, param = key.rpartition(".")
+        perm = _transform_for(modules.get(path), param)
+        arr = np.asarray(value, dtype=np.float32)
+        if perm is not None:
+            if arr.ndim != len(perm):
+                raise CheckpointError(f"{source}: {key} has shape {arr.shape}, expected rank {len(perm)}")
+            arr = np.transpose(arr, perm)
+        if tuple(arr.shape) != expected[key]:
+            raise CheckpointError(
+                f"{source}: {key} has shape {tuple(arr.shape)} after conversion, model expects {expected[key]}"
+            )
+        out[key] = np.ascontiguousarray(arr)
+    return out
+
+
+def save_mlx_weights(path: Path, arrays: dict[str, np.ndarray], metadata: dict[str, str]) -> None:
+    """Write MLX safetensors atomically (temp file + rename)."""
+    from safetensors.numpy import save
+
+    meta = {"format": FORMAT, **metadata}
+    atomic_write_bytes(path, save(arrays, metadata=meta))
+
+
+def read_mlx_weights(path: Path, component: str) -> dict[str, np.ndarray]:
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="numpy") as f:
+            meta = f.metadata() or {}
+            arrays = {k: f.get_tensor(k) for k in f.keys()}
+    except Exception as e:
+        raise CheckpointError(f"{path}: not a readable safetensors file ({e})") from None
+    if meta.get("format") != FORMAT or meta.get("component") != component:
+        raise CheckpointError(
+            f"{path}: holds {meta.get('component') or 'unknown'} weights (format {meta.get('format')}), "
+            f"not {component}; convert the original checkpoint with `rvc-mlx convert-weights {component} FILE`"
+        )
+    return arrays
+
+
+def converted_path(source: Path, component: str) -> Path:
+    return cache_dir() / "converted" / f"{component}-{file_sha256(source)[:20]}.safetensors"
+
+
+def convert_checkpoint(source: str | Path, component: str, model, out: Path | None = None) -> Path:
+    """Convert an original checkpoint for `component` into MLX safetensors (cached by content hash)."""
+    source = Path(source)
+    out = out or converted_path(source, component)
+    if out.is_file():
+        return out
+    raw = load_torch_checkpoint(source)
+    state = tensors_to_numpy(raw, source, component)
+    arrays = convert_state(state, model, str(source))
+    meta = {"component": component, "source": source.name, "source_sha256": file_sha256(source)}
+    save_mlx_weights(out, arrays, meta)
+    return out
+
+
+def load_mlx_weights(model, path: str | Path, component: str) -> None:
+    """Load weights into `model` from an original checkpoint (converted once) or converted safetensors."""
+    import mlx.core as mx
+
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such checkpoint file")
+    if path.suffix != ".safetensors":
+        path = convert_checkpoint(path, component, model)
+    arrays = read_mlx_weights(path, component)
+    expected = expected_shapes(model)
+    check_keys(expected, arrays, model, str(path))
+    for k, v in arrays.items():
+        if tuple(v.shape) != expected[k]:
+            raise CheckpointError(f"{path}: {k} has shape {tuple(v.shape)}, model expects {expected[k]}")
+    model.load_weights([(k, mx.array(v)) for k, v in arrays.items()], strict=True)

@@ -1,0 +1,50 @@
+"""Shared MLX building blocks whose parameters and maths match their PyTorch counterparts."""
+
+from __future__ import annotations
+
+import mlx.core as mx
+import mlx.nn as nn
+
+
+class GRU(nn.Module):
+    """torch.nn.GRU (1 layer, batch_first, optional bidirectional); (B, T, F) -> ((B, T, D*H), (D, B, H)).
+
+    Parameter names and gate order (r, z, n) are torch's, so checkpoints load without renaming:
+    n = tanh(W_in x + b_in + r * (W_hn h + b_hn)), h' = n + z * (h - n)  (torch's CPU cell form).
+    """
+
+    def __init__(self, input_size: int, hidden_size: int, bidirectional: bool = False):
+        super().__init__()
+        self.hidden_size = hidden_size
+        self.bidirectional = bidirectional
+        scale = hidden_size ** -0.5
+        for suffix in ("_l0", "_l0_reverse") if bidirectional else ("_l0",):
+            setattr(self, "weight_ih" + suffix, mx.random.uniform(-scale, scale, (3 * hidden_size, input_size)))
+            setattr(self, "weight_hh" + suffix, mx.random.uniform(-scale, scale, (3 * hidden_size, hidden_size)))
+            setattr(self, "bias_ih" + suffix, mx.random.uniform(-scale, scale, (3 * hidden_size,)))
+            setattr(self, "bias_hh" + suffix, mx.random.uniform(-scale, scale, (3 * hidden_size,)))
+
+    def _direction(self, x: mx.array, suffix: str, reverse: bool) -> tuple[mx.array, mx.array]:
+        H = self.hidden_size
+        w_hh = getattr(self, "weight_hh" + suffix).T
+        b_hh = getattr(self, "bias_hh" + suffix)
+        gi = x @ getattr(self, "weight_ih" + suffix).T + getattr(self, "bias_ih" + suffix)  # (B, T, 3H)
+        h = mx.zeros((x.shape[0], H), dtype=x.dtype)
+        steps = range(x.shape[1] - 1, -1, -1) if reverse else range(x.shape[1])
+        outs: list[mx.array] = [None] * x.shape[1]  # type: ignore[list-item]
+        for t in steps:
+            gh = h @ w_hh + b_hh
+            i_t = gi[:, t]
+            rz = mx.sigmoid(i_t[:, : 2 * H] + gh[:, : 2 * H])
+            r, z = rz[:, :H], rz[:, H:]
+            n = mx.tanh(i_t[:, 2 * H:] + r * gh[:, 2 * H:])
+            h = n + z * (h - n)
+            outs[t] = h
+        return mx.stack(outs, axis=1), h
+
+    def __call__(self, x: mx.array) -> tuple[mx.array, mx.array]:
+        out, h = self._direction(x, "_l0", reverse=False)
+        if not self.bidirectional:
+            return out, h[None]
+        out_r, h_r = self._direction(x, "_l0_reverse", reverse=True)
+        return mx.concatenate([out, out_r], axis=-1), mx.stack([h, h_r])

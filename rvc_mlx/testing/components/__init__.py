@@ -1,0 +1,182 @@
+"""Component specs: how the harness builds, feeds and taps each MLX model and its PyTorch twin.
+
+What each component's golden cases are (input, crop, which taps are stored) is data in golden/cases.toml;
+the code here only knows how to construct and call the two implementations.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from rvc_mlx.testing.taps import LayoutMap
+
+REPO = Path(__file__).resolve().parents[3]
+GOLDEN = REPO / "golden"
+
+
+class SpecError(ValueError):
+    """golden/cases.toml is malformed or names something that does not exist."""
+
+
+@dataclass(frozen=True)
+class CaseSpec:
+    component: str
+    name: str
+    input: str
+    start: int = 0
+    samples: int | None = None
+    store: str = "all"  # "all" | "blocks": which selection of taps the golden keeps
+    truth: str | None = None  # CSV under golden/inputs with the input's true F0 (time_s, f0_hz)
+
+
+@dataclass
+class Weights:
+    """A checkpoint on disk and what the manifest records about it."""
+
+    path: Path
+    info: dict[str, Any]
+
+
+@dataclass
+class ComponentSpec:
+    """The data part of a component (from golden/cases.toml)."""
+
+    name: str
+    cases: list[CaseSpec]
+    exclude_types: tuple[str, ...] = ()
+    blocks: tuple[str, ...] = ()
+    kinds: dict[str, str] = field(default_factory=dict)
+    weights: dict[str, Any] = field(default_factory=dict)
+
+    def case(self, name: str) -> CaseSpec:
+        for c in self.cases:
+            if c.name == name:
+                return c
+        raise SpecError(f"golden/cases.toml: component {self.name} has no case {name!r}")
+
+    def kind(self, tap: str) -> str:
+        for pattern, kind in self.kinds.items():
+            if fnmatch.fnmatchcase(tap, pattern):
+                return kind
+        return "tensor"
+
+
+def load_specs(path: Path = GOLDEN / "cases.toml") -> dict[str, ComponentSpec]:
+    try:
+        data = tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        raise SpecError(f"{path}: missing; restore it with `git checkout {path.name}`") from None
+    except tomllib.TOMLDecodeError as e:
+        raise SpecError(f"{path}: not valid TOML ({e})") from None
+    specs = {}
+    for name, d in data.items():
+        cases = [CaseSpec(component=name, **c) for c in d.get("case", [])]
+        if not cases:
+            raise SpecError(f"{path}: component {name} lists no [[{name}.case]]")
+        specs[name] = ComponentSpec(name, cases, tuple(d.get("exclude_types", ())), tuple(d.get("blocks", ())),
+                                    dict(d.get("kinds", {})), dict(d.get("weights", {})))
+    return specs
+
+
+class Component:
+    """Behaviour shared by components; subclasses build the models and run them on one case's input."""
+
+    name: str = ""
+    root: str = "model"  # tap name of the top module
+    layouts: LayoutMap
+
+    def __init__(self, spec: ComponentSpec):
+        self.spec = spec
+        self._twins: dict[Any, Any] = {}
+        self._mlx: dict[Any, Any] = {}
+
+    # --- inputs -------------------------------------------------------------------------------------
+    def load_input(self, case: CaseSpec) -> tuple[np.ndarray, dict[str, Any]]:
+        from rvc_mlx.checkpoints import file_sha256
+        from rvc_mlx.testing.signals import read_wav
+
+        path = GOLDEN / "inputs" / case.input
+        if not path.is_file():
+            raise SpecError(f"golden/inputs/{case.input} is missing (case {self.name}/{case.name}); "
+                            "restore it with `git checkout golden/inputs`")
+        audio = read_wav(path)
+        end = None if case.samples is None else case.start + case.samples
+        clip = audio[case.start:end]
+        if case.samples is not None and clip.shape[0] != case.samples:
+            raise SpecError(f"case {self.name}/{case.name}: golden/inputs/{case.input} has {audio.shape[0]} "
+                            f"samples, fewer than start {case.start} + {case.samples}")
+        info = {"file": f"inputs/{case.input}", "sha256": file_sha256(path), "start": case.start,
+                "samples": int(clip.shape[0])}
+        return clip, info
+
+    def truth_f0(self, case: CaseSpec, n_frames: int, hop: int = 160, sr: int = 16000) -> np.ndarray | None:
+        """True F0 at the case's frame centres (frame i at sample start + i*hop), or None without truth."""
+        if case.truth is None:
+            return None
+        from rvc_mlx.testing.signals import read_truth
+
+        table = read_truth(GOLDEN / "inputs" / case.truth)
+        t = (case.start + np.arange(n_frames) * hop) / sr
+        idx = np.clip(np.searchsorted(table[:, 0], t - 1e-9), 0, len(table) - 1)
+        if np.max(np.abs(table[idx, 0] - t)) > 1e-6:
+            raise SpecError(f"case {self.name}/{case.name}: frames do not fall on the {case.truth} time grid")
+        return table[idx, 1]
+
+    # --- tap selection ------------------------------------------------------------------------------
+    def stored(self, case: CaseSpec, name: str, module_type: str) -> bool:
+        """Whether the golden of `case` keeps this tap."""
+        if module_type in self.spec.exclude_types:
+            return False
+        if case.store == "all":
+            return True
+        if case.store == "blocks":
+            return any(fnmatch.fnmatchcase(name, p) for p in self.spec.blocks)
+        raise SpecError(f"case {self.name}/{case.name}: unknown store {case.store!r} (all | blocks)")
+
+    # --- models (subclass) --------------------------------------------------------------------------
+    def weights(self, weights_dir: Path | None) -> Weights:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def twin(self, weights: Weights, dtype) -> Any:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def twin_module(self, twin: Any) -> Any:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def run_twin(self, twin: Any, audio: np.ndarray) -> Any:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def mlx(self, weights: Weights) -> Any:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def mlx_module(self, model: Any) -> Any:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def run_mlx(self, model: Any, audio: np.ndarray) -> Any:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def pitch_ignore(self, ref, policy) -> dict[str, np.ndarray]:
+        """Frames whose decision is within tolerance of a threshold in the oracle (not judged)."""
+        return {}
+
+
+def registry() -> dict[str, Component]:
+    from rvc_mlx.testing.components.rmvpe import RMVPEComponent
+
+    specs = load_specs()
+    classes = {"rmvpe": RMVPEComponent}
+    missing = set(specs) - set(classes)
+    if missing:
+        raise SpecError(f"golden/cases.toml names components without a spec class: {sorted(missing)}")
+    return {name: classes[name](specs[name]) for name in specs}
+
+
+def case_names(component: str) -> list[str]:
+    """Case names for pytest parametrisation (read at collection time)."""
+    return [c.name for c in load_specs()[component].cases]

@@ -1,0 +1,88 @@
+"""RMVPE in the harness: synthetic or user `rmvpe.pt`, twin and MLX port run through `.f0(audio)`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from rvc_mlx.testing.components import Component, SpecError, Weights
+from rvc_mlx.testing.taps import LayoutMap, LayoutRule
+
+
+class RMVPEComponent(Component):
+    name = "rmvpe"
+    root = "model"
+    layouts = LayoutMap((
+        LayoutRule("model", output="same", inputs="NLC"),  # E2E: mel (B,T,128) in MLX, (B,128,T) in torch
+        LayoutRule("fc", output="same"),
+        LayoutRule("fc.*", output="same"),
+        LayoutRule("unet*", output="NHWC"),
+        LayoutRule("cnn", output="NHWC"),
+    ))
+
+    def weights(self, weights_dir: Path | None) -> Weights:
+        from rvc_mlx.checkpoints import load_torch_checkpoint, state_sha256, tensors_to_numpy
+        from rvc_mlx.testing import synthetic
+
+        w = self.spec.weights
+        if weights_dir is not None:
+            path = Path(weights_dir) / w.get("file", "rmvpe.pt")
+            if not path.is_file():
+                raise SpecError(f"--weights-dir {weights_dir} has no {path.name}; put the original RMVPE "
+                                "checkpoint there or drop --weights-dir to use synthetic weights")
+            info = {"format": "rmvpe.pt (plain state dict)", "file": str(path)}
+        else:
+            seed = int(w.get("seed", 0))
+            path = synthetic.cached_checkpoint(w.get("generator", "rmvpe"), seed)
+            info = {"format": "rmvpe.pt (plain state dict)", "generator": f"rvc_mlx.testing.synthetic:{self.name}",
+                    "generator_version": synthetic.GENERATOR_VERSION, "seed": seed}
+        if "sha256" not in info:
+            state = tensors_to_numpy(load_torch_checkpoint(path), path, self.name)
+            info["sha256"] = state_sha256(state)
+        return Weights(path, info)
+
+    def twin(self, weights: Weights, dtype) -> Any:
+        key = (str(weights.path), str(dtype))
+        if key not in self._twins:
+            from reference_torch.rmvpe import RMVPE
+
+            self._twins[key] = RMVPE.from_checkpoint(weights.path, dtype=dtype)
+        return self._twins[key]
+
+    def twin_module(self, twin: Any) -> Any:
+        return twin.model
+
+    def run_twin(self, twin: Any, audio: np.ndarray) -> Any:
+        return twin.f0(audio)
+
+    def mlx(self, weights: Weights) -> Any:
+        key = str(weights.path)
+        if key not in self._mlx:
+            from rvc_mlx.rmvpe import RMVPE
+
+            self._mlx[key] = RMVPE.from_checkpoint(weights.path)
+        return self._mlx[key]
+
+    def mlx_module(self, model: Any) -> Any:
+        return model.model
+
+    def run_mlx(self, model: Any, audio: np.ndarray) -> Any:
+        return model.f0(audio)
+
+    def pitch_ignore(self, ref, policy) -> dict[str, np.ndarray]:
+        """Frames where the oracle's voicing (max salience vs 0.03) or argmax (top-2 gap) is closer to flipping
+        than the salience tolerance: a float32 implementation may legitimately decide them either way."""
+        if "rmvpe.f0" not in ref.taps or "rmvpe.salience" not in ref.taps:
+            return {}
+        from rvc_mlx.config import RMVPE as CFG
+
+        sal = ref.value("rmvpe.salience").astype(np.float64)
+        info = ref.taps["rmvpe.salience"]
+        rule = policy.rule(self.name, "rmvpe.salience")
+        margin = rule.limit(float(info.torch32.get("max_abs", 0.0))) + rule.floor * float(np.max(np.abs(sal)))
+        top2 = np.sort(sal, axis=1)[:, -2:]
+        near_threshold = np.abs(top2[:, 1] - CFG.threshold) <= margin
+        near_tie = ((top2[:, 1] - top2[:, 0]) <= margin) & (top2[:, 1] > CFG.threshold)
+        return {"rmvpe.f0": near_threshold | near_tie}

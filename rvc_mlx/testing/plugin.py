@@ -1,0 +1,113 @@
+"""pytest plugin of the parity harness (loaded by the repository's conftest.py).
+
+Options: --regen-golden (refused when CI is set), --weights-dir DIR (real checkpoints, judged against a live
+float64 twin run instead of golden), --report PATH (JSON; the HTML is written beside it), --golden-dir DIR.
+Fixture `parity`: `parity.check(component, case, live=False, teacher=False)` returns a CaseResult; harness
+errors (corrupt golden, wrong checkpoint, bad spec) fail the test with their one-line message.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from rvc_mlx.checkpoints import CheckpointError
+from rvc_mlx.testing.components import GOLDEN, SpecError
+from rvc_mlx.testing.golden import GoldenError
+from rvc_mlx.testing.taps import TapError
+from rvc_mlx.testing.tolerances import ToleranceError
+
+HARNESS_ERRORS = (GoldenError, CheckpointError, SpecError, ToleranceError, TapError)
+
+
+def pytest_addoption(parser):
+    g = parser.getgroup("rvc-mlx parity")
+    g.addoption("--regen-golden", action="store_true", help="regenerate golden files from the float64 twin "
+                "(atomic; refused when CI is set)")
+    g.addoption("--weights-dir", type=Path, default=None, help="run parity on real checkpoints in DIR "
+                "(rmvpe.pt, ...) against a live float64 twin run instead of golden")
+    g.addoption("--report", type=Path, default=None, help="write the parity report JSON here (+ .html beside)")
+    g.addoption("--golden-dir", type=Path, default=GOLDEN, help="golden store to use (default: golden/)")
+
+
+def pytest_configure(config):
+    if config.getoption("--regen-golden") and os.environ.get("CI"):
+        raise pytest.UsageError("refusing to regenerate golden files in CI (CI is set): goldens are reviewed "
+                                "artefacts; run `make golden` locally and commit the result")
+    if config.getoption("--regen-golden") and config.getoption("--weights-dir"):
+        raise pytest.UsageError("--regen-golden and --weights-dir do not mix: goldens are made from the "
+                                "synthetic checkpoints so that anyone can reproduce them")
+    wd = config.getoption("--weights-dir")
+    if wd is not None and not Path(wd).is_dir():
+        raise pytest.UsageError(f"--weights-dir {wd}: no such directory")
+
+
+class ParityFixture:
+    """Thin pytest-facing wrapper over `Parity`: harness errors become one-line test failures."""
+
+    def __init__(self, harness):
+        self.harness = harness
+
+    def __getattr__(self, name):
+        return getattr(self.harness, name)
+
+    def check(self, component: str, case: str, live: bool = False, teacher: bool = False):
+        try:
+            return self.harness.check(component, case, live=live, teacher=teacher)
+        except HARNESS_ERRORS as e:
+            pytest.fail(str(e), pytrace=False)
+
+
+def _harness(config):
+    h = getattr(config, "_rvc_parity", None)
+    if h is None:
+        from rvc_mlx.testing.harness import Parity
+
+        try:
+            h = Parity(config.getoption("--golden-dir"), regen=config.getoption("--regen-golden"),
+                       weights_dir=config.getoption("--weights-dir"))
+        except HARNESS_ERRORS as e:
+            pytest.fail(str(e), pytrace=False)
+        config._rvc_parity = h
+    return h
+
+
+@pytest.fixture(scope="session")
+def parity(request) -> ParityFixture:
+    return ParityFixture(_harness(request.config))
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_sessionfinish(session, exitstatus):
+    config = session.config
+    h = getattr(config, "_rvc_parity", None)
+    tr = config.pluginmanager.get_plugin("terminalreporter")
+    say = (lambda s: tr.write_line(s)) if tr else print
+    if h is not None and h.txn is not None:
+        if h.regen_errors or not h.txn.staged:
+            h.txn.abort()
+            why = "; ".join(h.regen_errors) or "no parity case ran"
+            say(f"golden NOT regenerated ({why}); golden/ is unchanged")
+            if h.regen_errors:
+                session.exitstatus = pytest.ExitCode.TESTS_FAILED
+        else:
+            n = len(h.txn.staged)
+            say(h.txn.commit())
+            say(f"golden regenerated: {n} case(s) written atomically")
+    report = config.getoption("--report")
+    if report is not None and h is not None and h.results:
+        from rvc_mlx.testing import report as rep
+
+        bench = None
+        bj = getattr(config.option, "benchmark_json", None)
+        if bj is not None:
+            try:
+                bj.flush()
+                bench = json.loads(Path(bj.name).read_text())
+            except (OSError, ValueError):
+                bench = None
+        html_path = rep.write(report, h.results, h.policy, bench)
+        say(f"parity report: {report} and {html_path}")

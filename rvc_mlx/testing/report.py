@@ -1,0 +1,250 @@
+"""Parity report: `parity.json` (every tap of every case, machine-readable) and a self-contained
+`parity.html` (summary per component, per-tap tables, error-vs-depth plots embedded as PNG, benchmarks)."""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+from rvc_mlx.testing.compare import CaseResult, TapResult
+from rvc_mlx.testing.golden import versions
+from rvc_mlx.testing.tolerances import Policy
+
+
+def _num(x: Any) -> Any:
+    """JSON-safe numbers: non-finite floats become strings."""
+    if isinstance(x, float) and not math.isfinite(x):
+        return "nan" if math.isnan(x) else ("inf" if x > 0 else "-inf")
+    if isinstance(x, dict):
+        return {k: _num(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_num(v) for v in x]
+    return x
+
+
+def tap_json(t: TapResult) -> dict[str, Any]:
+    d: dict[str, Any] = {
+        "name": t.name, "module_type": t.module_type, "kind": t.kind, "order": t.order, "shape": list(t.shape),
+        "status": t.status, "passed": t.passed, "metrics": t.mlx, "torch_fp32": t.torch,
+        "tolerance": {c.metric: c.limit for c in t.checks},
+    }
+    if t.rule is not None:
+        d["rule"] = {"K": t.rule.K, "floor": t.rule.floor, "reason": t.rule.reason}
+    if t.detail:
+        d["detail"] = t.detail
+    if t.pitch is not None:
+        d["pitch"] = t.pitch
+    if t.local is not None:
+        d["teacher_forced"] = t.local
+    return d
+
+
+def case_json(r: CaseResult) -> dict[str, Any]:
+    b = r.blame
+    return {
+        "component": r.component, "case": r.case, "source": r.source, "passed": r.passed,
+        "taps_total": len(r.taps), "taps_failed": len(r.failing), "blame": r.blame_line() if b else None,
+        "blame_tap": b.name if b else None, "input": r.input, "weights": r.weights, "extra": r.extra,
+        "taps": [tap_json(t) for t in r.taps],
+    }
+
+
+def bench_table(bench: dict[str, Any] | None) -> list[dict[str, Any]]:
+    """Pair MLX and torch benchmarks of the same group into ratio rows."""
+    if not bench:
+        return []
+    groups: dict[str, dict[str, float]] = {}
+    for b in bench.get("benchmarks", []):
+        impl = (b.get("extra_info") or {}).get("impl") or ("mlx" if "mlx" in b["name"] else "torch")
+        groups.setdefault(b.get("group") or b["name"], {})[impl] = b["stats"]["median"]
+    rows = []
+    for group, d in sorted(groups.items()):
+        row = {"group": group, "mlx_s": d.get("mlx"), "torch_s": d.get("torch")}
+        if d.get("mlx") and d.get("torch"):
+            row["mlx_over_torch"] = d["mlx"] / d["torch"]
+        rows.append(row)
+    return rows
+
+
+def build(results: list[CaseResult], policy: Policy, bench: dict[str, Any] | None = None) -> dict[str, Any]:
+    comps: dict[str, list[dict[str, Any]]] = {}
+    for r in results:
+        comps.setdefault(r.component, []).append(case_json(r))
+    return _num({
+        "tool": "rvc-mlx parity harness",
+        "versions": versions(),
+        "policy": {"K": policy.K, "floor": policy.floor, "metrics": list(policy.metrics),
+                   "pitch": {"cents_p99": policy.pitch.cents_p99,
+                             "voicing_agreement": policy.pitch.voicing_agreement},
+                   "overrides": [o.__dict__ for o in policy.overrides]},
+        "summary": {"cases": len(results), "passed": sum(r.passed for r in results),
+                    "failed": sum(not r.passed for r in results)},
+        "components": {k: {"cases": v} for k, v in comps.items()},
+        "benchmarks": bench_table(bench),
+    })
+
+
+# ----------------------------------------------------------------------------------------------- HTML
+def _depth_plot(r: CaseResult) -> str:
+    """PNG (base64) of max_rel error vs tap order: MLX, torch fp32, and the tolerance."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    taps = [t for t in r.taps if t.checks]
+    fig, ax = plt.subplots(figsize=(10, 3.2), dpi=90)
+    if taps:
+        xs = [t.order for t in taps]
+        get = lambda t, attr: next((getattr(c, attr) for c in t.checks if c.metric == "max_rel"), float("nan"))  # noqa: E731
+        floor = 1e-12
+        ax.semilogy(xs, [max(get(t, "torch"), floor) for t in taps], ".", ms=3, label="torch fp32 vs fp64")
+        ax.semilogy(xs, [max(get(t, "value"), floor) for t in taps], ".", ms=3, label="MLX fp32 vs fp64")
+        ax.semilogy(xs, [get(t, "limit") for t in taps], "-", lw=0.8, color="gray", label="tolerance")
+        bad = [t for t in taps if not t.passed]
+        if bad:
+            ax.semilogy([t.order for t in bad], [max(get(t, "value"), floor) for t in bad], "rx", label="failing")
+    ax.set_xlabel("tap (execution order)")
+    ax.set_ylabel("max |err| / max |ref|")
+    ax.set_title(f"{r.key}: error vs depth")
+    ax.legend(fontsize=7, loc="upper left")
+    ax.grid(alpha=0.3)
+    buf = io.BytesIO()
+    fig.tight_layout()
+    fig.savefig(buf, format="png")
+    plt.close(fig)
+    return base64.b64encode(buf.getvalue()).decode()
+
+
+def _f0_plot(name: str, d: dict[str, Any]) -> str:
+    """PNG (base64) of F0 over frames: truth, reference and MLX."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    fig, ax = plt.subplots(figsize=(10, 2.8), dpi=90)
+    for key, style, label in (("f0_truth", "-", "truth"), ("f0_reference", "o", "reference (float64 twin)"),
+                              ("f0_mlx", ".", "MLX")):
+        y = np.asarray(d[key], dtype=float)
+        ax.plot(np.where(y > 0, y, np.nan), style, ms=3, label=label)
+    ax.set_xlabel("frame (10 ms)")
+    ax.set_ylabel("F0 (Hz)")
+    ax.set_title(name)
+    ax.legend(fontsize=7)
+    ax.grid(alpha=0.3)
+    buf = io.BytesIO()
+    fig.tight_layout()
+    fig.savefig(buf, format="png")
+    plt.close(fig)
+    return base64.b64encode(buf.getvalue()).decode()
+
+
+def _fmt(x: Any) -> str:
+    if isinstance(x, float):
+        return f"{x:.3g}"
+    if isinstance(x, str) and x in ("inf", "-inf", "nan"):
+        return x
+    return html.escape(str(x))
+
+
+CSS = """
+body{font-family:system-ui,sans-serif;margin:1.5em;color:#222}
+table{border-collapse:collapse;font-size:12px;margin:.5em 0}
+td,th{border:1px solid #ccc;padding:2px 6px;text-align:right}
+td:first-child,th:first-child{text-align:left}
+.pass{color:#176b2c}.fail{color:#b00020;font-weight:bold}
+details{margin:.4em 0} summary{cursor:pointer;font-weight:600}
+code{background:#f4f4f4;padding:0 3px}
+"""
+
+
+def to_html(report: dict[str, Any], results: list[CaseResult]) -> str:
+    s = report["summary"]
+    p = report["policy"]
+    out = [f"<!doctype html><html><head><meta charset='utf-8'><title>rvc-mlx parity</title><style>{CSS}</style>"
+           "</head><body>",
+           "<h1>rvc-mlx parity report</h1>",
+           f"<p>{s['passed']} of {s['cases']} cases pass. Policy: per tap, MLX fp32 error &le; K&times;torch fp32 "
+           f"error + floor, K = {p['K']}, floor = {p['floor']:g} (relative), metrics {', '.join(p['metrics'])}; "
+           f"pitch: cents p99 &le; {p['pitch']['cents_p99']}, voicing agreement &ge; "
+           f"{p['pitch']['voicing_agreement']}. Overrides: {len(p['overrides'])}.</p>",
+           "<p>Versions: " + ", ".join(f"{k} {html.escape(str(v))}" for k, v in report["versions"].items()) + "</p>",
+           "<h2>Summary</h2><table><tr><th>component</th><th>case</th><th>source</th><th>taps</th><th>failed</th>"
+           "<th>worst MLX/limit</th><th>result</th><th>first divergence</th></tr>"]
+    for r in results:
+        ratios = [c.value / c.limit for t in r.taps for c in t.checks if c.limit > 0]
+        worst = max(ratios) if ratios else 0.0
+        cls = "pass" if r.passed else "fail"
+        out.append(f"<tr><td>{r.component}</td><td>{r.case}</td><td>{html.escape(r.source)}</td>"
+                   f"<td>{len(r.taps)}</td><td>{len(r.failing)}</td><td>{worst:.2f}</td>"
+                   f"<td class='{cls}'>{'PASS' if r.passed else 'FAIL'}</td>"
+                   f"<td>{html.escape(r.blame.describe()) if r.blame else ''}</td></tr>")
+    out.append("</table>")
+    if report.get("benchmarks"):
+        out.append("<h2>Benchmarks (median seconds, same run)</h2><table><tr><th>benchmark</th><th>MLX</th>"
+                   "<th>torch</th><th>MLX / torch</th></tr>")
+        for b in report["benchmarks"]:
+            out.append(f"<tr><td>{html.escape(b['group'])}</td><td>{_fmt(b.get('mlx_s'))}</td>"
+                       f"<td>{_fmt(b.get('torch_s'))}</td><td>{_fmt(b.get('mlx_over_torch', ''))}</td></tr>")
+        out.append("</table>")
+    for r in results:
+        out.append(f"<h2>{r.component} / {r.case} <small>({html.escape(r.source)})</small></h2>")
+        out.append(f"<p class='{'pass' if r.passed else 'fail'}'>{html.escape(r.blame_line())}</p>")
+        out.append(f"<img alt='error vs depth' src='data:image/png;base64,{_depth_plot(r)}'>")
+        for name, d in r.extra.get("truth", {}).items():
+            m, ref = d["mlx"], d["reference"]
+            out.append(f"<p>{html.escape(name)} vs the input's known F0: raw pitch accuracy MLX "
+                       f"{m['raw_pitch_accuracy']:.3f} / reference {ref['raw_pitch_accuracy']:.3f}, raw chroma "
+                       f"{m['raw_chroma_accuracy']:.3f} / {ref['raw_chroma_accuracy']:.3f}, voicing recall "
+                       f"{m['voicing_recall']:.3f} / {ref['voicing_recall']:.3f}, false alarm "
+                       f"{m['voicing_false_alarm']:.3f} / {ref['voicing_false_alarm']:.3f} (meaningful with "
+                       "trained weights)</p>")
+            out.append(f"<img alt='f0 vs truth' src='data:image/png;base64,{_f0_plot(r.key + ' ' + name, d)}'>")
+        out.append(_tap_table(r))
+    out.append("</body></html>")
+    return "\n".join(out)
+
+
+def _tap_table(r: CaseResult) -> str:
+    teacher = any(t.local for t in r.taps)
+    head = ("<tr><th>tap</th><th>type</th><th>shape</th><th>MLX max_rel</th><th>torch max_rel</th><th>limit</th>"
+            "<th>MLX rmse_rel</th><th>torch rmse_rel</th><th>limit</th><th>pearson</th><th>SNR dB</th>"
+            + ("<th>local MLX max_rel</th><th>local torch</th>" if teacher else "") + "<th>result</th></tr>")
+    rows = []
+    for t in r.taps:
+        lim = {c.metric: c.limit for c in t.checks}
+        cls = "pass" if t.passed else "fail"
+        local = ""
+        if teacher:
+            lm = (t.local or {}).get("mlx", {}).get("max_rel", "")
+            lt = (t.local or {}).get("torch", {}).get("max_rel", "")
+            local = f"<td>{_fmt(lm)}</td><td>{_fmt(lt)}</td>"
+        res = "ok" if t.passed else html.escape(t.detail or t.status)
+        if t.pitch:
+            res += f" (cents p99 {t.pitch['cents_p99']:.3g}, voicing {t.pitch['voicing_agreement']:.4f})"
+        rows.append(
+            f"<tr><td>{html.escape(t.name)}</td><td>{t.module_type}</td><td>{'x'.join(map(str, t.shape))}</td>"
+            f"<td>{_fmt(t.mlx.get('max_rel', ''))}</td><td>{_fmt(t.torch.get('max_rel', ''))}</td>"
+            f"<td>{_fmt(lim.get('max_rel', ''))}</td><td>{_fmt(t.mlx.get('rmse_rel', ''))}</td>"
+            f"<td>{_fmt(t.torch.get('rmse_rel', ''))}</td><td>{_fmt(lim.get('rmse_rel', ''))}</td>"
+            f"<td>{_fmt(t.mlx.get('pearson', ''))}</td><td>{_fmt(t.mlx.get('snr_db', ''))}</td>{local}"
+            f"<td class='{cls}'>{res}</td></tr>")
+    return (f"<details><summary>{len(r.taps)} taps</summary><table>{head}{''.join(rows)}</table></details>")
+
+
+def write(path: str | Path, results: list[CaseResult], policy: Policy, bench: dict[str, Any] | None = None) -> Path:
+    """Write `path` (.json) and the HTML beside it; returns the HTML path."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    report = build(results, policy, bench)
+    path.write_text(json.dumps(report, indent=1, allow_nan=False))
+    html_path = path.with_suffix(".html")
+    html_path.write_text(to_html(report, results))
+    return html_path

@@ -1,0 +1,159 @@
+"""Deterministic synthetic checkpoints in the original file formats, with trained-like statistics.
+
+Weights come from numpy's PCG64 (never torch's RNG): fan-in-scaled (He for layers followed by ReLU),
+BatchNorm gains/biases away from 1/0, and BatchNorm running statistics calibrated on a fixed synthetic signal
+so activations keep a sane scale through the network, then perturbed and rounded to 3 significant digits
+(so the file does not depend on the last bits of the calibration arithmetic). Files are cached, never committed.
+
+Command:  python -m rvc_mlx.testing.synthetic rmvpe --seed 0 -o rmvpe.pt
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from rvc_mlx.checkpoints import atomic_write_bytes, cache_dir, state_sha256
+
+GENERATOR_VERSION = 1
+
+
+def _round_sig(x: np.ndarray, digits: int = 3) -> np.ndarray:
+    x = np.asarray(x, dtype=np.float64)
+    out = np.zeros_like(x)
+    nz = x != 0
+    mag = 10.0 ** (digits - 1 - np.floor(np.log10(np.abs(x[nz]))))
+    out[nz] = np.round(x[nz] * mag) / mag
+    return out
+
+
+def calibration_audio(rng: np.random.Generator, seconds: float = 1.0, sr: int = 16000) -> np.ndarray:
+    """A voiced-like signal (gliding harmonics + noise) used only to calibrate normalisation statistics."""
+    n = int(seconds * sr)
+    t = np.arange(n) / sr
+    f0 = 140.0 * 2 ** (np.sin(2 * np.pi * 1.3 * t) * 0.5)
+    phase = 2 * np.pi * np.cumsum(f0) / sr
+    x = sum(np.sin(k * phase) / k for k in range(1, 12))
+    x = 0.3 * x / np.max(np.abs(x)) + 0.01 * rng.standard_normal(n)
+    return x.astype(np.float32)
+
+
+# ----------------------------------------------------------------------------------------------- RMVPE
+def rmvpe_state(seed: int = 0) -> dict:
+    """State dict (torch tensors, the original's key order) of a synthetic RMVPE `E2E(4, 1, (2, 2))`."""
+    import torch
+
+    from reference_torch.rmvpe import E2E
+
+    rng = np.random.Generator(np.random.PCG64(seed))
+    model = E2E()
+    shapes = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    modules = dict(model.named_modules())
+    state: dict[str, np.ndarray] = {}
+    for key, shape in shapes.items():
+        path, _, param = key.rpartition(".")
+        module = modules[path]
+        if param == "num_batches_tracked":
+            state[key] = np.array(int(rng.integers(10_000, 200_000)), dtype=np.int64)
+        elif isinstance(module, torch.nn.BatchNorm2d) and param in ("running_mean", "running_var"):
+            state[key] = np.zeros(shape) if param == "running_mean" else np.ones(shape)  # calibrated below
+        elif isinstance(module, torch.nn.BatchNorm2d):
+            state[key] = rng.uniform(0.6, 1.4, shape) if param == "weight" else rng.normal(0.0, 0.1, shape)
+        elif isinstance(module, (torch.nn.Conv2d, torch.nn.ConvTranspose2d)) and param == "weight":
+            if isinstance(module, torch.nn.ConvTranspose2d):  # (I, O, kh, kw); each output sees I*k*k/stride^2 taps
+                fan_in = shape[0] * shape[2] * shape[3] / (module.stride[0] * module.stride[1])
+            else:
+                fan_in = shape[1] * shape[2] * shape[3]
+            gain = 1.0 if path in ("cnn",) or path.endswith("shortcut") else 2.0  # He where ReLU follows
+            state[key] = rng.normal(0.0, np.sqrt(gain / fan_in), shape)
+        elif param.startswith(("weight_ih", "weight_hh", "bias_ih", "bias_hh")):
+            bound = 1.0 / np.sqrt(shape[0] // 3)
+            state[key] = rng.uniform(-bound, bound, shape)
+        elif isinstance(module, torch.nn.Linear) and param == "weight":
+            state[key] = rng.normal(0.0, 1.0 / np.sqrt(shape[1]), shape)
+        elif param == "bias":
+            state[key] = rng.normal(0.0, 0.05, shape)
+        else:  # pragma: no cover - the E2E has no other parameter kinds
+            raise AssertionError(f"no synthetic rule for {key}")
+    tensors = {k: torch.from_numpy(np.asarray(v, dtype=np.int64 if k.endswith("num_batches_tracked")
+                                              else np.float32)) for k, v in state.items()}
+    _calibrate_rmvpe(tensors, rng)
+    return tensors
+
+
+def _calibrate_rmvpe(tensors: dict, rng: np.random.Generator) -> None:
+    """Set BN running stats from a float64 pass on a calibration signal, and the output bias so that about
+    half of the frames cross RVC's 0.03 voicing threshold (so voicing decisions are exercised)."""
+    import torch
+
+    from reference_torch.rmvpe import E2E, RMVPE
+
+    model = E2E()
+    model.load_state_dict(tensors, strict=True)
+    twin = RMVPE(model, dtype=torch.float64)
+    handles = []
+    for path, module in twin.model.named_modules():
+        if isinstance(module, torch.nn.BatchNorm2d):
+            def pre_hook(mod, args, path=path):
+                x = args[0]
+                mean = x.mean(dim=(0, 2, 3)).numpy()
+                var = x.var(dim=(0, 2, 3), unbiased=False).numpy()
+                n = mean.shape[0]
+                mean = _round_sig(mean + 0.1 * np.sqrt(var) * rng.standard_normal(n))
+                var = _round_sig(var * np.exp(0.2 * rng.standard_normal(n)) + 1e-4)
+                mod.running_mean.copy_(torch.from_numpy(mean))
+                mod.running_var.copy_(torch.from_numpy(var))
+                tensors[f"{path}.running_mean"].copy_(torch.from_numpy(mean))
+                tensors[f"{path}.running_var"].copy_(torch.from_numpy(var))
+            handles.append(module.register_forward_pre_hook(pre_hook))
+    logits = {}
+    handles.append(twin.model.fc[1].register_forward_hook(lambda m, a, o: logits.setdefault("z", o)))
+    twin.salience(calibration_audio(rng))
+    for h in handles:
+        h.remove()
+    z = logits["z"][0].numpy() - tensors["fc.1.bias"].double().numpy()
+    bias = rng.normal(0.0, 0.3, z.shape[1])
+    logit_thr = np.log(0.03 / 0.97)
+    shift = _round_sig(logit_thr - np.median(np.max(z + bias, axis=1)))
+    tensors["fc.1.bias"].copy_(torch.from_numpy((bias + shift).astype(np.float32)))
+
+
+GENERATORS = {"rmvpe": rmvpe_state}
+
+
+def write_checkpoint(component: str, path: Path, seed: int = 0) -> str:
+    """Write the synthetic checkpoint for `component` atomically; returns its content hash."""
+    import torch
+
+    state = GENERATORS[component](seed)
+    buf = io.BytesIO()
+    torch.save(state, buf)
+    atomic_write_bytes(Path(path), buf.getvalue())
+    return state_sha256({k: v.numpy() for k, v in state.items()})
+
+
+def cached_checkpoint(component: str, seed: int = 0) -> Path:
+    """The synthetic checkpoint for `component`, generated on first use into the cache directory."""
+    path = cache_dir() / "synthetic" / f"{component}-seed{seed}-v{GENERATOR_VERSION}.pt"
+    if not path.is_file():
+        write_checkpoint(component, path, seed)
+    return path
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m rvc_mlx.testing.synthetic", description=__doc__.split("\n")[0])
+    p.add_argument("component", choices=sorted(GENERATORS))
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("-o", "--output", type=Path, required=True)
+    a = p.parse_args(argv)
+    digest = write_checkpoint(a.component, a.output, a.seed)
+    print(f"wrote {a.output} ({a.component}, seed {a.seed}, content sha256 {digest})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

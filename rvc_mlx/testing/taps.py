@@ -1,0 +1,326 @@
+"""Activation taps by module path for PyTorch (forward hooks) and MLX (a call recorder), plus named extra taps.
+
+A tap is a module output (or input) recorded under the module's dotted path, e.g. `unet.encoder.layers.0`;
+tuple outputs become `path:0`, `path:1`, nested `path:1.2`; a module called k > 1 times adds `path#k`.
+Extra taps (`rmvpe.mel`) come from `tap(name, value)` calls inside model code and cost nothing when no
+recorder is active. Both recorders store values in PyTorch's layout as numpy arrays; the MLX recorder converts
+each value with the layout its `LayoutMap` names explicitly and never guesses from shapes.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import fnmatch
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable, Sequence
+
+import numpy as np
+
+_ACTIVE: contextvars.ContextVar["Recorder | None"] = contextvars.ContextVar("rvc_mlx_recorder", default=None)
+
+
+class TapError(Exception):
+    """A tap could not be recorded or converted (unknown layout, rank mismatch, ...)."""
+
+
+# ----------------------------------------------------------------------------------------------- layouts
+# name -> (permutation MLX -> torch, rank). The inverse permutation maps torch -> MLX.
+LAYOUTS: dict[str, tuple[tuple[int, ...] | None, int | None]] = {
+    "same": (None, None),
+    "NHWC": ((0, 3, 1, 2), 4),  # MLX (B, H, W, C)  <-> torch (B, C, H, W)
+    "NLC": ((0, 2, 1), 3),  # MLX (B, L, C)     <-> torch (B, C, L)
+}
+
+
+def _perm(layout: str, name: str) -> tuple[tuple[int, ...] | None, int | None]:
+    try:
+        return LAYOUTS[layout]
+    except KeyError:
+        raise TapError(f"tap {name!r}: unknown layout {layout!r} (known: {sorted(LAYOUTS)})") from None
+
+
+def to_torch_layout(value: np.ndarray, layout: str, name: str) -> np.ndarray:
+    """Convert an MLX-layout array to PyTorch's layout; the rank must be the layout's rank."""
+    perm, rank = _perm(layout, name)
+    if perm is None:
+        return value
+    if value.ndim != rank:
+        raise TapError(f"tap {name!r}: layout {layout} needs rank {rank}, got shape {tuple(value.shape)}")
+    return np.transpose(value, perm)
+
+
+def from_torch_layout(value: np.ndarray, layout: str, name: str) -> np.ndarray:
+    """Convert a PyTorch-layout array to the MLX layout (inverse of `to_torch_layout`)."""
+    perm, rank = _perm(layout, name)
+    if perm is None:
+        return value
+    if value.ndim != rank:
+        raise TapError(f"tap {name!r}: layout {layout} needs rank {rank}, got shape {tuple(value.shape)}")
+    return np.transpose(value, tuple(int(i) for i in np.argsort(perm)))
+
+
+@dataclass(frozen=True)
+class LayoutRule:
+    """Tap-name glob -> the MLX layout of that module's output (and of its inputs, if different)."""
+
+    pattern: str
+    output: str
+    inputs: str | None = None
+
+
+@dataclass(frozen=True)
+class LayoutMap:
+    """Ordered rules; the first whose glob matches a tap's module path decides its layout."""
+
+    rules: tuple[LayoutRule, ...]
+
+    def _rule(self, path: str) -> LayoutRule:
+        for rule in self.rules:
+            if fnmatch.fnmatchcase(path, rule.pattern):
+                return rule
+        raise TapError(f"no layout rule matches tap {path!r}; add one to the component's LayoutMap")
+
+    def output(self, path: str) -> str:
+        return self._rule(path).output
+
+    def inputs(self, path: str) -> str:
+        rule = self._rule(path)
+        return rule.inputs or rule.output
+
+
+# ----------------------------------------------------------------------------------------------- records
+@dataclass
+class TapRecord:
+    """One recorded value in PyTorch layout; `order` is the completion order within the run."""
+
+    name: str
+    value: np.ndarray
+    order: int
+    module_type: str
+    kind: str = "output"  # "output" | "extra"
+    inputs: Any = None  # module inputs (PyTorch layout, tree of arrays) when recorded
+
+
+def matches(name: str, patterns: Iterable[str]) -> bool:
+    return any(fnmatch.fnmatchcase(name, p) for p in patterns)
+
+
+def _flatten(name: str, value: Any, is_array: Callable[[Any], bool]) -> list[tuple[str, Any]]:
+    """Tuple/list outputs -> `name:i`, nested `name:i.j`; non-array leaves are dropped."""
+    if is_array(value):
+        return [(name, value)]
+    if isinstance(value, (tuple, list)):
+        out = []
+        sep = ":" if ":" not in name.rsplit(".", 1)[-1] else "."
+        for i, v in enumerate(value):
+            out.extend(_flatten(f"{name}{sep}{i}", v, is_array))
+        return out
+    return []
+
+
+def tree_map(fn: Callable[[Any], Any], value: Any, is_array: Callable[[Any], bool]) -> Any:
+    if is_array(value):
+        return fn(value)
+    if isinstance(value, (tuple, list)):
+        return type(value)(tree_map(fn, v, is_array) for v in value)
+    if isinstance(value, dict):
+        return {k: tree_map(fn, v, is_array) for k, v in value.items()}
+    return value
+
+
+@dataclass
+class Recorder:
+    """Collects taps; `select` globs limit what is kept (None = everything); `inputs` also keeps inputs."""
+
+    select: Sequence[str] | None = None
+    inputs: bool = False
+    records: dict[str, TapRecord] = field(default_factory=dict)
+    _calls: dict[str, int] = field(default_factory=dict)
+    _token: Any = None
+
+    def wanted(self, name: str) -> bool:
+        return self.select is None or matches(name, self.select)
+
+    def _call_name(self, path: str) -> str:
+        n = self._calls.get(path, 0) + 1
+        self._calls[path] = n
+        return path if n == 1 else f"{path}#{n}"
+
+    def _store(self, name: str, value: np.ndarray, module_type: str, kind: str, inputs: Any = None) -> None:
+        if name in self.records:
+            raise TapError(f"tap {name!r} recorded twice in one run; give the extra tap a unique name")
+        self.records[name] = TapRecord(name, value, len(self.records), module_type, kind, inputs)
+
+    # extra taps ---------------------------------------------------------------------------------------
+    def extra(self, name: str, value: Any, layout: str) -> None:
+        name = self._call_name(name)
+        if self.wanted(name):
+            self._store(name, to_torch_layout(self.to_numpy(value), layout, name), "tap", "extra")
+
+    def to_numpy(self, value: Any) -> np.ndarray:  # pragma: no cover - overridden
+        return np.asarray(value)
+
+    def activate(self) -> None:
+        self._token = _ACTIVE.set(self)
+
+    def deactivate(self) -> None:
+        if self._token is not None:
+            _ACTIVE.reset(self._token)
+            self._token = None
+
+    def values(self) -> dict[str, np.ndarray]:
+        return {k: r.value for k, r in self.records.items()}
+
+
+def tap(name: str, value: Any, layout: str = "same") -> Any:
+    """Record `value` under `name` if a recorder is active (`layout` = the MLX layout); returns `value`."""
+    rec = _ACTIVE.get()
+    if rec is not None:
+        rec.extra(name, value, layout)
+    return value
+
+
+# ----------------------------------------------------------------------------------------------- torch
+def _torch_is_array(v: Any) -> bool:
+    return type(v).__name__ in ("Tensor", "Parameter") and hasattr(v, "detach")
+
+
+def _torch_np(v: Any) -> np.ndarray:
+    return v.detach().cpu().numpy().copy()
+
+
+class TorchRecorder(Recorder):
+    """Forward hooks on every sub-module of `model` (paths as in its state dict) for a `with` block."""
+
+    def __init__(self, model: Any, root: str = "model", select: Sequence[str] | None = None,
+                 inputs: bool = False):
+        super().__init__(select=select, inputs=inputs)
+        self.model = model
+        self.root = root
+        self._handles: list[Any] = []
+
+    def to_numpy(self, value: Any) -> np.ndarray:
+        return _torch_np(value) if _torch_is_array(value) else np.asarray(value)
+
+    def __enter__(self) -> "TorchRecorder":
+        for path, module in self.model.named_modules():
+            hook = self._hook(path or self.root, type(module).__name__)
+            self._handles.append(module.register_forward_hook(hook, with_kwargs=True))
+        self.activate()
+        return self
+
+    def _hook(self, path: str, module_type: str):
+        def hook(module, args, kwargs, output):
+            name = self._call_name(path)
+            flat = _flatten(name, output, _torch_is_array)
+            if not any(self.wanted(n) for n, _ in flat):
+                return
+            ins = tree_map(_torch_np, (args, kwargs), _torch_is_array) if self.inputs else None
+            for n, v in flat:
+                if self.wanted(n):
+                    self._store(n, _torch_np(v), module_type, "output", ins)
+
+        return hook
+
+    def __exit__(self, *exc) -> None:
+        for h in self._handles:
+            h.remove()
+        self._handles.clear()
+        self.deactivate()
+
+
+# ----------------------------------------------------------------------------------------------- MLX
+def _mlx_is_array(v: Any) -> bool:
+    return type(v).__name__ == "array" and type(v).__module__.startswith("mlx")
+
+
+@dataclass
+class _Pending:
+    name: str
+    value: Any
+    module_type: str
+    kind: str
+    layout: str
+    in_layout: str | None = None
+    inputs: Any = None
+
+
+class MLXRecorder(Recorder):
+    """Wraps `__call__` of every sub-module of an MLX `model` for a `with` block (MLX has no hooks).
+
+    Each instance gets a recording subclass of its own class for the duration and is restored on exit.
+    Values are evaluated once at exit and converted to PyTorch layout as `layouts` says.
+    """
+
+    def __init__(self, model: Any, layouts: LayoutMap, root: str = "model",
+                 select: Sequence[str] | None = None, inputs: bool = False):
+        super().__init__(select=select, inputs=inputs)
+        self.model = model
+        self.layouts = layouts
+        self.root = root
+        self._swapped: list[tuple[Any, type]] = []
+        self._paths: dict[int, str] = {}
+        self._pending: list[_Pending] = []
+
+    def __enter__(self) -> "MLXRecorder":
+        subclasses: dict[type, type] = {}
+        for path, module in self.model.named_modules():
+            cls = type(module)
+            if cls not in subclasses:
+                subclasses[cls] = type(f"Recording{cls.__name__}", (cls,), {"__call__": _recording_call(cls)})
+            module.__class__ = subclasses[cls]
+            self._swapped.append((module, cls))
+            self._paths[id(module)] = path or self.root
+        self.activate()
+        return self
+
+    def _after_call(self, module: Any, cls: type, args: tuple, kwargs: dict, output: Any) -> None:
+        path = self._paths.get(id(module))
+        if path is None:
+            return
+        name = self._call_name(path)
+        for n, v in _flatten(name, output, _mlx_is_array):
+            if self.wanted(n):
+                ins = (args, kwargs) if self.inputs else None
+                in_layout = self.layouts.inputs(path) if self.inputs else None
+                self._pending.append(_Pending(n, v, cls.__name__, "output", self.layouts.output(n),
+                                              in_layout, ins))
+
+    def extra(self, name: str, value: Any, layout: str) -> None:
+        # Queued like module taps so completion order and evaluation stay in one place.
+        name = self._call_name(name)
+        if self.wanted(name):
+            self._pending.append(_Pending(name, value, "tap", "extra", layout))
+
+    def __exit__(self, *exc) -> None:
+        for module, cls in self._swapped:
+            module.__class__ = cls
+        self._swapped.clear()
+        self.deactivate()
+        if exc[0] is None:
+            self._finish()
+
+    def _finish(self) -> None:
+        import mlx.core as mx
+
+        mx.eval([p.value for p in self._pending if _mlx_is_array(p.value)])
+        for p in self._pending:
+            value = to_torch_layout(np.array(p.value), p.layout, p.name)
+            ins = p.inputs
+            if ins is not None:
+                ins = tree_map(lambda a, p=p: to_torch_layout(np.array(a), p.in_layout, p.name), ins, _mlx_is_array)
+            self._store(p.name, value, p.module_type, p.kind, ins)
+        self._pending.clear()
+
+
+def _recording_call(cls: type):
+    original = cls.__call__
+
+    def __call__(self, *args, **kwargs):
+        out = original(self, *args, **kwargs)
+        rec = _ACTIVE.get()
+        if isinstance(rec, MLXRecorder):
+            rec._after_call(self, cls, args, kwargs, out)
+        return out
+
+    return __call__

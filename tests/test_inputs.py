@@ -1,0 +1,27 @@
+"""Committed inputs: 16 kHz mono float WAVs; the known-F0 signal and its truth equal the generator's output."""
+
+import numpy as np
+
+from rvc_mlx.testing.components import GOLDEN
+from rvc_mlx.testing.signals import HOP, SR, harmonic_f0, harmonic_signal, read_truth, read_wav
+
+
+def test_speech_input_is_a_real_16k_mono_utterance():
+    x = read_wav(GOLDEN / "inputs" / "speech.wav")
+    assert 1.0 < x.shape[0] / SR < 5.0
+    assert 0.5 < np.max(np.abs(x)) <= 1.0
+    assert (GOLDEN / "inputs" / "README.md").read_text().count("espeak-ng") >= 1
+
+
+def test_harmonic_input_and_truth_equal_the_generator():
+    audio, truth = harmonic_signal()
+    np.testing.assert_array_equal(read_wav(GOLDEN / "inputs" / "harmonic.wav"), audio)
+    np.testing.assert_allclose(read_truth(GOLDEN / "inputs" / "harmonic_f0.csv"), truth, atol=1e-6)
+
+
+def test_harmonic_truth_is_voiced_only_inside_the_voiced_span_and_on_the_frame_grid():
+    truth = read_truth(GOLDEN / "inputs" / "harmonic_f0.csv")
+    np.testing.assert_allclose(np.diff(truth[:, 0]), HOP / SR, atol=1e-6)
+    voiced = truth[:, 1] > 0
+    assert voiced.sum() == 80 and truth[voiced, 1].min() > 140 and truth[voiced, 1].max() < 300
+    np.testing.assert_allclose(truth[voiced, 1], harmonic_f0(truth[voiced, 0]), rtol=1e-6)

@@ -1,0 +1,31 @@
+"""Report: parity.json lists every tap with metrics, both errors, tolerance and verdict; parity.html is
+self-contained with an embedded error-vs-depth plot."""
+
+import json
+
+from rvc_mlx.testing import report
+
+
+def test_report_lists_every_tap_with_both_errors_and_tolerance(parity, tmp_path):
+    result = parity.check("rmvpe", "harmonic")
+    parity.results.pop()
+    html_path = report.write(tmp_path / "parity.json", [result], parity.policy,
+                             bench={"benchmarks": [
+                                 {"name": "a[mlx]", "group": "rmvpe 1s", "stats": {"median": 2.0},
+                                  "extra_info": {"impl": "mlx"}},
+                                 {"name": "a[torch]", "group": "rmvpe 1s", "stats": {"median": 0.5},
+                                  "extra_info": {"impl": "torch"}}]})
+    data = json.loads((tmp_path / "parity.json").read_text())
+    case = data["components"]["rmvpe"]["cases"][0]
+    assert case["passed"] and case["taps_total"] == len(result.taps)
+    tap = next(t for t in case["taps"] if t["name"] == "unet.encoder.bn")
+    assert tap["shape"] == [1, 1, 32, 128]
+    for key in ("max_abs", "max_rel", "rmse", "rmse_rel", "pearson", "cosine", "snr_db"):
+        assert key in tap["metrics"] and key in tap["torch_fp32"]
+    assert set(tap["tolerance"]) == {"max_rel", "rmse_rel"} and tap["passed"] is True
+    f0 = next(t for t in case["taps"] if t["name"] == "rmvpe.f0")
+    assert {"cents_p99", "voicing_agreement"} <= set(f0["pitch"])
+    assert "rmvpe.f0" in case["extra"]["truth"]
+    assert data["benchmarks"][0]["mlx_over_torch"] == 4.0
+    page = html_path.read_text()
+    assert page.count("data:image/png;base64,") == 2 and "unet.encoder.bn" in page and "<script" not in page
