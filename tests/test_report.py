@@ -29,3 +29,28 @@ def test_report_lists_every_tap_with_both_errors_and_tolerance(parity, tmp_path)
     assert data["benchmarks"][0]["mlx_over_torch"] == 4.0
     page = html_path.read_text()
     assert page.count("data:image/png;base64,") == 2 and "unet.encoder.bn" in page and "<script" not in page
+
+
+INNER = """
+import pytest
+
+def test_case(parity):
+    assert parity.check("rmvpe", "harmonic").passed
+
+def test_speed(benchmark):
+    benchmark.group = "noop"
+    benchmark.extra_info["impl"] = "mlx"
+    benchmark(lambda: None)
+"""
+
+
+def test_report_option_writes_json_and_html_with_benchmarks_from_the_same_run(pytester, tmp_path):
+    pytester.makepyfile(INNER)
+    out = tmp_path / "r" / "parity.json"
+    res = pytester.runpytest_subprocess("-p", "rvc_mlx.testing.plugin", "--report", str(out),
+                                        "--benchmark-json", str(tmp_path / "bench.json"), "-q")
+    assert res.ret == 0, res.stdout.str()
+    data = json.loads(out.read_text())
+    assert data["summary"] == {"cases": 1, "passed": 1, "failed": 0}
+    assert data["benchmarks"][0]["group"] == "noop"
+    assert (tmp_path / "r" / "parity.html").is_file()

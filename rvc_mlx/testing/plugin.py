@@ -102,11 +102,10 @@ def pytest_sessionfinish(session, exitstatus):
         from rvc_mlx.testing import report as rep
 
         bench = None
-        bj = getattr(config.option, "benchmark_json", None)
+        bj = getattr(config.option, "benchmark_json", None)  # a path (pytest-benchmark >= 5) or an open file
         if bj is not None:
             try:
-                bj.flush()
-                bench = json.loads(Path(bj.name).read_text())
+                bench = json.loads(Path(getattr(bj, "name", bj)).read_text())
             except (OSError, ValueError):
                 bench = None
         html_path = rep.write(report, h.results, h.policy, bench)
