@@ -105,7 +105,8 @@ def pytest_sessionfinish(session, exitstatus):
         bj = getattr(config.option, "benchmark_json", None)  # a path (pytest-benchmark >= 5) or an open file
         if bj is not None:
             try:
-                bench = json.loads(Path(getattr(bj, "name", bj)).read_text())
+                path = Path(bj) if isinstance(bj, (str, os.PathLike)) else Path(bj.name)
+                bench = json.loads(path.read_text())
             except (OSError, ValueError):
                 bench = None
         html_path = rep.write(report, h.results, h.policy, bench)
