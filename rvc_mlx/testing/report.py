@@ -90,15 +90,30 @@ def build(results: list[CaseResult], policy: Policy, bench: dict[str, Any] | Non
 
 
 # ----------------------------------------------------------------------------------------------- HTML
-def _depth_plot(r: CaseResult) -> str:
-    """PNG (base64) of max_rel error vs tap order: MLX, torch fp32, and the tolerance."""
+def _figure(height: float):
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    return plt.subplots(figsize=(10, height), dpi=90)
+
+
+def _png(fig) -> str:
+    """Render and close a figure; base64 PNG for an <img> data URI."""
+    import matplotlib.pyplot as plt
+
+    buf = io.BytesIO()
+    fig.tight_layout()
+    fig.savefig(buf, format="png")
+    plt.close(fig)
+    return base64.b64encode(buf.getvalue()).decode()
+
+
+def _depth_plot(r: CaseResult) -> str:
+    """PNG (base64) of max_rel error vs tap order: MLX, torch fp32, and the tolerance."""
     taps = [t for t in r.taps if t.checks]
-    fig, ax = plt.subplots(figsize=(10, 3.2), dpi=90)
+    fig, ax = _figure(3.2)
     if taps:
         xs = [t.order for t in taps]
         get = lambda t, attr: next((getattr(c, attr) for c in t.checks if c.metric == "max_rel"), float("nan"))  # noqa: E731
@@ -114,22 +129,14 @@ def _depth_plot(r: CaseResult) -> str:
     ax.set_title(f"{r.key}: error vs depth")
     ax.legend(fontsize=7, loc="upper left")
     ax.grid(alpha=0.3)
-    buf = io.BytesIO()
-    fig.tight_layout()
-    fig.savefig(buf, format="png")
-    plt.close(fig)
-    return base64.b64encode(buf.getvalue()).decode()
+    return _png(fig)
 
 
 def _f0_plot(name: str, d: dict[str, Any]) -> str:
     """PNG (base64) of F0 over frames: truth, reference and MLX."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     import numpy as np
 
-    fig, ax = plt.subplots(figsize=(10, 2.8), dpi=90)
+    fig, ax = _figure(2.8)
     for key, style, label in (("f0_truth", "-", "truth"), ("f0_reference", "o", "reference (float64 twin)"),
                               ("f0_mlx", ".", "MLX")):
         y = np.asarray(d[key], dtype=float)
@@ -139,11 +146,7 @@ def _f0_plot(name: str, d: dict[str, Any]) -> str:
     ax.set_title(name)
     ax.legend(fontsize=7)
     ax.grid(alpha=0.3)
-    buf = io.BytesIO()
-    fig.tight_layout()
-    fig.savefig(buf, format="png")
-    plt.close(fig)
-    return base64.b64encode(buf.getvalue()).decode()
+    return _png(fig)
 
 
 def _fmt(x: Any) -> str:

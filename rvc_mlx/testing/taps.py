@@ -32,31 +32,26 @@ LAYOUTS: dict[str, tuple[tuple[int, ...] | None, int | None]] = {
 }
 
 
-def _perm(layout: str, name: str) -> tuple[tuple[int, ...] | None, int | None]:
+def _permute(value: np.ndarray, layout: str, name: str, inverse: bool) -> np.ndarray:
     try:
-        return LAYOUTS[layout]
+        perm, rank = LAYOUTS[layout]
     except KeyError:
         raise TapError(f"tap {name!r}: unknown layout {layout!r} (known: {sorted(LAYOUTS)})") from None
+    if perm is None:
+        return value
+    if value.ndim != rank:
+        raise TapError(f"tap {name!r}: layout {layout} needs rank {rank}, got shape {tuple(value.shape)}")
+    return np.transpose(value, tuple(int(i) for i in np.argsort(perm)) if inverse else perm)
 
 
 def to_torch_layout(value: np.ndarray, layout: str, name: str) -> np.ndarray:
     """Convert an MLX-layout array to PyTorch's layout; the rank must be the layout's rank."""
-    perm, rank = _perm(layout, name)
-    if perm is None:
-        return value
-    if value.ndim != rank:
-        raise TapError(f"tap {name!r}: layout {layout} needs rank {rank}, got shape {tuple(value.shape)}")
-    return np.transpose(value, perm)
+    return _permute(value, layout, name, inverse=False)
 
 
 def from_torch_layout(value: np.ndarray, layout: str, name: str) -> np.ndarray:
     """Convert a PyTorch-layout array to the MLX layout (inverse of `to_torch_layout`)."""
-    perm, rank = _perm(layout, name)
-    if perm is None:
-        return value
-    if value.ndim != rank:
-        raise TapError(f"tap {name!r}: layout {layout} needs rank {rank}, got shape {tuple(value.shape)}")
-    return np.transpose(value, tuple(int(i) for i in np.argsort(perm)))
+    return _permute(value, layout, name, inverse=True)
 
 
 @dataclass(frozen=True)

@@ -24,3 +24,19 @@ def test_rmvpe_every_module_passes_teacher_forced_against_live_oracle(parity, ca
     assert local, "teacher forcing judged no module"
     bad = [f"{t.name}: {t.local}" for t in local if not t.local["passed"]]
     assert not bad, "teacher-forced local errors out of tolerance:\n" + "\n".join(bad)
+
+
+CHECKED_TYPES = {"Conv2d", "ConvTranspose2d", "BatchNorm2d", "ConvBlockRes", "ResEncoderBlock", "ResDecoderBlock",
+                 "Encoder", "Intermediate", "Decoder", "DeepUnet", "GRU", "BiGRU", "Linear", "Sigmoid", "E2E"}
+
+
+@pytest.mark.parity
+def test_rmvpe_golden_covers_every_module_and_the_mel_salience_f0_taps(parity):
+    from reference_torch.rmvpe import E2E
+
+    golden = parity.store.load("rmvpe", "speech")
+    expected = {path or "model" for path, m in E2E().named_modules() if type(m).__name__ in CHECKED_TYPES}
+    covered = {name.split(":")[0] for name in golden.taps}
+    assert not expected - covered, f"modules without a golden tap: {sorted(expected - covered)[:10]}"
+    assert {"rmvpe.mel", "rmvpe.salience", "rmvpe.f0"} <= set(golden.taps)
+    assert len(expected) > 300
