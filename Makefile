@@ -7,6 +7,7 @@ STAMP  := $(VENV)/.installed
 .PHONY: test parity golden bench install clean
 
 $(STAMP): pyproject.toml
+	@sh tools/ensure-openblas.sh
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --disable-pip-version-check -e '.[dev]'
 	touch $@

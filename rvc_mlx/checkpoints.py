@@ -9,6 +9,7 @@ training-only keys. Loading is strict: missing or unexpected keys are an error t
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import re
 import tempfile
@@ -18,7 +19,13 @@ from typing import Iterable
 import numpy as np
 
 FORMAT = "rvc-mlx/1"
-TRAINING_ONLY_SUFFIXES = ("num_batches_tracked",)
+# Keys that only matter for training: BatchNorm counters, HuBERT's SpecAugment vector, RVC's posterior encoder.
+TRAINING_ONLY_SUFFIXES = ("num_batches_tracked", "masked_spec_embed")
+TRAINING_ONLY_PREFIXES = ("enc_q.",)
+
+
+def training_only(key: str) -> bool:
+    return key.endswith(TRAINING_ONLY_SUFFIXES) or key.startswith(TRAINING_ONLY_PREFIXES)
 
 
 class CheckpointError(ValueError):
@@ -102,6 +109,41 @@ def tensors_to_numpy(state: dict, path: str | Path, what: str) -> dict[str, np.n
     return {k: v.detach().cpu().numpy() for k, v in state.items()}
 
 
+# --------------------------------------------------------------------------------------------- weight norm
+_PARAMETRIZED = {".parametrizations.weight.original0": ".weight_g", ".parametrizations.weight.original1": ".weight_v"}
+
+
+def fold_weight_norm(state: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Replace every (weight_g, weight_v) pair by `weight = g * v / ||v||` computed in float64.
+
+    Accepts legacy `weight_g/weight_v` and `parametrizations.weight.original0/1` spellings. The norm runs over
+    all axes but `dim`, and `dim` is the axis where g is not 1 (dim=0: g (O,1,1); HuBERT's pos conv dim=2:
+    g (1,1,K)); an all-ones g means a full norm either way.
+    """
+    out: dict[str, np.ndarray] = {}
+    for key, value in state.items():
+        for old, new in _PARAMETRIZED.items():
+            if key.endswith(old):
+                key = key[: -len(old)] + new
+        out[key] = value
+    for g_key in [k for k in out if k.endswith(".weight_g")]:
+        prefix = g_key[: -len("_g")]
+        v_key = prefix + "_v"
+        if v_key not in out:
+            continue  # left for the strict key check to report
+        g = np.asarray(out.pop(g_key), dtype=np.float64)
+        v = np.asarray(out.pop(v_key), dtype=np.float64)
+        if g.ndim != v.ndim:
+            raise CheckpointError(f"{g_key}: shape {g.shape} does not broadcast against {v_key} {v.shape}")
+        big = [i for i, n in enumerate(g.shape) if n != 1]
+        if len(big) > 1 or (big and g.shape[big[0]] != v.shape[big[0]]):
+            raise CheckpointError(f"{g_key}: shape {g.shape} is not a weight-norm gain for {v_key} {v.shape}")
+        dim = big[0] if big else 0
+        axes = tuple(i for i in range(v.ndim) if i != dim)
+        out[prefix] = (g * v / np.sqrt(np.sum(v * v, axis=axes, keepdims=True))).astype(np.float32)
+    return out
+
+
 # --------------------------------------------------------------------------------------------- layouts
 def _transform_for(module: object, param: str):
     """torch -> MLX layout of one parameter, chosen by the MLX module class that owns it."""
@@ -147,7 +189,7 @@ def check_keys(expected: Iterable[str], given: Iterable[str], model, source: str
 def convert_state(state: dict[str, np.ndarray], model, source: str) -> dict[str, np.ndarray]:
     """Strictly map a torch state dict onto `model`'s parameters with layout transforms; float32 out."""
     expected = expected_shapes(model)
-    given = {k: v for k, v in state.items() if not k.endswith(TRAINING_ONLY_SUFFIXES)}
+    given = {k: v for k, v in fold_weight_norm(state).items() if not training_only(k)}
     check_keys(expected, given, model, source)
     modules = dict(model.named_modules())
     out = {}
@@ -175,13 +217,13 @@ def save_mlx_weights(path: Path, arrays: dict[str, np.ndarray], metadata: dict[s
     atomic_write_bytes(path, save(arrays, metadata=meta))
 
 
-def read_mlx_weights(path: Path, component: str) -> dict[str, np.ndarray]:
+def read_mlx_metadata(path: Path, component: str) -> dict[str, str]:
+    """Metadata of a converted file; refuses files that are not rvc-mlx weights for `component`."""
     from safetensors import safe_open
 
     try:
         with safe_open(str(path), framework="numpy") as f:
-            meta = f.metadata() or {}
-            arrays = {k: f.get_tensor(k) for k in f.keys()}
+            meta = dict(f.metadata() or {})
     except Exception as e:
         raise CheckpointError(f"{path}: not a readable safetensors file ({e})") from None
     if meta.get("format") != FORMAT or meta.get("component") != component:
@@ -189,7 +231,58 @@ def read_mlx_weights(path: Path, component: str) -> dict[str, np.ndarray]:
             f"{path}: holds {meta.get('component') or 'unknown'} weights (format {meta.get('format')}), "
             f"not {component}; convert the original checkpoint with `rvc-mlx convert-weights {component} FILE`"
         )
-    return arrays
+    return meta
+
+
+def read_mlx_weights(path: Path, component: str) -> dict[str, np.ndarray]:
+    from safetensors.numpy import load_file
+
+    read_mlx_metadata(path, component)
+    return load_file(str(path))
+
+
+def read_contentvec_dir(path: str | Path):
+    """A ContentVec directory: config.json + model.safetensors (read without torch) or pytorch_model.bin
+    (weights_only) -> (HubertConfig, state dict of numpy arrays)."""
+    from rvc_mlx.config import ConfigError, HubertConfig
+
+    path = Path(path)
+    cfg_file = path / "config.json"
+    if not cfg_file.is_file():
+        raise CheckpointError(f"{path}: not a ContentVec directory (no config.json)")
+    try:
+        cfg = HubertConfig.from_hf(json.loads(cfg_file.read_text()), str(cfg_file))
+    except (json.JSONDecodeError, ConfigError) as e:
+        raise CheckpointError(str(e) if isinstance(e, ConfigError) else f"{cfg_file}: not valid JSON ({e})") from None
+    if (path / "model.safetensors").is_file():
+        from safetensors.numpy import load_file
+
+        try:
+            state = load_file(str(path / "model.safetensors"))
+        except Exception as e:
+            raise CheckpointError(f"{path / 'model.safetensors'}: not a readable safetensors file ({e})") from None
+        weights = path / "model.safetensors"
+    elif (path / "pytorch_model.bin").is_file():
+        weights = path / "pytorch_model.bin"
+        state = tensors_to_numpy(load_torch_checkpoint(weights), weights, "HuBERT")
+    else:
+        raise CheckpointError(f"{path}: has neither model.safetensors nor pytorch_model.bin")
+    return cfg, state, weights
+
+
+def convert_contentvec(path: str | Path, out: Path | None = None) -> Path:
+    """Convert a ContentVec directory to MLX safetensors (config in the metadata); cached by content hash."""
+    from rvc_mlx.hubert import HubertModel
+
+    path = Path(path)
+    cfg, state, weights = read_contentvec_dir(path)
+    out = out or converted_path(weights, "hubert")
+    if out.is_file():
+        return out
+    arrays = convert_state(state, HubertModel(cfg), str(path))
+    save_mlx_weights(out, arrays, {"component": "hubert", "source": path.name,
+                                   "source_sha256": file_sha256(weights), "config": json.dumps(cfg.to_hf())})
+    return out
 
 
 def converted_path(source: Path, component: str) -> Path:

@@ -45,3 +45,99 @@ class RMVPEConfig:
 
 
 RMVPE = RMVPEConfig()
+
+
+class ConfigError(ValueError):
+    """A model configuration is unreadable or describes an architecture this port does not implement."""
+
+
+@dataclass(frozen=True)
+class HubertConfig:
+    """HuBERT / ContentVec as RVC uses it (transformers `HubertModel` + `final_proj`); field names are the
+    HF config.json keys."""
+
+    hidden_size: int = 768
+    num_hidden_layers: int = 12
+    num_attention_heads: int = 12
+    intermediate_size: int = 3072
+    hidden_act: str = "gelu"
+    feat_extract_activation: str = "gelu"
+    layer_norm_eps: float = 1e-5
+    do_stable_layer_norm: bool = False
+    feat_extract_norm: str = "group"
+    conv_bias: bool = False
+    conv_dim: tuple[int, ...] = (512,) * 7
+    conv_kernel: tuple[int, ...] = (10, 3, 3, 3, 3, 2, 2)
+    conv_stride: tuple[int, ...] = (5, 2, 2, 2, 2, 2, 2)
+    feat_proj_layer_norm: bool = True
+    num_conv_pos_embeddings: int = 128
+    num_conv_pos_embedding_groups: int = 16
+    classifier_proj_size: int = 256
+    group_norm_eps: float = 1e-5  # torch.nn.GroupNorm default (not in config.json)
+    sample_rate: int = 16000
+
+    SUPPORTED = {"hidden_act": ("gelu",), "feat_extract_activation": ("gelu",), "do_stable_layer_norm": (False,),
+                 "feat_extract_norm": ("group",)}
+
+    @property
+    def receptive_field(self) -> int:
+        """Samples seen by one output frame (400 for the standard extractor)."""
+        rf = 1
+        for k, s in zip(reversed(self.conv_kernel), reversed(self.conv_stride), strict=True):
+            rf = (rf - 1) * s + k
+        return rf
+
+    @property
+    def hop(self) -> int:
+        h = 1
+        for s in self.conv_stride:
+            h *= s
+        return h
+
+    def n_frames(self, n_samples: int) -> int:
+        """Output frames for `n_samples` (each conv: floor((L - k) / s) + 1)."""
+        n = n_samples
+        for k, s in zip(self.conv_kernel, self.conv_stride, strict=True):
+            n = (n - k) // s + 1
+        return n
+
+    @classmethod
+    def from_hf(cls, d: dict, source: str = "config.json") -> "HubertConfig":
+        """Read an HF config.json dict; refuse variants this port does not implement, naming the key."""
+        if d.get("model_type", "hubert") != "hubert":
+            raise ConfigError(f"{source}: model_type {d.get('model_type')!r} is not hubert")
+        for key, allowed in cls.SUPPORTED.items():
+            if key in d and d[key] not in allowed:
+                raise ConfigError(f"{source}: {key}={d[key]!r} is not supported (RVC's ContentVec uses {allowed[0]!r})")
+        kw = {}
+        for f in cls.__dataclass_fields__:
+            if f in d and f not in ("group_norm_eps", "sample_rate"):
+                v = d[f]
+                kw[f] = tuple(v) if isinstance(v, list) else v
+        cfg = cls(**kw)
+        n = len(cfg.conv_dim)
+        if not (len(cfg.conv_kernel) == len(cfg.conv_stride) == n == d.get("num_feat_extract_layers", n)):
+            raise ConfigError(f"{source}: conv_dim/conv_kernel/conv_stride lengths disagree")
+        if cfg.hidden_size % cfg.num_attention_heads:
+            raise ConfigError(f"{source}: hidden_size {cfg.hidden_size} not divisible by "
+                              f"num_attention_heads {cfg.num_attention_heads}")
+        return cfg
+
+    def to_hf(self) -> dict:
+        """The config.json that RVC's ContentVec ships (transformers 4.27.3 era), for this architecture."""
+        d = {k: (list(v) if isinstance(v, tuple) else v) for k, v in self.__dict__.items()
+             if k not in ("group_norm_eps", "sample_rate")}
+        d.update({
+            "architectures": ["HubertModelWithFinalProj"], "model_type": "hubert", "apply_spec_augment": True,
+            "activation_dropout": 0.1, "attention_dropout": 0.1, "feat_proj_dropout": 0.0, "final_dropout": 0.1,
+            "hidden_dropout": 0.1, "layerdrop": 0.1, "mask_time_prob": 0.05, "mask_time_length": 10,
+            "mask_time_min_masks": 2, "mask_feature_prob": 0.0, "mask_feature_length": 10,
+            "mask_feature_min_masks": 0, "num_feat_extract_layers": len(self.conv_dim), "initializer_range": 0.02,
+            "torch_dtype": "float32", "transformers_version": "4.27.3", "use_weighted_layer_sum": False,
+            "vocab_size": 32, "pad_token_id": 0, "bos_token_id": 1, "eos_token_id": 2,
+            "ctc_loss_reduction": "sum", "ctc_zero_infinity": False,
+        })
+        return d
+
+
+HUBERT = HubertConfig()

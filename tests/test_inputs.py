@@ -3,7 +3,7 @@
 import numpy as np
 
 from rvc_mlx.testing.components import GOLDEN
-from rvc_mlx.testing.signals import HOP, SR, harmonic_f0, harmonic_signal, read_truth, read_wav
+from rvc_mlx.testing.signals import HOP, SR, harmonic_f0, harmonic_signal, read_truth, read_wav, silence_noise_signal
 
 
 def test_speech_input_is_a_real_16k_mono_utterance():
@@ -13,7 +13,8 @@ def test_speech_input_is_a_real_16k_mono_utterance():
     assert (GOLDEN / "inputs" / "README.md").read_text().count("espeak-ng") >= 1
 
 
-def test_harmonic_input_and_truth_equal_the_generator():
+def test_synthetic_inputs_and_truth_equal_the_generators():
+    np.testing.assert_array_equal(read_wav(GOLDEN / "inputs" / "silence_noise.wav"), silence_noise_signal())
     audio, truth = harmonic_signal()
     np.testing.assert_array_equal(read_wav(GOLDEN / "inputs" / "harmonic.wav"), audio)
     np.testing.assert_allclose(read_truth(GOLDEN / "inputs" / "harmonic_f0.csv"), truth, atol=1e-6)

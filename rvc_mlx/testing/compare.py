@@ -86,6 +86,7 @@ class CaseResult:
     input: dict[str, Any] = field(default_factory=dict)
     weights: dict[str, Any] = field(default_factory=dict)
     extra: dict[str, Any] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
 
     @property
     def key(self) -> str:
@@ -117,7 +118,7 @@ class CaseResult:
     def failure_message(self) -> str:
         lines = [self.blame_line(), f"failing taps ({len(self.failing)} of {len(self.taps)}), execution order:"]
         lines += [f"  {t.describe()}" for t in self.failing]
-        return "\n".join(lines)
+        return "\n".join(lines + self.notes)
 
 
 def _judge_tensor(res: TapResult, value: np.ndarray, ref: np.ndarray, info: TapInfo, rule: Rule) -> None:

@@ -17,8 +17,10 @@ from rvc_mlx.testing.taps import (MLXRecorder, TorchRecorder, _flatten, _mlx_is_
 from rvc_mlx.testing.tolerances import Policy, load_policy
 
 
-def live_reference(comp: Component, case_name: str, weights: Weights, keep_inputs: bool = False) -> CaseData:
-    """Run the twin in float64 (oracle, every tap) and float32 (its own error) on one case's input."""
+def live_reference(comp: Component, case_name: str, weights: Weights, keep_inputs: bool = False,
+                   for_golden: bool = True) -> CaseData:
+    """Run the twin in float64 (oracle) and float32 (its own error) on one case's input; keep the taps the
+    golden stores (`for_golden`) or every tap a live comparison judges."""
     import torch
 
     case = comp.spec.case(case_name)
@@ -26,7 +28,8 @@ def live_reference(comp: Component, case_name: str, weights: Weights, keep_input
     twin64 = comp.twin(weights, torch.float64)
     with TorchRecorder(comp.twin_module(twin64), root=comp.root, inputs=keep_inputs) as rec64:
         comp.run_twin(twin64, audio)
-    names = [n for n, r in rec64.records.items() if comp.stored(case, n, r.module_type)]
+    keep = (lambda n, t: comp.stored(case, n, t)) if for_golden else comp.compared
+    names = [n for n, r in rec64.records.items() if keep(n, r.module_type)]
     twin32 = comp.twin(weights, torch.float32)
     with TorchRecorder(comp.twin_module(twin32), root=comp.root, select=names) as rec32:
         comp.run_twin(twin32, audio)
@@ -149,13 +152,14 @@ class Parity:
     def reference(self, comp: Component, case: str, live: bool = False, keep_inputs: bool = False) -> CaseData:
         weights = self.weights(comp)
         if live or self.regen or self.weights_dir is not None:
+            for_golden = self.regen and not live
             try:
-                ref = live_reference(comp, case, weights, keep_inputs)
+                ref = live_reference(comp, case, weights, keep_inputs, for_golden=for_golden)
             except Exception as e:
                 if self.regen:
                     self.regen_errors.append(f"{comp.name}/{case}: {type(e).__name__}: {e}")
                 raise
-            if self.regen and not live:
+            if for_golden:
                 self.txn.stage(ref)
             return ref
         ref = self.store.load(comp.name, case)

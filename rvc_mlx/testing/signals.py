@@ -1,6 +1,6 @@
 """Test inputs: the committed WAVs under golden/inputs and the generators that made them.
 
-    python -m rvc_mlx.testing.signals golden/inputs     # rewrites speech.wav (needs espeak-ng) and harmonic.*
+    python -m rvc_mlx.testing.signals golden/inputs     # speech.wav (needs espeak-ng), harmonic.*, silence_noise.wav
 
 `harmonic.wav` is a synthetic voice-like signal with a known F0 contour (ground truth in `harmonic_f0.csv`,
 one row per 10 ms frame centre, 0 = unvoiced); a test checks the committed files equal the generator's output.
@@ -55,6 +55,13 @@ def harmonic_signal(seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     return x.astype(np.float32), np.stack([times, harmonic_f0(times)], axis=1)
 
 
+def silence_noise_signal(seed: int = 1) -> np.ndarray:
+    """0.25 s of digital silence, then 0.25 s of white noise at -40 dBFS RMS (float32, 16 kHz)."""
+    rng = np.random.Generator(np.random.PCG64(seed))
+    half = SR // 4
+    return np.concatenate([np.zeros(half), 0.01 * rng.standard_normal(half)]).astype(np.float32)
+
+
 def make_speech(out: Path) -> None:
     """espeak-ng -> 16 kHz (soxr very-high quality) -> peak 0.9, float32 WAV."""
     import soundfile as sf
@@ -71,9 +78,11 @@ def make_speech(out: Path) -> None:
     sf.write(out, x.astype(np.float32), SR, subtype="FLOAT")
 
 
-def write_harmonic(folder: Path) -> None:
+def write_synthetic(folder: Path) -> None:
+    """harmonic.wav + harmonic_f0.csv and silence_noise.wav."""
     import soundfile as sf
 
+    sf.write(folder / "silence_noise.wav", silence_noise_signal(), SR, subtype="FLOAT")
     audio, truth = harmonic_signal()
     sf.write(folder / "harmonic.wav", audio, SR, subtype="FLOAT")
     np.savetxt(folder / "harmonic_f0.csv", truth, fmt="%.6f", delimiter=",", header="time_s,f0_hz", comments="")
@@ -96,12 +105,12 @@ def read_truth(path: Path) -> np.ndarray:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m rvc_mlx.testing.signals")
     p.add_argument("folder", type=Path)
-    p.add_argument("--no-speech", action="store_true", help="only rewrite the synthetic harmonic input")
+    p.add_argument("--no-speech", action="store_true", help="only rewrite the synthetic inputs")
     a = p.parse_args(argv)
     a.folder.mkdir(parents=True, exist_ok=True)
     if not a.no_speech:
         make_speech(a.folder / "speech.wav")
-    write_harmonic(a.folder)
+    write_synthetic(a.folder)
     return 0
 
 

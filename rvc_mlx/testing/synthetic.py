@@ -5,7 +5,8 @@ BatchNorm gains/biases away from 1/0, and BatchNorm running statistics calibrate
 so activations keep a sane scale through the network, then perturbed and rounded to 3 significant digits
 (so the file does not depend on the last bits of the calibration arithmetic). Files are cached, never committed.
 
-Command:  python -m rvc_mlx.testing.synthetic rmvpe --seed 0 -o rmvpe.pt
+Commands: python -m rvc_mlx.testing.synthetic rmvpe --seed 0 -o rmvpe.pt
+          python -m rvc_mlx.testing.synthetic contentvec --seed 0 -o contentvec/   (config.json + pytorch_model.bin)
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import numpy as np
 
 from rvc_mlx.checkpoints import atomic_write_bytes, cache_dir, state_sha256
 
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2
 
 
 def _round_sig(x: np.ndarray, digits: int = 3) -> np.ndarray:
@@ -82,7 +83,8 @@ def rmvpe_state(seed: int = 0) -> dict:
     tensors = {k: torch.from_numpy(np.asarray(v, dtype=np.int64 if k.endswith("num_batches_tracked")
                                               else np.float32)) for k, v in state.items()}
     _calibrate_rmvpe(tensors, rng)
-    return tensors
+    # The released rmvpe.pt stores float16 tensors (181 MB for 90.4 M parameters); so does this one.
+    return {k: v.half() if v.is_floating_point() else v for k, v in tensors.items()}
 
 
 def _calibrate_rmvpe(tensors: dict, rng: np.random.Generator) -> None:
@@ -122,25 +124,93 @@ def _calibrate_rmvpe(tensors: dict, rng: np.random.Generator) -> None:
     tensors["fc.1.bias"].copy_(torch.from_numpy((bias + shift).astype(np.float32)))
 
 
-GENERATORS = {"rmvpe": rmvpe_state}
+# ----------------------------------------------------------------------------------------------- ContentVec
+def contentvec_state(seed: int = 0) -> dict:
+    """State dict of a synthetic ContentVec (`HubertModelWithFinalProj`, 94.6 M parameters) with the legacy
+    `weight_g/weight_v` spelling of the real file; LayerNorm/GroupNorm gains != 1 and weight-norm g != ||v||."""
+    import torch
+
+    from reference_torch.hubert import HubertModel
+
+    rng = np.random.Generator(np.random.PCG64(seed))
+    model = HubertModel()
+    modules = dict(model.named_modules())
+    state = {}
+    for key, value in model.state_dict().items():
+        shape = tuple(value.shape)
+        key = key.replace(".parametrizations.weight.original0", ".weight_g")
+        key = key.replace(".parametrizations.weight.original1", ".weight_v")
+        path, _, param = key.rpartition(".")
+        module = modules.get(path)
+        if key == "masked_spec_embed":
+            a = rng.uniform(0.0, 1.0, shape)
+        elif param == "weight_g":  # per kernel tap; ||v_k|| ~ 192 for unit-normal v, so g != ||v||
+            a = 2.5 * rng.uniform(0.7, 1.3, shape)
+        elif param == "weight_v":
+            a = rng.standard_normal(shape)
+        elif isinstance(module, (torch.nn.LayerNorm, torch.nn.GroupNorm)):
+            a = rng.uniform(0.7, 1.3, shape) if param == "weight" else rng.normal(0.0, 0.05, shape)
+        elif isinstance(module, torch.nn.Conv1d) and param == "weight":  # GELU follows: He scaling
+            a = rng.normal(0.0, np.sqrt(2.0 / (shape[1] * shape[2])), shape)
+        elif isinstance(module, torch.nn.Linear) and param == "weight":
+            gain = 2.0 if path.endswith("intermediate_dense") else 1.0
+            a = rng.normal(0.0, np.sqrt(gain / shape[1]), shape)
+        elif param == "bias":
+            a = rng.normal(0.0, 0.02, shape)
+        else:  # pragma: no cover - HubertModel has no other parameter kinds
+            raise AssertionError(f"no synthetic rule for {key}")
+        state[key] = torch.from_numpy(np.asarray(a, dtype=np.float32))
+    return state
+
+
+def _write_contentvec(path: Path, seed: int) -> str:
+    import json
+
+    import torch
+
+    from rvc_mlx.config import HUBERT
+
+    state = contentvec_state(seed)
+    path.mkdir(parents=True, exist_ok=True)
+    buf = io.BytesIO()
+    torch.save(state, buf)
+    atomic_write_bytes(path / "pytorch_model.bin", buf.getvalue())
+    atomic_write_bytes(path / "config.json", (json.dumps(HUBERT.to_hf(), indent=2) + "\n").encode())
+    return state_sha256({k: v.numpy() for k, v in state.items()})
+
+
+def _write_file(state_fn):
+    def write(path: Path, seed: int) -> str:
+        import torch
+
+        state = state_fn(seed)
+        buf = io.BytesIO()
+        torch.save(state, buf)
+        atomic_write_bytes(Path(path), buf.getvalue())
+        return state_sha256({k: v.numpy() for k, v in state.items()})
+
+    return write
+
+
+# component -> (writer(path, seed) -> content sha256, cached name)
+GENERATORS = {
+    "rmvpe": (_write_file(rmvpe_state), "rmvpe-seed{seed}-v{v}.pt"),
+    "contentvec": (_write_contentvec, "contentvec-seed{seed}-v{v}"),
+}
 
 
 def write_checkpoint(component: str, path: Path, seed: int = 0) -> str:
-    """Write the synthetic checkpoint for `component` atomically; returns its content hash."""
-    import torch
-
-    state = GENERATORS[component](seed)
-    buf = io.BytesIO()
-    torch.save(state, buf)
-    atomic_write_bytes(Path(path), buf.getvalue())
-    return state_sha256({k: v.numpy() for k, v in state.items()})
+    """Write the synthetic checkpoint (file or directory) for `component`; returns its content hash."""
+    return GENERATORS[component][0](Path(path), seed)
 
 
 def cached_checkpoint(component: str, seed: int = 0) -> Path:
     """The synthetic checkpoint for `component`, generated on first use into the cache directory."""
-    path = cache_dir() / "synthetic" / f"{component}-seed{seed}-v{GENERATOR_VERSION}.pt"
-    if not path.is_file():
-        write_checkpoint(component, path, seed)
+    path = cache_dir() / "synthetic" / GENERATORS[component][1].format(seed=seed, v=GENERATOR_VERSION)
+    if not path.exists():
+        tmp = path.with_name(path.name + ".partial")
+        write_checkpoint(component, tmp, seed)
+        tmp.rename(path)  # a directory appears complete or not at all
     return path
 
 

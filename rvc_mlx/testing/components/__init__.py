@@ -7,6 +7,7 @@ the code here only knows how to construct and call the two implementations.
 from __future__ import annotations
 
 import fnmatch
+import hashlib
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -49,7 +50,8 @@ class ComponentSpec:
 
     name: str
     cases: list[CaseSpec]
-    exclude_types: tuple[str, ...] = ()
+    exclude_types: tuple[str, ...] = ()  # never compared (duplicates of a child's output, weight-norm internals)
+    unstored_types: tuple[str, ...] = ()  # compared in live runs, not kept in golden (the next tap checks them)
     blocks: tuple[str, ...] = ()
     kinds: dict[str, str] = field(default_factory=dict)
     weights: dict[str, Any] = field(default_factory=dict)
@@ -79,8 +81,11 @@ def load_specs(path: Path = GOLDEN / "cases.toml") -> dict[str, ComponentSpec]:
         cases = [CaseSpec(component=name, **c) for c in d.get("case", [])]
         if not cases:
             raise SpecError(f"{path}: component {name} lists no [[{name}.case]]")
-        specs[name] = ComponentSpec(name, cases, tuple(d.get("exclude_types", ())), tuple(d.get("blocks", ())),
-                                    dict(d.get("kinds", {})), dict(d.get("weights", {})))
+        unknown = set(d) - {"case", "exclude_types", "unstored_types", "blocks", "kinds", "weights"}
+        if unknown:
+            raise SpecError(f"{path}: [{name}] has unknown keys {sorted(unknown)}")
+        specs[name] = ComponentSpec(name, cases, tuple(d.get("exclude_types", ())), tuple(d.get("unstored_types", ())),
+                                    tuple(d.get("blocks", ())), dict(d.get("kinds", {})), dict(d.get("weights", {})))
     return specs
 
 
@@ -98,7 +103,6 @@ class Component:
 
     # --- inputs -------------------------------------------------------------------------------------
     def load_input(self, case: CaseSpec) -> tuple[np.ndarray, dict[str, Any]]:
-        from rvc_mlx.checkpoints import file_sha256
         from rvc_mlx.testing.signals import read_wav
 
         path = GOLDEN / "inputs" / case.input
@@ -111,8 +115,9 @@ class Component:
         if case.samples is not None and clip.shape[0] != case.samples:
             raise SpecError(f"case {self.name}/{case.name}: golden/inputs/{case.input} has {audio.shape[0]} "
                             f"samples, fewer than start {case.start} + {case.samples}")
-        info = {"file": f"inputs/{case.input}", "sha256": file_sha256(path), "start": case.start,
-                "samples": int(clip.shape[0])}
+        # hash the decoded samples: WAV headers carry a timestamp (libsndfile's PEAK chunk)
+        info = {"file": f"inputs/{case.input}", "sha256": hashlib.sha256(audio.tobytes()).hexdigest(),
+                "start": case.start, "samples": int(clip.shape[0])}
         return clip, info
 
     def truth_f0(self, case: CaseSpec, n_frames: int, hop: int = 160, sr: int = 16000) -> np.ndarray | None:
@@ -129,9 +134,13 @@ class Component:
         return table[idx, 1]
 
     # --- tap selection ------------------------------------------------------------------------------
+    def compared(self, name: str, module_type: str) -> bool:
+        """Whether a live run judges this tap (everything but exact duplicates and weight-norm internals)."""
+        return module_type not in self.spec.exclude_types
+
     def stored(self, case: CaseSpec, name: str, module_type: str) -> bool:
         """Whether the golden of `case` keeps this tap."""
-        if module_type in self.spec.exclude_types:
+        if not self.compared(name, module_type) or module_type in self.spec.unstored_types:
             return False
         if case.store == "all":
             return True
@@ -140,7 +149,26 @@ class Component:
         raise SpecError(f"case {self.name}/{case.name}: unknown store {case.store!r} (all | blocks)")
 
     # --- models (subclass) --------------------------------------------------------------------------
-    def weights(self, weights_dir: Path | None) -> Weights:  # pragma: no cover - abstract
+    def weights(self, weights_dir: Path | None) -> Weights:
+        """Synthetic checkpoint from the spec's generator (cached), or `weights_dir / spec.weights.file`."""
+        from rvc_mlx.testing import synthetic
+
+        w = self.spec.weights
+        if weights_dir is not None:
+            path = Path(weights_dir) / w["file"]
+            if not path.exists():
+                raise SpecError(f"--weights-dir {weights_dir} has no {w['file']}; put the original {self.name} "
+                                "checkpoint there or drop --weights-dir to use synthetic weights")
+            info = {"format": w["format"], "file": str(path)}
+        else:
+            seed = int(w.get("seed", 0))
+            path = synthetic.cached_checkpoint(w["generator"], seed)
+            info = {"format": w["format"], "generator": f"rvc_mlx.testing.synthetic:{w['generator']}",
+                    "generator_version": synthetic.GENERATOR_VERSION, "seed": seed}
+        info["sha256"] = self.weights_sha256(path)
+        return Weights(path, info)
+
+    def weights_sha256(self, path: Path) -> str:  # pragma: no cover - abstract
         raise NotImplementedError
 
     def twin(self, weights: Weights, dtype) -> Any:  # pragma: no cover - abstract
@@ -167,10 +195,11 @@ class Component:
 
 
 def registry() -> dict[str, Component]:
+    from rvc_mlx.testing.components.hubert import HubertComponent
     from rvc_mlx.testing.components.rmvpe import RMVPEComponent
 
     specs = load_specs()
-    classes = {"rmvpe": RMVPEComponent}
+    classes = {"rmvpe": RMVPEComponent, "hubert": HubertComponent}
     missing = set(specs) - set(classes)
     if missing:
         raise SpecError(f"golden/cases.toml names components without a spec class: {sorted(missing)}")

@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from rvc_mlx.testing.components import Component, SpecError, Weights
+from rvc_mlx.testing.components import Component, Weights
 from rvc_mlx.testing.taps import LayoutMap, LayoutRule
 
 
@@ -22,26 +22,10 @@ class RMVPEComponent(Component):
         LayoutRule("cnn", output="NHWC"),
     ))
 
-    def weights(self, weights_dir: Path | None) -> Weights:
+    def weights_sha256(self, path: Path) -> str:
         from rvc_mlx.checkpoints import load_torch_checkpoint, state_sha256, tensors_to_numpy
-        from rvc_mlx.testing import synthetic
 
-        w = self.spec.weights
-        if weights_dir is not None:
-            path = Path(weights_dir) / w.get("file", "rmvpe.pt")
-            if not path.is_file():
-                raise SpecError(f"--weights-dir {weights_dir} has no {path.name}; put the original RMVPE "
-                                "checkpoint there or drop --weights-dir to use synthetic weights")
-            info = {"format": "rmvpe.pt (plain state dict)", "file": str(path)}
-        else:
-            seed = int(w.get("seed", 0))
-            path = synthetic.cached_checkpoint(w.get("generator", "rmvpe"), seed)
-            info = {"format": "rmvpe.pt (plain state dict)", "generator": f"rvc_mlx.testing.synthetic:{self.name}",
-                    "generator_version": synthetic.GENERATOR_VERSION, "seed": seed}
-        if "sha256" not in info:
-            state = tensors_to_numpy(load_torch_checkpoint(path), path, self.name)
-            info["sha256"] = state_sha256(state)
-        return Weights(path, info)
+        return state_sha256(tensors_to_numpy(load_torch_checkpoint(path), path, self.name))
 
     def twin(self, weights: Weights, dtype) -> Any:
         key = (str(weights.path), str(dtype))

@@ -1,0 +1,229 @@
+"""HuBERT / ContentVec content encoder on MLX, module paths identical to the HF checkpoint keys.
+
+Layout: audio (N,) at 16 kHz; feature extractor channels-last (B, L, 512); encoder (B, T, 768).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import mlx.core as mx
+import mlx.nn as nn
+import numpy as np
+
+from rvc_mlx.audio import check_mono
+from rvc_mlx.config import HUBERT, HubertConfig
+
+
+class GroupNormConvLayer(nn.Module):
+    """Conv1d (no bias) -> per-channel GroupNorm over time -> GELU; (B, L, C)."""
+
+    def __init__(self, cfg: HubertConfig, layer_id: int):
+        super().__init__()
+        c_in = cfg.conv_dim[layer_id - 1] if layer_id > 0 else 1
+        c_out = cfg.conv_dim[layer_id]
+        self.conv = nn.Conv1d(c_in, c_out, cfg.conv_kernel[layer_id], cfg.conv_stride[layer_id], bias=cfg.conv_bias)
+        self.layer_norm = nn.GroupNorm(c_out, c_out, eps=cfg.group_norm_eps, affine=True, pytorch_compatible=True)
+        self.activation = nn.GELU()
+
+    def __call__(self, x: mx.array) -> mx.array:
+        return self.activation(self.layer_norm(self.conv(x)))
+
+
+class NoLayerNormConvLayer(nn.Module):
+    """Conv1d (no bias) -> GELU; (B, L, C)."""
+
+    def __init__(self, cfg: HubertConfig, layer_id: int):
+        super().__init__()
+        c_in = cfg.conv_dim[layer_id - 1] if layer_id > 0 else 1
+        self.conv = nn.Conv1d(c_in, cfg.conv_dim[layer_id], cfg.conv_kernel[layer_id], cfg.conv_stride[layer_id],
+                              bias=cfg.conv_bias)
+        self.activation = nn.GELU()
+
+    def __call__(self, x: mx.array) -> mx.array:
+        return self.activation(self.conv(x))
+
+
+class FeatureEncoder(nn.Module):
+    """Waveform (B, N) -> (B, frames, 512)."""
+
+    def __init__(self, cfg: HubertConfig):
+        super().__init__()
+        self.conv_layers = [GroupNormConvLayer(cfg, 0)] + [NoLayerNormConvLayer(cfg, i)
+                                                           for i in range(1, len(cfg.conv_dim))]
+
+    def __call__(self, input_values: mx.array) -> mx.array:
+        x = input_values[..., None]
+        for layer in self.conv_layers:
+            x = layer(x)
+        return x
+
+
+class FeatureProjection(nn.Module):
+    """LayerNorm(512) -> Linear(512, 768) -> dropout; (B, T, C)."""
+
+    def __init__(self, cfg: HubertConfig):
+        super().__init__()
+        self.layer_norm = nn.LayerNorm(cfg.conv_dim[-1], eps=cfg.layer_norm_eps)
+        self.projection = nn.Linear(cfg.conv_dim[-1], cfg.hidden_size)
+        self.dropout = nn.Dropout(0.0)
+
+    def __call__(self, x: mx.array) -> mx.array:
+        return self.dropout(self.projection(self.layer_norm(x)))
+
+
+class SamePad(nn.Module):
+    """Drops the last frame when the positional kernel is even; (B, T, C)."""
+
+    def __init__(self, kernel: int):
+        super().__init__()
+        self.num_pad_remove = 1 if kernel % 2 == 0 else 0
+
+    def __call__(self, x: mx.array) -> mx.array:
+        return x[:, : -self.num_pad_remove] if self.num_pad_remove else x
+
+
+class PositionalConvEmbedding(nn.Module):
+    """Grouped Conv1d(k=128, pad 64, groups 16) (weight norm folded at conversion) -> SamePad -> GELU; (B, T, C)."""
+
+    def __init__(self, cfg: HubertConfig):
+        super().__init__()
+        self.conv = nn.Conv1d(cfg.hidden_size, cfg.hidden_size, cfg.num_conv_pos_embeddings,
+                              padding=cfg.num_conv_pos_embeddings // 2, groups=cfg.num_conv_pos_embedding_groups)
+        self.padding = SamePad(cfg.num_conv_pos_embeddings)
+        self.activation = nn.GELU()
+
+    def __call__(self, x: mx.array) -> mx.array:
+        return self.activation(self.padding(self.conv(x)))
+
+
+class Attention(nn.Module):
+    """Multi-head self-attention (scores = (q k^T) * d^-0.5); returns (out, weights); (B, T, C)."""
+
+    def __init__(self, cfg: HubertConfig):
+        super().__init__()
+        self.num_heads = cfg.num_attention_heads
+        self.head_dim = cfg.hidden_size // cfg.num_attention_heads
+        self.scaling = self.head_dim ** -0.5
+        e = cfg.hidden_size
+        self.k_proj = nn.Linear(e, e)
+        self.v_proj = nn.Linear(e, e)
+        self.q_proj = nn.Linear(e, e)
+        self.out_proj = nn.Linear(e, e)
+
+    def __call__(self, x: mx.array) -> tuple[mx.array, mx.array]:
+        b, t, _ = x.shape
+        shape = (b, t, self.num_heads, self.head_dim)
+        q = self.q_proj(x).reshape(shape).transpose(0, 2, 1, 3)
+        k = self.k_proj(x).reshape(shape).transpose(0, 2, 1, 3)
+        v = self.v_proj(x).reshape(shape).transpose(0, 2, 1, 3)
+        weights = mx.softmax((q @ k.transpose(0, 1, 3, 2)) * self.scaling, axis=-1, precise=True)
+        out = (weights @ v).transpose(0, 2, 1, 3).reshape(b, t, -1)
+        return self.out_proj(out), weights
+
+
+class FeedForward(nn.Module):
+    """Linear(768, 3072) -> GELU -> Linear(3072, 768); (B, T, C)."""
+
+    def __init__(self, cfg: HubertConfig):
+        super().__init__()
+        self.intermediate_dropout = nn.Dropout(0.0)
+        self.intermediate_dense = nn.Linear(cfg.hidden_size, cfg.intermediate_size)
+        self.intermediate_act_fn = nn.GELU()
+        self.output_dense = nn.Linear(cfg.intermediate_size, cfg.hidden_size)
+        self.output_dropout = nn.Dropout(0.0)
+
+    def __call__(self, x: mx.array) -> mx.array:
+        x = self.intermediate_dropout(self.intermediate_act_fn(self.intermediate_dense(x)))
+        return self.output_dropout(self.output_dense(x))
+
+
+class EncoderLayer(nn.Module):
+    """Post-LN layer: x = LN(x + Attn(x)); x = FinalLN(x + FFN(x)); (B, T, C)."""
+
+    def __init__(self, cfg: HubertConfig):
+        super().__init__()
+        self.attention = Attention(cfg)
+        self.dropout = nn.Dropout(0.0)
+        self.layer_norm = nn.LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_eps)
+        self.feed_forward = FeedForward(cfg)
+        self.final_layer_norm = nn.LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_eps)
+
+    def __call__(self, x: mx.array) -> mx.array:
+        attn, _ = self.attention(x)
+        x = self.layer_norm(x + self.dropout(attn))
+        return self.final_layer_norm(x + self.feed_forward(x))
+
+
+class Encoder(nn.Module):
+    """x + PosConv(x) -> LayerNorm -> layers; returns every hidden state (input of layer 0, each output)."""
+
+    def __init__(self, cfg: HubertConfig):
+        super().__init__()
+        self.pos_conv_embed = PositionalConvEmbedding(cfg)
+        self.layer_norm = nn.LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_eps)
+        self.dropout = nn.Dropout(0.0)
+        self.layers = [EncoderLayer(cfg) for _ in range(cfg.num_hidden_layers)]
+
+    def __call__(self, x: mx.array, n_layers: int | None = None) -> list[mx.array]:
+        x = self.dropout(self.layer_norm(x + self.pos_conv_embed(x)))
+        hidden = [x]
+        for layer in self.layers[:n_layers]:
+            x = layer(x)
+            hidden.append(x)
+        return hidden
+
+
+class HubertModel(nn.Module):
+    """ContentVec: waveform (B, N) -> hidden states (B, T, 768), T = floor((N - 400) / 320) + 1."""
+
+    def __init__(self, cfg: HubertConfig = HUBERT):
+        super().__init__()
+        self.cfg = cfg
+        self.feature_extractor = FeatureEncoder(cfg)
+        self.feature_projection = FeatureProjection(cfg)
+        self.encoder = Encoder(cfg)
+        self.final_proj = nn.Linear(cfg.hidden_size, cfg.classifier_proj_size)
+
+    def __call__(self, input_values: mx.array, n_layers: int | None = None) -> list[mx.array]:
+        return self.encoder(self.feature_projection(self.feature_extractor(input_values)), n_layers)
+
+
+class HuBERT:
+    """Content features: audio (N,) at 16 kHz -> (frames, 768), or (frames, 256) through final_proj."""
+
+    def __init__(self, model: HubertModel):
+        self.model = model
+        self.model.eval()
+        self.cfg = model.cfg
+
+    @classmethod
+    def from_checkpoint(cls, path: str | Path) -> "HuBERT":
+        """A ContentVec directory (config.json + pytorch_model.bin | model.safetensors; converted once and
+        cached) or a converted `.safetensors`."""
+        from rvc_mlx.checkpoints import convert_contentvec, load_mlx_weights, read_mlx_metadata
+
+        path = Path(path)
+        converted = convert_contentvec(path) if path.is_dir() else path
+        cfg = HubertConfig.from_hf(json.loads(read_mlx_metadata(converted, "hubert")["config"]), str(converted))
+        model = HubertModel(cfg)
+        load_mlx_weights(model, converted, component="hubert")
+        return cls(model)
+
+    def hidden_states(self, audio_16k: np.ndarray, n_layers: int | None = None) -> list[mx.array]:
+        audio = check_mono(audio_16k, self.cfg.receptive_field, "HuBERT", self.cfg.sample_rate)
+        return self.model(mx.array(audio)[None], n_layers)
+
+    def features_mx(self, audio_16k: np.ndarray, layer: int = 12, final_proj: bool = False) -> mx.array:
+        if not 0 <= layer <= self.cfg.num_hidden_layers:
+            raise ValueError(f"layer must be in 0..{self.cfg.num_hidden_layers}, got {layer}")
+        x = self.hidden_states(audio_16k, n_layers=layer)[layer]
+        if final_proj:
+            x = self.model.final_proj(x)
+        return x[0]
+
+    def features(self, audio_16k: np.ndarray, layer: int = 12, final_proj: bool = False) -> np.ndarray:
+        out = self.features_mx(audio_16k, layer, final_proj)
+        mx.eval(out)
+        return np.array(out)

@@ -1,0 +1,56 @@
+"""HuBERT / ContentVec in the harness: a ContentVec directory, twin and MLX port run through `.features()`
+(all 12 layers, then final_proj, so every module is exercised)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from rvc_mlx.testing.components import Component
+from rvc_mlx.testing.taps import LayoutMap, LayoutRule, tap
+
+
+class HubertComponent(Component):
+    name = "hubert"
+    root = "model"
+    layouts = LayoutMap((
+        LayoutRule("feature_extractor", output="NLC", inputs="same"),  # (B, N) in, (B, 512, L) out in torch
+        LayoutRule("feature_extractor.*", output="NLC"),
+        LayoutRule("encoder.pos_conv_embed.*", output="NLC"),  # inside the pos conv torch is (B, C, T)
+        LayoutRule("*", output="same"),
+    ))
+
+    def weights_sha256(self, path: Path) -> str:
+        from rvc_mlx.checkpoints import read_contentvec_dir, state_sha256
+
+        return state_sha256(read_contentvec_dir(path)[1])
+
+    def twin(self, weights, dtype) -> Any:
+        key = (str(weights.path), str(dtype))
+        if key not in self._twins:
+            from reference_torch.hubert import HuBERT
+
+            self._twins[key] = HuBERT.from_checkpoint(weights.path, dtype=dtype)
+        return self._twins[key]
+
+    def twin_module(self, twin: Any) -> Any:
+        return twin.model
+
+    def run_twin(self, twin: Any, audio: np.ndarray) -> Any:
+        return tap("hubert.features", twin.features(audio, layer=12, final_proj=True))
+
+    def mlx(self, weights) -> Any:
+        key = str(weights.path)
+        if key not in self._mlx:
+            from rvc_mlx.hubert import HuBERT
+
+            self._mlx[key] = HuBERT.from_checkpoint(weights.path)
+        return self._mlx[key]
+
+    def mlx_module(self, model: Any) -> Any:
+        return model.model
+
+    def run_mlx(self, model: Any, audio: np.ndarray) -> Any:
+        return tap("hubert.features", model.features_mx(audio, layer=12, final_proj=True))
