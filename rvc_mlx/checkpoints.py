@@ -319,3 +319,34 @@ def load_mlx_weights(model, path: str | Path, component: str) -> None:
         if tuple(v.shape) != expected[k]:
             raise CheckpointError(f"{path}: {k} has shape {tuple(v.shape)}, model expects {expected[k]}")
     model.load_weights([(k, mx.array(v)) for k, v in arrays.items()], strict=True)
+
+
+def read_rvc_checkpoint(path: str | Path):
+    """An RVC model `.pth` (weights_only) -> (SynthConfig, state dict of numpy arrays without enc_q.*).
+
+    The original reader overwrites config[-3] (spk_embed_dim) with emb_g's row count; here a disagreement is
+    an error, since it means the config list and the weights come from different models.
+    """
+    from rvc_mlx.config import ConfigError, SynthConfig
+
+    path = Path(path)
+    ckpt = load_torch_checkpoint(path)
+    if not isinstance(ckpt, dict) or "weight" not in ckpt or "config" not in ckpt:
+        raise CheckpointError(f"{path}: not an RVC model (expected a dict with 'weight' and 'config')")
+    state = {k: v for k, v in tensors_to_numpy(ckpt["weight"], path, "RVC model").items() if not training_only(k)}
+    try:
+        cfg = SynthConfig.from_list(ckpt["config"], use_f0=bool(int(ckpt.get("f0", 1))),
+                                    version=str(ckpt.get("version", "v1")),
+                                    vocoder=str(ckpt.get("vocoder", "HiFi-GAN")), source=str(path))
+    except ConfigError as e:
+        raise CheckpointError(str(e)) from None
+    emb = state.get("emb_g.weight")
+    if emb is not None and emb.shape[0] != cfg.spk_embed_dim:
+        raise CheckpointError(f"{path}: config says spk_embed_dim={cfg.spk_embed_dim} but emb_g.weight has "
+                              f"{emb.shape[0]} speakers {tuple(emb.shape)}; the config list and the weights "
+                              "disagree (re-export the model)")
+    phone = state.get("enc_p.emb_phone.weight")
+    if phone is not None and phone.shape[1] != cfg.text_enc_hidden_dim:
+        raise CheckpointError(f"{path}: version {cfg.version} expects {cfg.text_enc_hidden_dim}-d features but "
+                              f"enc_p.emb_phone.weight is {tuple(phone.shape)}")
+    return cfg, state

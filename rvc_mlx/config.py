@@ -141,3 +141,133 @@ class HubertConfig:
 
 
 HUBERT = HubertConfig()
+
+
+@dataclass(frozen=True)
+class SynthConfig:
+    """An RVC synthesizer: the checkpoint's 18-item `config` list plus f0 / version / vocoder."""
+
+    spec_channels: int
+    segment_size: int
+    inter_channels: int
+    hidden_channels: int
+    filter_channels: int
+    n_heads: int
+    n_layers: int
+    kernel_size: int
+    p_dropout: float
+    resblock: str
+    resblock_kernel_sizes: tuple[int, ...]
+    resblock_dilation_sizes: tuple[tuple[int, ...], ...]
+    upsample_rates: tuple[int, ...]
+    upsample_initial_channel: int
+    upsample_kernel_sizes: tuple[int, ...]
+    spk_embed_dim: int
+    gin_channels: int
+    sr: int
+    use_f0: bool = True
+    version: str = "v2"
+    vocoder: str = "HiFi-GAN"
+    # fixed by the original code, not by the config list
+    window_size: int = 10  # relative attention window
+    flow_kernel: int = 5
+    flow_dilation: int = 1
+    flow_layers: int = 3
+    n_flows: int = 4
+    lrelu_slope: float = 0.1
+    sine_amp: float = 0.1
+    noise_std: float = 0.003
+    prior_noise_scale: float = 0.66666
+
+    FIELDS = ("spec_channels", "segment_size", "inter_channels", "hidden_channels", "filter_channels", "n_heads",
+              "n_layers", "kernel_size", "p_dropout", "resblock", "resblock_kernel_sizes",
+              "resblock_dilation_sizes", "upsample_rates", "upsample_initial_channel", "upsample_kernel_sizes",
+              "spk_embed_dim", "gin_channels", "sr")
+
+    @property
+    def text_enc_hidden_dim(self) -> int:
+        return 768 if self.version == "v2" else 256
+
+    @property
+    def upp(self) -> int:
+        """Output samples per frame (product of the upsample rates)."""
+        n = 1
+        for u in self.upsample_rates:
+            n *= u
+        return n
+
+    @property
+    def variant(self) -> str:
+        return f"{self.version}-{self.sr // 1000}k-{'f0' if self.use_f0 else 'nof0'}"
+
+    @classmethod
+    def from_list(cls, config: list, use_f0: bool = True, version: str = "v2", vocoder: str = "HiFi-GAN",
+                  source: str = "config") -> "SynthConfig":
+        """Parse RVC's 18-item config list (order as written by the original's extract_model)."""
+        if not isinstance(config, (list, tuple)) or len(config) != len(cls.FIELDS):
+            n = len(config) if isinstance(config, (list, tuple)) else type(config).__name__
+            raise ConfigError(f"{source}: expected the 18-item RVC config list, got {n} items")
+        d = dict(zip(cls.FIELDS, config, strict=True))
+        try:
+            d["resblock_kernel_sizes"] = tuple(int(k) for k in d["resblock_kernel_sizes"])
+            d["resblock_dilation_sizes"] = tuple(tuple(int(x) for x in ds) for ds in d["resblock_dilation_sizes"])
+            d["upsample_rates"] = tuple(int(u) for u in d["upsample_rates"])
+            d["upsample_kernel_sizes"] = tuple(int(k) for k in d["upsample_kernel_sizes"])
+            for k in ("spec_channels", "segment_size", "inter_channels", "hidden_channels", "filter_channels",
+                      "n_heads", "n_layers", "kernel_size", "upsample_initial_channel", "spk_embed_dim",
+                      "gin_channels", "sr"):
+                d[k] = int(d[k])
+            d["p_dropout"] = float(d["p_dropout"])
+            d["resblock"] = str(d["resblock"])
+        except (TypeError, ValueError) as e:
+            raise ConfigError(f"{source}: malformed config list ({e})") from None
+        if version not in ("v1", "v2"):
+            raise ConfigError(f"{source}: version {version!r} is neither v1 nor v2")
+        if vocoder != "HiFi-GAN":
+            raise ConfigError(f"{source}: vocoder {vocoder!r} is not supported (HiFi-GAN only; Applio's "
+                              "MRF HiFi-GAN and RefineGAN are not ported)")
+        if d["resblock"] != "1":
+            raise ConfigError(f"{source}: resblock {d['resblock']!r} is not supported (RVC uses \"1\")")
+        if len(d["upsample_rates"]) != len(d["upsample_kernel_sizes"]):
+            raise ConfigError(f"{source}: upsample_rates and upsample_kernel_sizes differ in length")
+        if len(d["resblock_kernel_sizes"]) != len(d["resblock_dilation_sizes"]):
+            raise ConfigError(f"{source}: resblock_kernel_sizes and resblock_dilation_sizes differ in length")
+        if d["hidden_channels"] % d["n_heads"]:
+            raise ConfigError(f"{source}: hidden_channels not divisible by n_heads")
+        return cls(**d, use_f0=bool(use_f0), version=version, vocoder=vocoder)
+
+    def to_list(self) -> list:
+        out = []
+        for f in self.FIELDS:
+            v = getattr(self, f)
+            if isinstance(v, tuple):
+                v = [list(x) if isinstance(x, tuple) else x for x in v]
+            out.append(v)
+        return out
+
+
+def _rvc_config(sr: int, v1_webui: bool = False) -> list:
+    """The training configs: Applio's rvc/configs/<sr>.json (v1 and v2 alike) or RVC-WebUI's v1 layouts."""
+    rates, kernels, filt = {
+        (32000, False): ([10, 8, 2, 2], [20, 16, 4, 4], 1024),
+        (40000, False): ([10, 10, 2, 2], [16, 16, 4, 4], 2048),
+        (48000, False): ([12, 10, 2, 2], [24, 20, 4, 4], 2048),
+        (32000, True): ([10, 4, 2, 2, 2], [16, 16, 4, 4, 4], 1024),
+        (48000, True): ([10, 6, 2, 2, 2], [16, 16, 4, 4, 4], 2048),
+    }[(sr, v1_webui)]
+    return [filt // 2 + 1, 32, 192, 192, 768, 2, 6, 3, 0, "1", [3, 7, 11], [[1, 3, 5], [1, 3, 5], [1, 3, 5]],
+            rates, 512, kernels, 109, 256, sr]
+
+
+def synth_variants() -> dict[str, SynthConfig]:
+    """Every supported variant: v1/v2 x 32/40/48 kHz x f0/no-f0, plus RVC-WebUI's 5-stage v1 32k/48k."""
+    out = {}
+    for version in ("v1", "v2"):
+        for sr in (32000, 40000, 48000):
+            for f0 in (True, False):
+                cfg = SynthConfig.from_list(_rvc_config(sr), use_f0=f0, version=version)
+                out[cfg.variant] = cfg
+    for sr in (32000, 48000):
+        cfg = SynthConfig.from_list(_rvc_config(sr, v1_webui=True), use_f0=True, version="v1")
+        out[cfg.variant.replace("v1-", "v1webui-")] = cfg
+    return out

@@ -179,6 +179,60 @@ def _write_contentvec(path: Path, seed: int) -> str:
     return state_sha256({k: v.numpy() for k, v in state.items()})
 
 
+# ----------------------------------------------------------------------------------------------- RVC .pth
+def synth_checkpoint(variant: str, seed: int = 0) -> dict:
+    """An RVC model .pth dict for `variant` (e.g. "v2-40k-f0") in Applio's format: fp16 `weight` without
+    enc_q, legacy weight_g/weight_v names, the 18-item config and the metadata fields."""
+    import torch
+
+    from reference_torch.synthesizer.model import SynthesizerModel
+    from rvc_mlx.config import synth_variants
+
+    cfg = synth_variants()[variant]
+    rng = np.random.Generator(np.random.PCG64(seed))
+    model = SynthesizerModel(cfg)
+    modules = dict(model.named_modules())
+    weight = {}
+    for key, value in model.state_dict().items():
+        shape = tuple(value.shape)
+        key = key.replace(".parametrizations.weight.original0", ".weight_g")
+        key = key.replace(".parametrizations.weight.original1", ".weight_v")
+        path, _, param = key.rpartition(".")
+        module = modules.get(path)
+        if param == "weight_v":
+            a = rng.standard_normal(shape)
+        elif param == "weight_g":  # filled below, once its v exists
+            a = None
+        elif param in ("gamma", "beta"):
+            a = rng.uniform(0.7, 1.3, shape) if param == "gamma" else rng.normal(0.0, 0.05, shape)
+        elif param.startswith("emb_rel"):
+            a = rng.normal(0.0, shape[-1] ** -0.5, shape)
+        elif isinstance(module, torch.nn.Embedding):
+            a = rng.normal(0.0, 1.0 if path != "emb_g" else 0.3, shape)
+        elif param == "weight":
+            gain = 0.1 if path == "dec.conv_post" else 1.0  # keeps the final tanh mostly out of saturation
+            a = rng.normal(0.0, gain / np.sqrt(np.prod(shape[1:])), shape)
+        elif param == "bias":
+            a = rng.normal(0.0, 0.02, shape)
+        else:  # pragma: no cover
+            raise AssertionError(f"no synthetic rule for {key}")
+        weight[key] = a
+    for key in [k for k in weight if k.endswith(".weight_g")]:
+        # w = g v / ||v|| has per-channel norm g: ~1 keeps fan-in scale (||v|| ~ sqrt(fan_in), so g != ||v||);
+        # a transposed conv of stride u spreads each input over u outputs, hence sqrt(u / 2) there
+        shape = (weight[key[:-1] + "v"].shape[0],) + (1,) * (weight[key[:-1] + "v"].ndim - 1)
+        scale = np.sqrt(modules[key[: -len(".weight_g")]].stride[0] / 2) if key.startswith("dec.ups") else 1.0
+        weight[key] = scale * rng.uniform(0.6, 1.4, shape)
+    ckpt = {
+        "weight": {k: torch.from_numpy(np.asarray(v, dtype=np.float32)).half() for k, v in weight.items()},
+        "config": cfg.to_list(), "epoch": 100, "step": 12345, "sr": cfg.sr, "f0": int(cfg.use_f0),
+        "version": cfg.version, "creation_date": "2026-01-01T00:00:00", "model_hash": "synthetic",
+        "overtrain_info": "None", "dataset_length": 0, "model_name": f"synthetic-{variant}", "author": "rvc-mlx",
+        "embedder_model": "contentvec", "speakers_id": 0, "vocoder": cfg.vocoder,
+    }
+    return ckpt
+
+
 def _write_file(state_fn):
     def write(path: Path, seed: int) -> str:
         import torch
@@ -192,10 +246,30 @@ def _write_file(state_fn):
     return write
 
 
+def _write_synth(variant: str):
+    def write(path: Path, seed: int) -> str:
+        import torch
+
+        ckpt = synth_checkpoint(variant, seed)
+        buf = io.BytesIO()
+        torch.save(ckpt, buf)
+        atomic_write_bytes(Path(path), buf.getvalue())
+        return state_sha256({k: v.numpy() for k, v in ckpt["weight"].items()})
+
+    return write
+
+
+def _synth_generators() -> dict:
+    from rvc_mlx.config import synth_variants
+
+    return {f"synth-{v}": (_write_synth(v), f"synth-{v}-seed{{seed}}-v{{v}}.pth") for v in synth_variants()}
+
+
 # component -> (writer(path, seed) -> content sha256, cached name)
 GENERATORS = {
     "rmvpe": (_write_file(rmvpe_state), "rmvpe-seed{seed}-v{v}.pt"),
     "contentvec": (_write_contentvec, "contentvec-seed{seed}-v{v}"),
+    **_synth_generators(),
 }
 
 

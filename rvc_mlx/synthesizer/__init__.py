@@ -1,0 +1,1 @@
+"""RVC synthesizer on MLX: TextEncoder, coupling flow, NSF-HiFiGAN / HiFiGAN."""
