@@ -350,3 +350,19 @@ def read_rvc_checkpoint(path: str | Path):
         raise CheckpointError(f"{path}: version {cfg.version} expects {cfg.text_enc_hidden_dim}-d features but "
                               f"enc_p.emb_phone.weight is {tuple(phone.shape)}")
     return cfg, state
+
+
+def convert_rvc_model(path: str | Path, out: Path | None = None) -> Path:
+    """Convert an RVC `.pth` (fp16 weights, weight norm folded in float64) to MLX safetensors; cached."""
+    from rvc_mlx.synthesizer.model import SynthesizerModel
+
+    path = Path(path)
+    out = out or converted_path(path, "synthesizer")
+    if out.is_file():
+        return out
+    cfg, state = read_rvc_checkpoint(path)
+    arrays = convert_state(state, SynthesizerModel(cfg), str(path))
+    meta = {"config": cfg.to_list(), "f0": cfg.use_f0, "version": cfg.version, "vocoder": cfg.vocoder}
+    save_mlx_weights(out, arrays, {"component": "synthesizer", "source": path.name,
+                                   "source_sha256": file_sha256(path), "config": json.dumps(meta)})
+    return out

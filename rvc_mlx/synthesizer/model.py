@@ -1,0 +1,80 @@
+"""The RVC synthesizer on MLX and its public API; module paths equal the `.pth` weight keys."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import mlx.core as mx
+import mlx.nn as nn
+import numpy as np
+
+from rvc_mlx.config import SynthConfig
+from rvc_mlx.synthesizer.flow import ResidualCouplingBlock
+from rvc_mlx.synthesizer.inputs import SynthNoise, check_inputs
+from rvc_mlx.synthesizer.nsf_hifigan import HiFiGANGenerator, HiFiGANNSFGenerator
+from rvc_mlx.synthesizer.text_encoder import TextEncoder
+from rvc_mlx.testing.taps import tap
+
+
+class SynthesizerModel(nn.Module):
+    """enc_p, flow, dec, emb_g; inference path of the original `Synthesizer.infer`; (B, T, C) throughout."""
+
+    def __init__(self, cfg: SynthConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.enc_p = TextEncoder(cfg)
+        self.dec = HiFiGANNSFGenerator(cfg) if cfg.use_f0 else HiFiGANGenerator(cfg)
+        self.flow = ResidualCouplingBlock(cfg)
+        self.emb_g = nn.Embedding(cfg.spk_embed_dim, cfg.gin_channels)
+
+    def __call__(self, phone, phone_lengths, pitch, nsff0, sid, eps_zp, eps_sine):
+        g = self.emb_g(sid)[:, None, :]
+        m_p, logs_p, x_mask = self.enc_p(phone, pitch, phone_lengths)
+        z_p = tap("synth.z_p", (m_p + mx.exp(logs_p) * eps_zp * self.cfg.prior_noise_scale) * x_mask, layout="NLC")
+        z = self.flow(z_p, x_mask, g=g, reverse=True)
+        if self.cfg.use_f0:
+            return self.dec(z * x_mask, nsff0, g, eps_sine)
+        return self.dec(z * x_mask, g)
+
+
+class Synthesizer:
+    """features (T, 768|256), pitch_coarse (T,), pitch_hz (T,), speaker id, noise -> audio (T * upp,)."""
+
+    def __init__(self, model: SynthesizerModel):
+        self.model = model
+        self.model.eval()
+        self.cfg = model.cfg
+
+    @classmethod
+    def from_checkpoint(cls, path: str | Path) -> "Synthesizer":
+        """An RVC `.pth` (converted once, cached) or a converted `.safetensors` (config in its metadata)."""
+        from rvc_mlx.checkpoints import convert_rvc_model, load_mlx_weights, read_mlx_metadata
+
+        path = Path(path)
+        converted = path if path.suffix == ".safetensors" else convert_rvc_model(path)
+        meta = json.loads(read_mlx_metadata(converted, "synthesizer")["config"])
+        cfg = SynthConfig.from_list(meta["config"], meta["f0"], meta["version"], meta["vocoder"], str(converted))
+        model = SynthesizerModel(cfg)
+        load_mlx_weights(model, converted, component="synthesizer")
+        return cls(model)
+
+    def infer_mx(self, features, pitch_coarse=None, pitch_hz=None, speaker_id: int = 0,
+                 noise: SynthNoise | None = None) -> mx.array:
+        feats, coarse, hz, eps_zp, eps_sine = check_inputs(self.cfg, features, pitch_coarse, pitch_hz, speaker_id,
+                                                           noise)
+        t = feats.shape[0]
+        eps_zp = mx.random.normal((1, t, self.cfg.inter_channels)) if eps_zp is None else \
+            mx.array(eps_zp.transpose(0, 2, 1))
+        pitch = nsff0 = sine = None
+        if self.cfg.use_f0:
+            pitch, nsff0 = mx.array(coarse)[None], mx.array(hz)[None]
+            sine = mx.random.normal((1, t * self.cfg.upp, 1)) if eps_sine is None else mx.array(eps_sine)
+        audio = self.model(mx.array(feats)[None], mx.array([t]), pitch, nsff0, mx.array([speaker_id]), eps_zp, sine)
+        return tap("synth.audio", audio[0, :, 0])
+
+    def infer(self, features, pitch_coarse=None, pitch_hz=None, speaker_id: int = 0,
+              noise: SynthNoise | None = None) -> np.ndarray:
+        out = self.infer_mx(features, pitch_coarse, pitch_hz, speaker_id, noise)
+        mx.eval(out)
+        return np.array(out)

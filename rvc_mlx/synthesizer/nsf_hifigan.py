@@ -1,0 +1,140 @@
+"""NSF-HiFiGAN and HiFiGAN generators on MLX (weight norm folded at conversion); (B, T, C).
+
+The sine-source noise is an input (`eps_sine`), as in the twin.
+"""
+
+from __future__ import annotations
+
+import math
+
+import mlx.core as mx
+import mlx.nn as nn
+
+from rvc_mlx.config import SynthConfig
+from rvc_mlx.testing.taps import tap
+
+
+def leaky_relu(x: mx.array, slope: float) -> mx.array:
+    return mx.where(x >= 0, x, x * slope)
+
+
+class ResBlock(nn.Module):
+    """HiFi-GAN ResBlock "1": x += conv2(lrelu(conv1(lrelu(x)))) per dilation; (B, T, C)."""
+
+    def __init__(self, channels: int, kernel_size: int, dilations: tuple[int, ...], slope: float):
+        super().__init__()
+        self.slope = slope
+        self.convs1 = [nn.Conv1d(channels, channels, kernel_size, dilation=d, padding=(kernel_size * d - d) // 2)
+                       for d in dilations]
+        self.convs2 = [nn.Conv1d(channels, channels, kernel_size, padding=(kernel_size - 1) // 2) for _ in dilations]
+
+    def __call__(self, x: mx.array) -> mx.array:
+        for conv1, conv2 in zip(self.convs1, self.convs2, strict=True):
+            x = conv2(leaky_relu(conv1(leaky_relu(x, self.slope)), self.slope)) + x
+        return x
+
+
+class SineGenerator(nn.Module):
+    """Applio's sine source: f0 (B, L) -> (sine_waveforms, uv, noise), each (B, L * upp, 1)."""
+
+    def __init__(self, sampling_rate: int, sine_amp: float, noise_std: float):
+        super().__init__()
+        self.sampling_rate = sampling_rate
+        self.sine_amplitude = sine_amp
+        self.noise_stddev = noise_std
+
+    def __call__(self, f0: mx.array, upp: int, eps_sine: mx.array):
+        f0 = f0[..., None]
+        b = f0.shape[0]
+        inc = (f0 / self.sampling_rate) * mx.arange(1, upp + 1, dtype=f0.dtype)
+        wrap = mx.remainder(inc[:, :-1, -1:] + 0.5, 1.0) - 0.5  # fmod == remainder for non-negative input
+        cumulative = mx.cumsum(wrap, axis=1)
+        cumulative = cumulative - mx.floor(mx.abs(cumulative)) * mx.sign(cumulative)  # torch.fmod(x, 1)
+        inc = inc + mx.pad(cumulative, [(0, 0), (1, 0), (0, 0)])
+        sine = mx.sin(2 * math.pi * inc.reshape(b, -1, 1)) * self.sine_amplitude
+        uv = mx.repeat((f0 > 0).astype(f0.dtype), upp, axis=1)
+        noise = (uv * self.noise_stddev + (1 - uv) * (self.sine_amplitude / 3)) * eps_sine
+        return sine * uv + noise, uv, noise
+
+
+class SourceModuleHnNSF(nn.Module):
+    """SineGenerator -> Linear(1, 1) -> tanh; (B, L * upp, 1)."""
+
+    def __init__(self, cfg: SynthConfig):
+        super().__init__()
+        self.l_sin_gen = SineGenerator(cfg.sr, cfg.sine_amp, cfg.noise_std)
+        self.l_linear = nn.Linear(1, 1)
+        self.l_tanh = nn.Tanh()
+
+    def __call__(self, f0: mx.array, upp: int, eps_sine: mx.array):
+        sine, _, _ = self.l_sin_gen(f0, upp, eps_sine)
+        return self.l_tanh(self.l_linear(sine)), None, None
+
+
+def _channels(cfg: SynthConfig) -> list[int]:
+    return [cfg.upsample_initial_channel // (2 ** (i + 1)) for i in range(len(cfg.upsample_rates))]
+
+
+def _resblocks(cfg: SynthConfig, channels: list[int]) -> list[ResBlock]:
+    return [ResBlock(channels[i], k, d, cfg.lrelu_slope) for i in range(len(channels))
+            for k, d in zip(cfg.resblock_kernel_sizes, cfg.resblock_dilation_sizes, strict=True)]
+
+
+class HiFiGANNSFGenerator(nn.Module):
+    """z (B, T, 192), f0 (B, T), g (B, 1, 256), eps_sine (B, T*upp, 1) -> audio (B, T*upp, 1)."""
+
+    def __init__(self, cfg: SynthConfig):
+        super().__init__()
+        self.num_kernels = len(cfg.resblock_kernel_sizes)
+        self.upp = cfg.upp
+        self.slope = cfg.lrelu_slope
+        self.m_source = SourceModuleHnNSF(cfg)
+        self.conv_pre = nn.Conv1d(cfg.inter_channels, cfg.upsample_initial_channel, 7, padding=3)
+        channels = _channels(cfg)
+        rates = cfg.upsample_rates
+        self.ups, self.noise_convs = [], []
+        for i, (u, k) in enumerate(zip(rates, cfg.upsample_kernel_sizes, strict=True)):
+            padding = (k - u) // 2 if u % 2 == 0 else u // 2 + u % 2
+            self.ups.append(nn.ConvTranspose1d(cfg.upsample_initial_channel // (2 ** i), channels[i], k, u,
+                                               padding=padding, output_padding=u % 2))
+            stride = math.prod(rates[i + 1:]) if i + 1 < len(rates) else 1
+            kernel = 1 if stride == 1 else stride * 2 - stride % 2
+            self.noise_convs.append(nn.Conv1d(1, channels[i], kernel, stride,
+                                              padding=0 if stride == 1 else (kernel - stride) // 2))
+        self.resblocks = _resblocks(cfg, channels)
+        self.conv_post = nn.Conv1d(channels[-1], 1, 7, padding=3, bias=False)
+        self.cond = nn.Conv1d(cfg.gin_channels, cfg.upsample_initial_channel, 1)
+
+    def __call__(self, x: mx.array, f0: mx.array, g: mx.array, eps_sine: mx.array) -> mx.array:
+        har, _, _ = self.m_source(f0, self.upp, eps_sine)
+        x = self.conv_pre(x) + self.cond(g)
+        for i, (up, noise_conv) in enumerate(zip(self.ups, self.noise_convs, strict=True)):
+            x = up(leaky_relu(x, self.slope)) + noise_conv(har)
+            blocks = self.resblocks[i * self.num_kernels:(i + 1) * self.num_kernels]
+            x = tap(f"synth.stage{i}", sum(block(x) for block in blocks) / self.num_kernels, layout="NLC")
+        return mx.tanh(self.conv_post(leaky_relu(x, 0.01)))
+
+
+class HiFiGANGenerator(nn.Module):
+    """No-f0 generator: z (B, T, 192), g (B, 1, 256) -> audio (B, T*upp, 1)."""
+
+    def __init__(self, cfg: SynthConfig):
+        super().__init__()
+        self.num_kernels = len(cfg.resblock_kernel_sizes)
+        self.slope = cfg.lrelu_slope
+        self.conv_pre = nn.Conv1d(cfg.inter_channels, cfg.upsample_initial_channel, 7, padding=3)
+        channels = _channels(cfg)
+        rates_kernels = zip(cfg.upsample_rates, cfg.upsample_kernel_sizes, strict=True)
+        self.ups = [nn.ConvTranspose1d(cfg.upsample_initial_channel // (2 ** i), channels[i], k, u,
+                                       padding=(k - u) // 2) for i, (u, k) in enumerate(rates_kernels)]
+        self.resblocks = _resblocks(cfg, channels)
+        self.conv_post = nn.Conv1d(channels[-1], 1, 7, padding=3, bias=False)
+        self.cond = nn.Conv1d(cfg.gin_channels, cfg.upsample_initial_channel, 1)
+
+    def __call__(self, x: mx.array, g: mx.array) -> mx.array:
+        x = self.conv_pre(x) + self.cond(g)
+        for i, up in enumerate(self.ups):
+            x = up(leaky_relu(x, self.slope))
+            blocks = self.resblocks[i * self.num_kernels:(i + 1) * self.num_kernels]
+            x = tap(f"synth.stage{i}", sum(block(x) for block in blocks) / self.num_kernels, layout="NLC")
+        return mx.tanh(self.conv_post(leaky_relu(x, 0.01)))

@@ -1,0 +1,58 @@
+"""TextEncoder on MLX: phone features + pitch embedding -> prior (m_p, logs_p); (B, T, C)."""
+
+from __future__ import annotations
+
+import math
+
+import mlx.core as mx
+import mlx.nn as nn
+
+from rvc_mlx.config import SynthConfig
+from rvc_mlx.synthesizer.attentions import FFN, LayerNorm, MultiHeadAttention
+
+
+class Encoder(nn.Module):
+    """Post-LN relative-attention transformer; (B, T, C)."""
+
+    def __init__(self, cfg: SynthConfig):
+        super().__init__()
+        h, n = cfg.hidden_channels, cfg.n_layers
+        self.drop = nn.Dropout(0.0)
+        self.attn_layers = [MultiHeadAttention(h, h, cfg.n_heads, cfg.window_size) for _ in range(n)]
+        self.norm_layers_1 = [LayerNorm(h) for _ in range(n)]
+        self.ffn_layers = [FFN(h, h, cfg.filter_channels, cfg.kernel_size) for _ in range(n)]
+        self.norm_layers_2 = [LayerNorm(h) for _ in range(n)]
+
+    def __call__(self, x: mx.array, x_mask: mx.array) -> mx.array:
+        attn_mask = x_mask.transpose(0, 2, 1)[:, :, :, None] * x_mask.transpose(0, 2, 1)[:, :, None, :]
+        x = x * x_mask
+        for attn, norm1, ffn, norm2 in zip(self.attn_layers, self.norm_layers_1, self.ffn_layers,
+                                           self.norm_layers_2, strict=True):
+            x = norm1(x + self.drop(attn(x, x, attn_mask)))
+            x = norm2(x + self.drop(ffn(x, x_mask)))
+        return x * x_mask
+
+
+class TextEncoder(nn.Module):
+    """phone (B, T, 768|256), pitch (B, T) int -> (m_p, logs_p, x_mask): (B, T, 192) x 2, (B, T, 1)."""
+
+    def __init__(self, cfg: SynthConfig):
+        super().__init__()
+        self.hidden_channels = cfg.hidden_channels
+        self.out_channels = cfg.inter_channels
+        self.emb_phone = nn.Linear(cfg.text_enc_hidden_dim, cfg.hidden_channels)
+        self.lrelu = nn.LeakyReLU(0.1)
+        if cfg.use_f0:
+            self.emb_pitch = nn.Embedding(256, cfg.hidden_channels)
+        self.encoder = Encoder(cfg)
+        self.proj = nn.Conv1d(cfg.hidden_channels, cfg.inter_channels * 2, 1)
+
+    def __call__(self, phone: mx.array, pitch, lengths: mx.array):
+        x = self.emb_phone(phone)
+        if pitch is not None and "emb_pitch" in self:
+            x = x + self.emb_pitch(pitch)
+        x = self.lrelu(x * math.sqrt(self.hidden_channels))
+        x_mask = (mx.arange(x.shape[1])[None, :] < lengths[:, None])[:, :, None].astype(x.dtype)
+        x = self.encoder(x, x_mask)
+        stats = self.proj(x) * x_mask
+        return stats[..., : self.out_channels], stats[..., self.out_channels:], x_mask
