@@ -92,13 +92,24 @@ def teacher_forced(comp: Component, ref: CaseData, weights: Weights, policy: Pol
         args, kwargs = inputs
         in_layout = comp.layouts.inputs(path)
         is_np = lambda a: isinstance(a, np.ndarray)  # noqa: E731
-        m_args, m_kwargs = tree_map(
-            lambda a, lay=in_layout, n=info.name: mx.array(np.ascontiguousarray(from_torch_layout(a, lay, n),
-                                                                                 np.float32)),
-            (args, kwargs), is_np)
+
+        def to_mlx(a, lay, n=info.name):
+            a = from_torch_layout(a, lay, n)
+            return mx.array(np.ascontiguousarray(a, np.float32 if a.dtype.kind == "f" else a.dtype))
+
+        per_arg = isinstance(in_layout, tuple)
+        if per_arg and len(in_layout) != len(args):  # e.g. the no-f0 generator's (x, g): all like its output
+            in_layout, per_arg = comp.layouts.output(path), False
+        arg_layouts = in_layout if per_arg else (in_layout,) * len(args)
+        kw_layout = comp.layouts.output(path) if per_arg else in_layout
+        m_args = [tree_map(lambda a, lay=lay: to_mlx(a, lay), x, is_np)
+                  for x, lay in zip(args, arg_layouts, strict=True)]
+        m_kwargs = tree_map(lambda a, lay=kw_layout: to_mlx(a, lay), kwargs, is_np)
         m_out = _mlx_submodule(mlx_root, path, comp.root)(*m_args, **m_kwargs)
         m_flat = dict(_flatten(path, m_out, _mlx_is_array))
-        t_args, t_kwargs = tree_map(lambda a: torch.from_numpy(np.asarray(a, np.float32)), (args, kwargs), is_np)
+        t_args, t_kwargs = tree_map(
+            lambda a: torch.from_numpy(np.asarray(a, np.float32 if a.dtype.kind == "f" else a.dtype)),
+            (args, kwargs), is_np)
         with torch.no_grad():
             t_mod = t32_root if path == comp.root else t32_root.get_submodule(path)
             t_out = t_mod(*t_args, **t_kwargs)
@@ -144,13 +155,15 @@ class Parity:
         except KeyError:
             raise SpecError(f"no component {name!r} in golden/cases.toml") from None
 
-    def weights(self, comp: Component) -> Weights:
-        if comp.name not in self._weights:
-            self._weights[comp.name] = comp.weights(self.weights_dir)
-        return self._weights[comp.name]
+    def weights(self, comp: Component, case: str | None = None) -> Weights:
+        spec = comp.spec.case(case) if case is not None else None
+        key = comp.weights_key(spec)
+        if key not in self._weights:
+            self._weights[key] = comp.weights(self.weights_dir, spec)
+        return self._weights[key]
 
     def reference(self, comp: Component, case: str, live: bool = False, keep_inputs: bool = False) -> CaseData:
-        weights = self.weights(comp)
+        weights = self.weights(comp, case)
         if live or self.regen or self.weights_dir is not None:
             for_golden = self.regen and not live
             try:
@@ -180,13 +193,13 @@ class Parity:
         comp = self.component(component)
         ref = self.reference(comp, case, live=live or teacher, keep_inputs=teacher)
         audio, _ = comp.load_input(comp.spec.case(case))
-        values = mlx_values(comp, self.weights(comp), audio, list(ref.taps))
+        values = mlx_values(comp, self.weights(comp, case), audio, list(ref.taps))
         result = compare_case(ref, values, self.policy, comp.pitch_ignore(ref, self.policy))
         if self.weights_dir is not None:
             result.source = f"live ({self.weights_dir})"
         self._truth(comp, case, ref, values, result)
         if teacher:
-            local = teacher_forced(comp, ref, self.weights(comp), self.policy)
+            local = teacher_forced(comp, ref, self.weights(comp, case), self.policy)
             for tap in result.taps:
                 tap.local = local.get(tap.name)
             result.extra["teacher_forced"] = True

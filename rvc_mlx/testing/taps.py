@@ -60,7 +60,7 @@ class LayoutRule:
 
     pattern: str
     output: str
-    inputs: str | None = None
+    inputs: str | tuple[str, ...] | None = None  # one layout for all inputs, or one per positional argument
 
 
 @dataclass(frozen=True)
@@ -78,7 +78,7 @@ class LayoutMap:
     def output(self, path: str) -> str:
         return self._rule(path).output
 
-    def inputs(self, path: str) -> str:
+    def inputs(self, path: str) -> str | tuple[str, ...]:
         rule = self._rule(path)
         return rule.inputs or rule.output
 
@@ -278,6 +278,8 @@ class MLXRecorder(Recorder):
             if self.wanted(n):
                 ins = (args, kwargs) if self.inputs else None
                 in_layout = self.layouts.inputs(path) if self.inputs else None
+                if isinstance(in_layout, tuple):  # per-argument layouts: inputs are taken from the twin instead
+                    ins = in_layout = None
                 self._pending.append(_Pending(n, v, cls.__name__, "output", self.layouts.output(n),
                                               in_layout, ins))
 

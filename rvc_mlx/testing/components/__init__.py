@@ -32,8 +32,11 @@ class CaseSpec:
     input: str
     start: int = 0
     samples: int | None = None
-    store: str = "all"  # "all" | "blocks": which selection of taps the golden keeps
+    store: str | list = "all"  # "all" | "blocks" | a list of tap globs: what the golden keeps
     truth: str | None = None  # CSV under golden/inputs with the input's true F0 (time_s, f0_hz)
+    variant: str | None = None  # synthesizer variant (e.g. "v2-40k-f0"): selects the checkpoint
+    frames: int | None = None  # generated inputs: number of frames
+    seed: int = 0  # generated inputs: seed of the features / pitch / noise
 
 
 @dataclass
@@ -146,14 +149,21 @@ class Component:
             return True
         if case.store == "blocks":
             return any(fnmatch.fnmatchcase(name, p) for p in self.spec.blocks)
+        if isinstance(case.store, list):
+            return any(fnmatch.fnmatchcase(name, p) for p in case.store)
         raise SpecError(f"case {self.name}/{case.name}: unknown store {case.store!r} (all | blocks)")
 
     # --- models (subclass) --------------------------------------------------------------------------
-    def weights(self, weights_dir: Path | None) -> Weights:
+    def weights_key(self, case: CaseSpec | None) -> str:
+        """Cases sharing a key share a checkpoint (one per component, or per synthesizer variant)."""
+        return self.name
+
+    def weights(self, weights_dir: Path | None, case: CaseSpec | None = None) -> Weights:
         """Synthetic checkpoint from the spec's generator (cached), or `weights_dir / spec.weights.file`."""
         from rvc_mlx.testing import synthetic
 
-        w = self.spec.weights
+        w = {k: (v.format(variant=case.variant) if isinstance(v, str) and case is not None and case.variant
+                 else v) for k, v in self.spec.weights.items()}
         if weights_dir is not None:
             path = Path(weights_dir) / w["file"]
             if not path.exists():
@@ -197,9 +207,10 @@ class Component:
 def registry() -> dict[str, Component]:
     from rvc_mlx.testing.components.hubert import HubertComponent
     from rvc_mlx.testing.components.rmvpe import RMVPEComponent
+    from rvc_mlx.testing.components.synth import SynthComponent
 
     specs = load_specs()
-    classes = {"rmvpe": RMVPEComponent, "hubert": HubertComponent}
+    classes = {"rmvpe": RMVPEComponent, "hubert": HubertComponent, "synth": SynthComponent}
     missing = set(specs) - set(classes)
     if missing:
         raise SpecError(f"golden/cases.toml names components without a spec class: {sorted(missing)}")
