@@ -124,6 +124,12 @@ def _calibrate_rmvpe(tensors: dict, rng: np.random.Generator) -> None:
     tensors["fc.1.bias"].copy_(torch.from_numpy((bias + shift).astype(np.float32)))
 
 
+def _legacy_weight_norm_key(key: str) -> str:
+    """parametrizations.weight.original0/1 -> weight_g/weight_v: the spelling the released files use."""
+    return key.replace(".parametrizations.weight.original0", ".weight_g").replace(
+        ".parametrizations.weight.original1", ".weight_v")
+
+
 # ----------------------------------------------------------------------------------------------- ContentVec
 def contentvec_state(seed: int = 0) -> dict:
     """State dict of a synthetic ContentVec (`HubertModelWithFinalProj`, 94.6 M parameters) with the legacy
@@ -138,8 +144,7 @@ def contentvec_state(seed: int = 0) -> dict:
     state = {}
     for key, value in model.state_dict().items():
         shape = tuple(value.shape)
-        key = key.replace(".parametrizations.weight.original0", ".weight_g")
-        key = key.replace(".parametrizations.weight.original1", ".weight_v")
+        key = _legacy_weight_norm_key(key)
         path, _, param = key.rpartition(".")
         module = modules.get(path)
         if key == "masked_spec_embed":
@@ -195,8 +200,7 @@ def synth_checkpoint(variant: str, seed: int = 0) -> dict:
     weight = {}
     for key, value in model.state_dict().items():
         shape = tuple(value.shape)
-        key = key.replace(".parametrizations.weight.original0", ".weight_g")
-        key = key.replace(".parametrizations.weight.original1", ".weight_v")
+        key = _legacy_weight_norm_key(key)
         path, _, param = key.rpartition(".")
         module = modules.get(path)
         if param == "weight_v":

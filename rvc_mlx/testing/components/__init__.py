@@ -181,19 +181,36 @@ class Component:
     def weights_sha256(self, path: Path) -> str:  # pragma: no cover - abstract
         raise NotImplementedError
 
-    def twin(self, weights: Weights, dtype) -> Any:  # pragma: no cover - abstract
+    def twin_class(self) -> Any:  # pragma: no cover - abstract
+        """The twin's predictor class (`from_checkpoint(path, dtype=...)`), imported lazily (torch)."""
         raise NotImplementedError
 
-    def twin_module(self, twin: Any) -> Any:  # pragma: no cover - abstract
+    def mlx_class(self) -> Any:  # pragma: no cover - abstract
+        """The MLX predictor class (`from_checkpoint(path)`)."""
         raise NotImplementedError
+
+    def twin(self, weights: Weights, dtype) -> Any:
+        """The twin predictor for `weights` in `dtype`, loaded once per session."""
+        key = (str(weights.path), str(dtype))
+        if key not in self._twins:
+            self._twins[key] = self.twin_class().from_checkpoint(weights.path, dtype=dtype)
+        return self._twins[key]
+
+    def mlx(self, weights: Weights) -> Any:
+        """The MLX predictor for `weights`, loaded once per session."""
+        key = str(weights.path)
+        if key not in self._mlx:
+            self._mlx[key] = self.mlx_class().from_checkpoint(weights.path)
+        return self._mlx[key]
+
+    def twin_module(self, twin: Any) -> Any:
+        """The nn.Module the torch recorder hooks (every predictor keeps it as `.model`)."""
+        return twin.model
+
+    def mlx_module(self, model: Any) -> Any:
+        return model.model
 
     def run_twin(self, twin: Any, audio: np.ndarray) -> Any:  # pragma: no cover - abstract
-        raise NotImplementedError
-
-    def mlx(self, weights: Weights) -> Any:  # pragma: no cover - abstract
-        raise NotImplementedError
-
-    def mlx_module(self, model: Any) -> Any:  # pragma: no cover - abstract
         raise NotImplementedError
 
     def run_mlx(self, model: Any, audio: np.ndarray) -> Any:  # pragma: no cover - abstract

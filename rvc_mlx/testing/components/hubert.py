@@ -27,30 +27,18 @@ class HubertComponent(Component):
 
         return state_sha256(read_contentvec_dir(path)[1])
 
-    def twin(self, weights, dtype) -> Any:
-        key = (str(weights.path), str(dtype))
-        if key not in self._twins:
-            from reference_torch.hubert import HuBERT
+    def twin_class(self) -> Any:
+        from reference_torch.hubert import HuBERT
 
-            self._twins[key] = HuBERT.from_checkpoint(weights.path, dtype=dtype)
-        return self._twins[key]
+        return HuBERT
 
-    def twin_module(self, twin: Any) -> Any:
-        return twin.model
+    def mlx_class(self) -> Any:
+        from rvc_mlx.hubert import HuBERT
+
+        return HuBERT
 
     def run_twin(self, twin: Any, audio: np.ndarray) -> Any:
         return tap("hubert.features", twin.features(audio, layer=12, final_proj=True))
-
-    def mlx(self, weights) -> Any:
-        key = str(weights.path)
-        if key not in self._mlx:
-            from rvc_mlx.hubert import HuBERT
-
-            self._mlx[key] = HuBERT.from_checkpoint(weights.path)
-        return self._mlx[key]
-
-    def mlx_module(self, model: Any) -> Any:
-        return model.model
 
     def run_mlx(self, model: Any, audio: np.ndarray) -> Any:
         return tap("hubert.features", model.features_mx(audio, layer=12, final_proj=True))

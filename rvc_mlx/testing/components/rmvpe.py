@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from rvc_mlx.testing.components import Component, Weights
+from rvc_mlx.testing.components import Component
 from rvc_mlx.testing.taps import LayoutMap, LayoutRule
 
 
@@ -27,30 +27,18 @@ class RMVPEComponent(Component):
 
         return state_sha256(tensors_to_numpy(load_torch_checkpoint(path), path, self.name))
 
-    def twin(self, weights: Weights, dtype) -> Any:
-        key = (str(weights.path), str(dtype))
-        if key not in self._twins:
-            from reference_torch.rmvpe import RMVPE
+    def twin_class(self) -> Any:
+        from reference_torch.rmvpe import RMVPE
 
-            self._twins[key] = RMVPE.from_checkpoint(weights.path, dtype=dtype)
-        return self._twins[key]
+        return RMVPE
 
-    def twin_module(self, twin: Any) -> Any:
-        return twin.model
+    def mlx_class(self) -> Any:
+        from rvc_mlx.rmvpe import RMVPE
+
+        return RMVPE
 
     def run_twin(self, twin: Any, audio: np.ndarray) -> Any:
         return twin.f0(audio)
-
-    def mlx(self, weights: Weights) -> Any:
-        key = str(weights.path)
-        if key not in self._mlx:
-            from rvc_mlx.rmvpe import RMVPE
-
-            self._mlx[key] = RMVPE.from_checkpoint(weights.path)
-        return self._mlx[key]
-
-    def mlx_module(self, model: Any) -> Any:
-        return model.model
 
     def run_mlx(self, model: Any, audio: np.ndarray) -> Any:
         return model.f0(audio)

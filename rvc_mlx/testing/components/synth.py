@@ -55,30 +55,18 @@ class SynthComponent(Component):
                 "seed": case.seed, "sha256": "generated", "start": 0, "samples": t}
         return inputs, info
 
-    def twin(self, weights, dtype) -> Any:
-        key = (str(weights.path), str(dtype))
-        if key not in self._twins:
-            from reference_torch.synthesizer.model import Synthesizer
+    def twin_class(self) -> Any:
+        from reference_torch.synthesizer.model import Synthesizer
 
-            self._twins[key] = Synthesizer.from_checkpoint(weights.path, dtype=dtype)
-        return self._twins[key]
+        return Synthesizer
 
-    def twin_module(self, twin: Any) -> Any:
-        return twin.model
+    def mlx_class(self) -> Any:
+        from rvc_mlx.synthesizer.model import Synthesizer
+
+        return Synthesizer
 
     def run_twin(self, twin: Any, inputs: dict) -> Any:
         return twin.infer(**inputs)
-
-    def mlx(self, weights) -> Any:
-        key = str(weights.path)
-        if key not in self._mlx:
-            from rvc_mlx.synthesizer.model import Synthesizer
-
-            self._mlx[key] = Synthesizer.from_checkpoint(weights.path)
-        return self._mlx[key]
-
-    def mlx_module(self, model: Any) -> Any:
-        return model.model
 
     def run_mlx(self, model: Any, inputs: dict) -> Any:
         return model.infer_mx(**inputs)
