@@ -3,6 +3,9 @@ VENV   ?= .venv
 PYTHON ?= python3
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
+# The pitch estimators whose shipped trained weights the tests use; pins mirror rvc_mlx/testing/packages.py.
+# --no-deps: they require torchaudio, which cannot load with torch 2.13 (a stand-in is registered instead).
+REFERENCE_PACKAGES := torchcrepe==0.0.24 torchfcpe==0.0.4
 
 .PHONY: test parity golden bench install clean
 
@@ -10,6 +13,7 @@ $(STAMP): pyproject.toml
 	@sh tools/ensure-openblas.sh
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --disable-pip-version-check -e '.[dev]'
+	$(PY) -m pip install -q --disable-pip-version-check --no-deps $(REFERENCE_PACKAGES)
 	touch $@
 
 install: $(STAMP)

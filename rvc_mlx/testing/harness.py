@@ -18,34 +18,40 @@ from rvc_mlx.testing.tolerances import Policy, load_policy
 
 
 def live_reference(comp: Component, case_name: str, weights: Weights, keep_inputs: bool = False,
-                   for_golden: bool = True) -> CaseData:
+                   for_golden: bool = True, with_fp32: bool = True) -> CaseData:
     """Run the twin in float64 (oracle) and float32 (its own error) on one case's input; keep the taps the
-    golden stores (`for_golden`) or every tap a live comparison judges."""
+    golden stores (`for_golden`) or every tap a live comparison judges. Without `with_fp32` (freshness checks)
+    the float32 run is skipped and the torch32 metrics stay empty."""
     import torch
 
     case = comp.spec.case(case_name)
     audio, input_info = comp.load_input(case)
     twin64 = comp.twin(weights, torch.float64)
-    with TorchRecorder(comp.twin_module(twin64), root=comp.root, inputs=keep_inputs) as rec64:
+    # a golden that keeps a list of taps need not record the rest (CREPE-full's conv1 is 1 MB per frame)
+    select64 = list(case.store) if for_golden and isinstance(case.store, list) else None
+    with TorchRecorder(comp.twin_module(twin64), root=comp.root, inputs=keep_inputs, select=select64) as rec64:
         comp.run_twin(twin64, audio)
     keep = (lambda n, t: comp.stored(case, n, t)) if for_golden else comp.compared
     names = [n for n, r in rec64.records.items() if keep(n, r.module_type)]
-    twin32 = comp.twin(weights, torch.float32)
-    with TorchRecorder(comp.twin_module(twin32), root=comp.root, select=names) as rec32:
-        comp.run_twin(twin32, audio)
+    rec32 = None
+    if with_fp32:
+        twin32 = comp.twin(weights, torch.float32)
+        with TorchRecorder(comp.twin_module(twin32), root=comp.root, select=names) as rec32:
+            comp.run_twin(twin32, audio)
     tensors: dict[str, np.ndarray] = {}
     taps: dict[str, TapInfo] = {}
     first_with_digest: dict[str, str] = {}
     for order, name in enumerate(names):
         r64 = rec64.records[name]
         ref = np.asarray(r64.value, dtype=np.float32)
-        if name not in rec32.records:
-            raise SpecError(f"{comp.name}/{case_name}: tap {name} recorded in float64 but not in float32")
-        v32 = rec32.records[name].value
         info = TapInfo(name, tuple(ref.shape), order, r64.module_type, comp.spec.kind(name))
         info.stats = tensor_stats(ref)
-        info.torch32 = tensor_metrics(v32, ref)
-        info.torch32_vs_fp64 = tensor_metrics(v32, r64.value)
+        if rec32 is not None:
+            if name not in rec32.records:
+                raise SpecError(f"{comp.name}/{case_name}: tap {name} recorded in float64 but not in float32")
+            v32 = rec32.records[name].value
+            info.torch32 = tensor_metrics(v32, ref)
+            info.torch32_vs_fp64 = tensor_metrics(v32, r64.value)
         digest = tensor_sha256(ref)
         if digest in first_with_digest:  # bitwise duplicate (e.g. a container returning a child's output)
             info.alias_of = first_with_digest[digest]

