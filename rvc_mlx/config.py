@@ -133,6 +133,42 @@ class FCPEConfig:
 FCPE_CFG = FCPEConfig()
 
 
+@dataclass(frozen=True)
+class PipelineConfig:
+    """Applio's pipeline constants (rvc/infer/pipeline.py, rvc/configs/config.py for > 4 GB devices)."""
+
+    sample_rate: int = 16000
+    window: int = 160  # samples per F0 / feature frame at 16 kHz
+    x_pad: int = 1  # seconds of reflect padding per side (and trimmed per segment at the output rate)
+    x_query: int = 6  # seconds searched either side of a split point for the quietest window
+    x_center: int = 38  # seconds between split points
+    x_max: int = 41  # inputs longer than this (plus 10 ms) are split
+    hp_order: int = 5  # Butterworth high-pass, applied forward-backward (filtfilt)
+    hp_cutoff: float = 48.0
+    input_peak: float = 0.95  # input is scaled down if max|x| > 0.95
+    output_peak: float = 0.99  # output is scaled down if max|y| > 0.99
+    resample_quality: str = "soxr_vhq"
+
+    @property
+    def t_pad(self) -> int:
+        return self.sample_rate * self.x_pad
+
+    @property
+    def t_query(self) -> int:
+        return self.sample_rate * self.x_query
+
+    @property
+    def t_center(self) -> int:
+        return self.sample_rate * self.x_center
+
+    @property
+    def t_max(self) -> int:
+        return self.sample_rate * self.x_max
+
+
+PIPELINE = PipelineConfig()
+
+
 class ConfigError(ValueError):
     """A model configuration is unreadable or describes an architecture this port does not implement."""
 

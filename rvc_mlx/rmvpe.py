@@ -185,20 +185,23 @@ class E2E(nn.Module):
         return x
 
 
-def decode_f0(salience: mx.array, threshold: float, cfg: RMVPEConfig = CFG) -> mx.array:
-    """Salience-weighted mean of cents over argmax +- 4 bins -> Hz; 0 where max salience <= threshold."""
+def decode_f0(salience: np.ndarray, threshold: float, cfg: RMVPEConfig = CFG) -> np.ndarray:
+    """Salience-weighted mean of cents over argmax +- 4 bins -> Hz; 0 where max salience <= threshold.
+
+    On the host in float64 like the original's numpy decode: float32 here puts ~1e-6 relative error on F0, which
+    the NSF source integrates into phase error over a whole segment."""
     r = cfg.decode_radius
-    n = salience.shape[-1]
-    center = mx.argmax(salience, axis=-1)
-    offsets = mx.arange(-r, r + 1)
-    idx = center[:, None] + offsets[None, :]
+    sal = np.asarray(salience, dtype=np.float64)
+    n = sal.shape[-1]
+    idx = np.argmax(sal, axis=-1)[:, None] + np.arange(-r, r + 1)[None, :]
     valid = (idx >= 0) & (idx < n)  # the original zero-pads salience and cents by 4 bins
-    idx_c = mx.clip(idx, 0, n - 1)
-    window = mx.where(valid, mx.take_along_axis(salience, idx_c, axis=-1), 0.0)
-    cents = cfg.cents_per_bin * idx_c.astype(mx.float32) + cfg.cents_offset
-    cents = mx.sum(window * mx.where(valid, cents, 0.0), axis=-1) / mx.sum(window, axis=-1)
-    voiced = mx.max(salience, axis=-1) > threshold
-    return mx.where(voiced, 10.0 * mx.power(2.0, cents / 1200.0), 0.0)
+    idx_c = np.clip(idx, 0, n - 1)
+    window = np.where(valid, np.take_along_axis(sal, idx_c, axis=-1), 0.0)
+    cents = np.where(valid, cfg.cents_per_bin * idx_c + cfg.cents_offset, 0.0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        cents = np.sum(window * cents, axis=-1) / np.sum(window, axis=-1)
+    voiced = np.max(sal, axis=-1) > threshold
+    return np.where(voiced, 10.0 * np.power(2.0, cents / 1200.0), 0.0)
 
 
 class RMVPE:
@@ -246,6 +249,4 @@ class RMVPE:
     def f0(self, audio_16k: np.ndarray, threshold: float | None = None,
            chunk_frames: int | None = None) -> np.ndarray:
         thr = self.cfg.threshold if threshold is None else threshold
-        f0 = tap("rmvpe.f0", decode_f0(self.salience_mx(audio_16k, chunk_frames), thr, self.cfg))
-        mx.eval(f0)
-        return np.array(f0)
+        return tap("rmvpe.f0", decode_f0(self.salience(audio_16k, chunk_frames), thr, self.cfg))

@@ -7,6 +7,8 @@ import math
 import mlx.core as mx
 import mlx.nn as nn
 
+from rvc_mlx.layers import Conv1d
+
 
 class LayerNorm(nn.Module):
     """LayerNorm over channels with `gamma`/`beta` (the original's names); (B, T, C)."""
@@ -29,10 +31,10 @@ class MultiHeadAttention(nn.Module):
         self.n_heads = n_heads
         self.k_channels = channels // n_heads
         self.window_size = window_size
-        self.conv_q = nn.Conv1d(channels, channels, 1)
-        self.conv_k = nn.Conv1d(channels, channels, 1)
-        self.conv_v = nn.Conv1d(channels, channels, 1)
-        self.conv_o = nn.Conv1d(channels, out_channels, 1)
+        self.conv_q = Conv1d(channels, channels, 1)
+        self.conv_k = Conv1d(channels, channels, 1)
+        self.conv_v = Conv1d(channels, channels, 1)
+        self.conv_o = Conv1d(channels, out_channels, 1)
         self.drop = nn.Dropout(0.0)
         self.emb_rel_k = mx.zeros((1, 2 * window_size + 1, self.k_channels))
         self.emb_rel_v = mx.zeros((1, 2 * window_size + 1, self.k_channels))
@@ -85,8 +87,8 @@ class FFN(nn.Module):
     def __init__(self, in_channels: int, out_channels: int, filter_channels: int, kernel_size: int):
         super().__init__()
         self.pad = (kernel_size - 1) // 2
-        self.conv_1 = nn.Conv1d(in_channels, filter_channels, kernel_size)
-        self.conv_2 = nn.Conv1d(filter_channels, out_channels, kernel_size)
+        self.conv_1 = Conv1d(in_channels, filter_channels, kernel_size)
+        self.conv_2 = Conv1d(filter_channels, out_channels, kernel_size)
         self.drop = nn.Dropout(0.0)
 
     def __call__(self, x: mx.array, x_mask: mx.array) -> mx.array:

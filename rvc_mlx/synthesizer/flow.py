@@ -6,6 +6,7 @@ import mlx.core as mx
 import mlx.nn as nn
 
 from rvc_mlx.config import SynthConfig
+from rvc_mlx.layers import Conv1d
 
 
 class WaveNet(nn.Module):
@@ -15,15 +16,15 @@ class WaveNet(nn.Module):
         super().__init__()
         self.hidden_channels = hidden
         self.n_layers = n_layers
-        self.cond_layer = nn.Conv1d(gin_channels, 2 * hidden * n_layers, 1)
+        self.cond_layer = Conv1d(gin_channels, 2 * hidden * n_layers, 1)
         self.in_layers = []
         self.res_skip_layers = []
         self.drop = nn.Dropout(0.0)
         for i in range(n_layers):
             d = dilation_rate ** i
-            self.in_layers.append(nn.Conv1d(hidden, 2 * hidden, kernel_size, dilation=d,
+            self.in_layers.append(Conv1d(hidden, 2 * hidden, kernel_size, dilation=d,
                                             padding=(kernel_size * d - d) // 2))
-            self.res_skip_layers.append(nn.Conv1d(hidden, hidden if i == n_layers - 1 else 2 * hidden, 1))
+            self.res_skip_layers.append(Conv1d(hidden, hidden if i == n_layers - 1 else 2 * hidden, 1))
 
     def __call__(self, x: mx.array, x_mask: mx.array, g: mx.array) -> mx.array:
         h = self.hidden_channels
@@ -47,10 +48,10 @@ class ResidualCouplingLayer(nn.Module):
     def __init__(self, cfg: SynthConfig):
         super().__init__()
         self.half_channels = cfg.inter_channels // 2
-        self.pre = nn.Conv1d(self.half_channels, cfg.hidden_channels, 1)
+        self.pre = Conv1d(self.half_channels, cfg.hidden_channels, 1)
         self.enc = WaveNet(cfg.hidden_channels, cfg.flow_kernel, cfg.flow_dilation, cfg.flow_layers,
                            cfg.gin_channels)
-        self.post = nn.Conv1d(cfg.hidden_channels, self.half_channels, 1)
+        self.post = Conv1d(cfg.hidden_channels, self.half_channels, 1)
 
     def __call__(self, x: mx.array, x_mask: mx.array, g=None, reverse=True) -> mx.array:
         x0, x1 = x[..., : self.half_channels], x[..., self.half_channels:]

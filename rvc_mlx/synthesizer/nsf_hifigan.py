@@ -9,8 +9,10 @@ import math
 
 import mlx.core as mx
 import mlx.nn as nn
+import numpy as np
 
 from rvc_mlx.config import SynthConfig
+from rvc_mlx.layers import Conv1d, ConvTranspose1d
 from rvc_mlx.testing.taps import tap
 
 
@@ -24,14 +26,21 @@ class ResBlock(nn.Module):
     def __init__(self, channels: int, kernel_size: int, dilations: tuple[int, ...], slope: float):
         super().__init__()
         self.slope = slope
-        self.convs1 = [nn.Conv1d(channels, channels, kernel_size, dilation=d, padding=(kernel_size * d - d) // 2)
+        self.convs1 = [Conv1d(channels, channels, kernel_size, dilation=d, padding=(kernel_size * d - d) // 2)
                        for d in dilations]
-        self.convs2 = [nn.Conv1d(channels, channels, kernel_size, padding=(kernel_size - 1) // 2) for _ in dilations]
+        self.convs2 = [Conv1d(channels, channels, kernel_size, padding=(kernel_size - 1) // 2) for _ in dilations]
 
     def __call__(self, x: mx.array) -> mx.array:
         for conv1, conv2 in zip(self.convs1, self.convs2, strict=True):
             x = conv2(leaky_relu(conv1(leaky_relu(x, self.slope)), self.slope)) + x
         return x
+
+
+def _phase_cumsum(x: mx.array) -> mx.array:
+    """fmod(cumsum(x, axis=1), 1) accumulated in float64 on the host (the input is one value per frame): torch's
+    CPU cumsum accumulates float32 in double; a float32 scan over hundreds of frames loses ~3x more phase."""
+    mx.eval(x)
+    return mx.array(np.fmod(np.cumsum(np.array(x, dtype=np.float64), axis=1), 1.0).astype(np.float32))
 
 
 class SineGenerator(nn.Module):
@@ -48,8 +57,7 @@ class SineGenerator(nn.Module):
         b = f0.shape[0]
         inc = (f0 / self.sampling_rate) * mx.arange(1, upp + 1, dtype=f0.dtype)
         wrap = mx.remainder(inc[:, :-1, -1:] + 0.5, 1.0) - 0.5  # fmod == remainder for non-negative input
-        cumulative = mx.cumsum(wrap, axis=1)
-        cumulative = cumulative - mx.floor(mx.abs(cumulative)) * mx.sign(cumulative)  # torch.fmod(x, 1)
+        cumulative = _phase_cumsum(wrap)
         inc = inc + mx.pad(cumulative, [(0, 0), (1, 0), (0, 0)])
         sine = mx.sin(2 * math.pi * inc.reshape(b, -1, 1)) * self.sine_amplitude
         uv = mx.repeat((f0 > 0).astype(f0.dtype), upp, axis=1)
@@ -89,21 +97,21 @@ class HiFiGANNSFGenerator(nn.Module):
         self.upp = cfg.upp
         self.slope = cfg.lrelu_slope
         self.m_source = SourceModuleHnNSF(cfg)
-        self.conv_pre = nn.Conv1d(cfg.inter_channels, cfg.upsample_initial_channel, 7, padding=3)
+        self.conv_pre = Conv1d(cfg.inter_channels, cfg.upsample_initial_channel, 7, padding=3)
         channels = _channels(cfg)
         rates = cfg.upsample_rates
         self.ups, self.noise_convs = [], []
         for i, (u, k) in enumerate(zip(rates, cfg.upsample_kernel_sizes, strict=True)):
             padding = (k - u) // 2 if u % 2 == 0 else u // 2 + u % 2
-            self.ups.append(nn.ConvTranspose1d(cfg.upsample_initial_channel // (2 ** i), channels[i], k, u,
+            self.ups.append(ConvTranspose1d(cfg.upsample_initial_channel // (2 ** i), channels[i], k, u,
                                                padding=padding, output_padding=u % 2))
             stride = math.prod(rates[i + 1:]) if i + 1 < len(rates) else 1
             kernel = 1 if stride == 1 else stride * 2 - stride % 2
-            self.noise_convs.append(nn.Conv1d(1, channels[i], kernel, stride,
+            self.noise_convs.append(Conv1d(1, channels[i], kernel, stride,
                                               padding=0 if stride == 1 else (kernel - stride) // 2))
         self.resblocks = _resblocks(cfg, channels)
-        self.conv_post = nn.Conv1d(channels[-1], 1, 7, padding=3, bias=False)
-        self.cond = nn.Conv1d(cfg.gin_channels, cfg.upsample_initial_channel, 1)
+        self.conv_post = Conv1d(channels[-1], 1, 7, padding=3, bias=False)
+        self.cond = Conv1d(cfg.gin_channels, cfg.upsample_initial_channel, 1)
 
     def __call__(self, x: mx.array, f0: mx.array, g: mx.array, eps_sine: mx.array) -> mx.array:
         har, _, _ = self.m_source(f0, self.upp, eps_sine)
@@ -122,14 +130,14 @@ class HiFiGANGenerator(nn.Module):
         super().__init__()
         self.num_kernels = len(cfg.resblock_kernel_sizes)
         self.slope = cfg.lrelu_slope
-        self.conv_pre = nn.Conv1d(cfg.inter_channels, cfg.upsample_initial_channel, 7, padding=3)
+        self.conv_pre = Conv1d(cfg.inter_channels, cfg.upsample_initial_channel, 7, padding=3)
         channels = _channels(cfg)
         rates_kernels = zip(cfg.upsample_rates, cfg.upsample_kernel_sizes, strict=True)
-        self.ups = [nn.ConvTranspose1d(cfg.upsample_initial_channel // (2 ** i), channels[i], k, u,
+        self.ups = [ConvTranspose1d(cfg.upsample_initial_channel // (2 ** i), channels[i], k, u,
                                        padding=(k - u) // 2) for i, (u, k) in enumerate(rates_kernels)]
         self.resblocks = _resblocks(cfg, channels)
-        self.conv_post = nn.Conv1d(channels[-1], 1, 7, padding=3, bias=False)
-        self.cond = nn.Conv1d(cfg.gin_channels, cfg.upsample_initial_channel, 1)
+        self.conv_post = Conv1d(channels[-1], 1, 7, padding=3, bias=False)
+        self.cond = Conv1d(cfg.gin_channels, cfg.upsample_initial_channel, 1)
 
     def __call__(self, x: mx.array, g: mx.array) -> mx.array:
         x = self.conv_pre(x) + self.cond(g)

@@ -8,6 +8,7 @@ import mlx.core as mx
 import mlx.nn as nn
 
 from rvc_mlx.config import SynthConfig
+from rvc_mlx.layers import Conv1d
 from rvc_mlx.synthesizer.attentions import FFN, LayerNorm, MultiHeadAttention
 
 
@@ -45,7 +46,7 @@ class TextEncoder(nn.Module):
         if cfg.use_f0:
             self.emb_pitch = nn.Embedding(256, cfg.hidden_channels)
         self.encoder = Encoder(cfg)
-        self.proj = nn.Conv1d(cfg.hidden_channels, cfg.inter_channels * 2, 1)
+        self.proj = Conv1d(cfg.hidden_channels, cfg.inter_channels * 2, 1)
 
     def __call__(self, phone: mx.array, pitch, lengths: mx.array):
         x = self.emb_phone(phone)

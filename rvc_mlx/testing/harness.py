@@ -204,6 +204,7 @@ class Parity:
         if self.weights_dir is not None:
             result.source = f"live ({self.weights_dir})"
         self._truth(comp, case, ref, values, result)
+        result.extra.update(comp.extra_metrics(ref, values))
         if teacher:
             local = teacher_forced(comp, ref, self.weights(comp, case), self.policy)
             for tap in result.taps:

@@ -49,7 +49,7 @@ def case_json(r: CaseResult) -> dict[str, Any]:
     return {
         "component": r.component, "case": r.case, "source": r.source, "passed": r.passed,
         "taps_total": len(r.taps), "taps_failed": len(r.failing), "blame": r.blame_line() if b else None,
-        "blame_tap": b.name if b else None, "input": r.input, "weights": r.weights, "extra": r.extra,
+        "blame_tap": b.name if b else None, "input": _num(r.input), "weights": r.weights, "extra": _num(r.extra),
         "taps": [tap_json(t) for t in r.taps],
     }
 
@@ -224,6 +224,11 @@ def to_html(report: dict[str, Any], results: list[CaseResult]) -> str:
         out.append(f"<h2>{r.component} / {r.case} <small>({html.escape(r.source)})</small></h2>")
         out.append(f"<p class='{'pass' if r.passed else 'fail'}'>{html.escape(r.blame_line())}</p>")
         out.append(f"<img alt='error vs depth' src='data:image/png;base64,{_depth_plot(r)}'>")
+        if "audio" in r.extra:  # final audio of an end-to-end case: MLX vs the reference
+            a = r.extra["audio"]
+            out.append(f"<p>final audio vs reference: SNR {_fmt(a['snr_db'])} dB, SI-SDR {_fmt(a['si_sdr_db'])} dB, "
+                       f"multi-resolution STFT distance {_fmt(a['mrstft'])}, log-spectral distance "
+                       f"{_fmt(a['lsd_db'])} dB, max |error| {_fmt(a['max_abs'])} over {a['length']} samples</p>")
         for name, d in r.extra.get("truth", {}).items():
             m, ref = d["mlx"], d["reference"]
             out.append(f"<p>{html.escape(name)} vs the input's known F0: raw pitch accuracy MLX "

@@ -34,6 +34,8 @@ class CaseSpec:
     samples: int | None = None
     store: str | list = "all"  # "all" | "blocks" | a list of tap globs: what the golden keeps
     skip: tuple[str, ...] = ()  # tap globs the golden leaves out even though `store` selects them
+    f0_method: str = "rmvpe"  # pipeline cases: rmvpe | crepe | crepe-tiny | fcpe
+    index: bool = False  # pipeline cases: retrieve from the synthetic faiss index (index_rate 0.75)
     truth: str | None = None  # CSV under golden/inputs with the input's true F0 (time_s, f0_hz)
     variant: str | None = None  # synthesizer variant (e.g. "v2-40k-f0"): selects the checkpoint
     frames: int | None = None  # generated inputs: number of frames
@@ -235,17 +237,22 @@ class Component:
         """Frames whose decision is within tolerance of a threshold in the oracle (not judged)."""
         return {}
 
+    def extra_metrics(self, ref, values: dict[str, np.ndarray]) -> dict[str, Any]:
+        """Component-specific metrics reported with the case (e.g. audio metrics of a final output)."""
+        return {}
+
 
 def registry() -> dict[str, Component]:
     from rvc_mlx.testing.components.crepe import CREPEComponent
     from rvc_mlx.testing.components.fcpe import FCPEComponent
     from rvc_mlx.testing.components.hubert import HubertComponent
+    from rvc_mlx.testing.components.pipeline import PipelineComponent
     from rvc_mlx.testing.components.rmvpe import RMVPEComponent
     from rvc_mlx.testing.components.synth import SynthComponent
 
     specs = load_specs()
     classes = {"rmvpe": RMVPEComponent, "hubert": HubertComponent, "synth": SynthComponent,
-               "crepe": CREPEComponent, "fcpe": FCPEComponent}
+               "crepe": CREPEComponent, "fcpe": FCPEComponent, "pipeline": PipelineComponent}
     missing = set(specs) - set(classes)
     if missing:
         raise SpecError(f"golden/cases.toml names components without a spec class: {sorted(missing)}")
