@@ -31,9 +31,11 @@ parity: $(STAMP)
 golden: $(STAMP)
 	$(PY) -m pytest tests/parity -m "parity and not slow" --regen-golden --benchmark-disable
 
+# MLX vs torch speed of every component at 1/10/60 s; prints the ratio table saved in reports/bench.json.
 bench: $(STAMP)
 	mkdir -p reports
-	$(PY) -m pytest tests/bench --benchmark-only --benchmark-json reports/bench.json
+	$(PY) -m pytest tests/bench --benchmark-only --benchmark-json reports/bench.json -q
+	$(PY) -m rvc_mlx.testing.bench reports/bench.json
 
 clean:
 	rm -rf $(VENV) reports/*.json reports/*.html .pytest_cache

@@ -1,8 +1,9 @@
 """rvc-mlx: RVC voice-conversion inference on MLX with layer-by-layer parity against PyTorch twins."""
 
-from rvc_mlx._blas import load_fast_blas
+from rvc_mlx._blas import load_fast_blas, warn_if_slow
 
 __version__ = "0.1.0"
 
 # Before any `import mlx.core`: MLX's Linux wheel would otherwise use the netlib reference BLAS.
 load_fast_blas()
+warn_if_slow()

@@ -24,7 +24,7 @@ CANDIDATES = (
 )
 INSTALL_HINT = "apt-get install libopenblas0-pthread (make test/parity do this when run as root)"
 
-_state: dict[str, str | None] = {"path": None, "reason": None}
+_state: dict[str, str | None] = {"path": None, "reason": None, "core": None}
 
 
 def load_fast_blas() -> str | None:
@@ -43,25 +43,68 @@ def load_fast_blas() -> str | None:
         return None
     found = ctypes.util.find_library("openblas")
     paths = [choice] if choice else [p for p in CANDIDATES if os.path.exists(p)] + ([found] if found else [])
+    core = None if "OPENBLAS_CORETYPE" in os.environ else cpu_coretype()
     for path in paths:
+        if core:  # read by OpenBLAS's constructor during dlopen only; restored right after
+            os.environ["OPENBLAS_CORETYPE"] = core
         try:
-            ctypes.CDLL(path, mode=ctypes.RTLD_GLOBAL)
+            lib = ctypes.CDLL(path, mode=ctypes.RTLD_GLOBAL)
         except OSError:
             continue
+        finally:
+            if core:
+                del os.environ["OPENBLAS_CORETYPE"]
         _state["path"] = path
+        _state["core"] = _corename(lib)
         return path
     _state["reason"] = f"no OpenBLAS found ({INSTALL_HINT})"
     return None
 
 
+def cpu_coretype() -> str | None:
+    """The OpenBLAS kernel family this x86 CPU supports, from /proc/cpuinfo (None elsewhere).
+
+    Debian's OpenBLAS 0.3.21 does not know recent Xeons and falls back to its SSE3 'Prescott' kernels (~65 vs
+    ~300 GFLOP/s on 2 cores here); naming the family explicitly picks the AVX-512 / AVX2 kernels."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), [])
+    except OSError:
+        return None
+    if {"avx512f", "avx512bw", "avx512vl", "avx512dq"} <= set(flags):
+        return "SkylakeX"
+    if {"avx2", "fma"} <= set(flags):
+        return "Haswell"
+    return None
+
+
+def _corename(lib) -> str | None:
+    try:
+        fn = lib.openblas_get_corename
+    except AttributeError:
+        return None
+    fn.restype = ctypes.c_char_p
+    return fn().decode()
+
+
+SLOW_CORES = {"prescott", "core2", "penryn", "dunnington", "nehalem", "atom", "generic"}
+
+
 def status() -> str:
     """One line: which BLAS MLX's matmuls use."""
     if _state["path"]:
-        return f"OpenBLAS ({_state['path']})"
+        return f"OpenBLAS ({_state['path']}, {_state.get('core') or 'unknown'} kernels)"
     return f"MLX's bundled BLAS: {_state['reason'] or 'not checked'}"
 
 
 def warn_if_slow() -> None:
-    if sys.platform.startswith("linux") and not _state["path"]:
-        warnings.warn(f"rvc-mlx: MLX uses its bundled reference BLAS (slow, less accurate): {_state['reason']}",
-                      RuntimeWarning, stacklevel=2)
+    """One-line RuntimeWarning when MLX's matmuls run on a slow BLAS (bundled netlib, or OpenBLAS's SSE kernels)."""
+    if not sys.platform.startswith("linux"):
+        return
+    if not _state["path"]:
+        warnings.warn(f"rvc-mlx: MLX uses its bundled reference BLAS (~10x slower, less accurate): {_state['reason']}",
+                      RuntimeWarning, stacklevel=3)
+    elif (_state.get("core") or "").lower() in SLOW_CORES and cpu_coretype():
+        warnings.warn(f"rvc-mlx: OpenBLAS runs its {_state['core']} kernels on a CPU with {cpu_coretype()} "
+                      f"support (~4x slower); unset OPENBLAS_CORETYPE or set it to {cpu_coretype()}",
+                      RuntimeWarning, stacklevel=3)

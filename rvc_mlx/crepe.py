@@ -15,9 +15,10 @@ import numpy as np
 from rvc_mlx.audio import check_mono
 from rvc_mlx.config import CREPE as CREPE_CFG
 from rvc_mlx.config import CREPEConfig
-from rvc_mlx.layers import TapConv2d
+from rvc_mlx.layers import BatchNorm, TapConv2d
 from rvc_mlx.pitch import bins_to_frequency, crepe_dither, mean_filter, median_filter, viterbi
 from rvc_mlx.testing.taps import tap
+from rvc_mlx.fastmath import sigmoid
 
 
 class Crepe(nn.Module):
@@ -31,7 +32,7 @@ class Crepe(nn.Module):
             # conv1 (one input channel) is accurate natively; conv2-6 sum 64 x C products: see TapConv2d
             conv = nn.Conv2d(ci, co, (k, 1), (s, 1)) if i == 1 else TapConv2d(ci, co, (k, 1), (s, 1))
             setattr(self, f"conv{i}", conv)
-            setattr(self, f"conv{i}_BN", nn.BatchNorm(co, eps=cfg.bn_eps))
+            setattr(self, f"conv{i}_BN", BatchNorm(co, eps=cfg.bn_eps))
         self.classifier = nn.Linear(cfg.in_features, cfg.n_bins)
 
     def layer(self, x: mx.array, i: int) -> mx.array:
@@ -46,7 +47,7 @@ class Crepe(nn.Module):
         for i in range(1, 7):
             x = self.layer(x, i)
         # torch flattens (time, channel) per frame: feature index time * C + channel, as NHWC reshape does
-        return mx.sigmoid(self.classifier(x.reshape(x.shape[0], -1)))
+        return sigmoid(self.classifier(x.reshape(x.shape[0], -1)))
 
 
 def _pairwise_sum(x: mx.array) -> mx.array:

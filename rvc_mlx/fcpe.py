@@ -17,6 +17,7 @@ from rvc_mlx.checkpoints import check_fcpe_checkpoint
 from rvc_mlx.config import FCPE_CFG, FCPEConfig
 from rvc_mlx.dsp import hann_window, mel_filterbank
 from rvc_mlx.testing.taps import tap
+from rvc_mlx.fastmath import GLU, SiLU, sigmoid
 
 
 def read_fcpe_state(raw: object, source: Path) -> dict[str, np.ndarray]:
@@ -75,9 +76,9 @@ class ConformerConvModule(nn.Module):
             nn.LayerNorm(cfg.hidden),
             Transpose(),
             nn.Conv1d(cfg.hidden, 2 * inner, 1),
-            nn.GLU(axis=-1),  # channels are last here (torch: dim=1 of (B, C, T)); first half * sigmoid(second)
+            GLU(axis=-1),  # channels are last here (torch: dim=1 of (B, C, T)); first half * sigmoid(second)
             DepthWiseConv1d(inner, cfg.kernel_size),
-            nn.SiLU(),
+            SiLU(),
             nn.Conv1d(inner, cfg.hidden, 1),
             Transpose(),
             nn.Dropout(0.0),  # index 8 of the original Sequential; p = 0 at inference
@@ -137,7 +138,7 @@ class CFNaiveMelPE(nn.Module):
         for layer in self.input_stack:
             x = layer(x)
         x = self.norm(self.net(x))
-        return mx.sigmoid(self.output_proj(x))
+        return sigmoid(self.output_proj(x))
 
 
 def _log_mel(audio: mx.array, basis: np.ndarray, cfg: FCPEConfig) -> mx.array:

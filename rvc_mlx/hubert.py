@@ -14,6 +14,7 @@ import numpy as np
 
 from rvc_mlx.audio import check_mono
 from rvc_mlx.config import HUBERT, HubertConfig
+from rvc_mlx.fastmath import GELU, softmax
 
 
 class GroupNormConvLayer(nn.Module):
@@ -25,7 +26,7 @@ class GroupNormConvLayer(nn.Module):
         c_out = cfg.conv_dim[layer_id]
         self.conv = nn.Conv1d(c_in, c_out, cfg.conv_kernel[layer_id], cfg.conv_stride[layer_id], bias=cfg.conv_bias)
         self.layer_norm = nn.GroupNorm(c_out, c_out, eps=cfg.group_norm_eps, affine=True, pytorch_compatible=True)
-        self.activation = nn.GELU()
+        self.activation = GELU()
 
     def __call__(self, x: mx.array) -> mx.array:
         return self.activation(self.layer_norm(self.conv(x)))
@@ -39,7 +40,7 @@ class NoLayerNormConvLayer(nn.Module):
         c_in = cfg.conv_dim[layer_id - 1] if layer_id > 0 else 1
         self.conv = nn.Conv1d(c_in, cfg.conv_dim[layer_id], cfg.conv_kernel[layer_id], cfg.conv_stride[layer_id],
                               bias=cfg.conv_bias)
-        self.activation = nn.GELU()
+        self.activation = GELU()
 
     def __call__(self, x: mx.array) -> mx.array:
         return self.activation(self.conv(x))
@@ -92,7 +93,7 @@ class PositionalConvEmbedding(nn.Module):
         self.conv = nn.Conv1d(cfg.hidden_size, cfg.hidden_size, cfg.num_conv_pos_embeddings,
                               padding=cfg.num_conv_pos_embeddings // 2, groups=cfg.num_conv_pos_embedding_groups)
         self.padding = SamePad(cfg.num_conv_pos_embeddings)
-        self.activation = nn.GELU()
+        self.activation = GELU()
 
     def __call__(self, x: mx.array) -> mx.array:
         return self.activation(self.padding(self.conv(x)))
@@ -118,7 +119,7 @@ class Attention(nn.Module):
         q = self.q_proj(x).reshape(shape).transpose(0, 2, 1, 3)
         k = self.k_proj(x).reshape(shape).transpose(0, 2, 1, 3)
         v = self.v_proj(x).reshape(shape).transpose(0, 2, 1, 3)
-        weights = mx.softmax((q @ k.transpose(0, 1, 3, 2)) * self.scaling, axis=-1, precise=True)
+        weights = softmax((q @ k.transpose(0, 1, 3, 2)) * self.scaling, axis=-1)
         out = (weights @ v).transpose(0, 2, 1, 3).reshape(b, t, -1)
         return self.out_proj(out), weights
 
@@ -130,7 +131,7 @@ class FeedForward(nn.Module):
         super().__init__()
         self.intermediate_dropout = nn.Dropout(0.0)
         self.intermediate_dense = nn.Linear(cfg.hidden_size, cfg.intermediate_size)
-        self.intermediate_act_fn = nn.GELU()
+        self.intermediate_act_fn = GELU()
         self.output_dense = nn.Linear(cfg.intermediate_size, cfg.hidden_size)
         self.output_dropout = nn.Dropout(0.0)
 

@@ -15,7 +15,7 @@ from rvc_mlx.config import RMVPE as CFG
 from rvc_mlx.audio import check_mono
 from rvc_mlx.config import RMVPEConfig
 from rvc_mlx.dsp import log_mel, mel_filterbank
-from rvc_mlx.layers import GRU
+from rvc_mlx.layers import GRU, BatchNorm, Conv2d, ConvTranspose2d
 from rvc_mlx.testing.taps import tap
 
 
@@ -25,15 +25,15 @@ class ConvBlockRes(nn.Module):
     def __init__(self, in_channels: int, out_channels: int, eps: float = CFG.bn_eps):
         super().__init__()
         self.conv = [
-            nn.Conv2d(in_channels, out_channels, 3, padding=1, bias=False),
-            nn.BatchNorm(out_channels, eps=eps),
+            Conv2d(in_channels, out_channels, 3, padding=1, bias=False),
+            BatchNorm(out_channels, eps=eps),
             nn.ReLU(),
-            nn.Conv2d(out_channels, out_channels, 3, padding=1, bias=False),
-            nn.BatchNorm(out_channels, eps=eps),
+            Conv2d(out_channels, out_channels, 3, padding=1, bias=False),
+            BatchNorm(out_channels, eps=eps),
             nn.ReLU(),
         ]
         if in_channels != out_channels:
-            self.shortcut = nn.Conv2d(in_channels, out_channels, 1)
+            self.shortcut = Conv2d(in_channels, out_channels, 1)
 
     def __call__(self, x: mx.array) -> mx.array:
         y = x
@@ -63,7 +63,7 @@ class Encoder(nn.Module):
 
     def __init__(self, cfg: RMVPEConfig):
         super().__init__()
-        self.bn = nn.BatchNorm(cfg.in_channels, eps=cfg.bn_eps)
+        self.bn = BatchNorm(cfg.in_channels, eps=cfg.bn_eps)
         self.layers = []
         c_in, c_out = cfg.in_channels, cfg.en_out_channels
         for _ in range(cfg.en_de_layers):
@@ -102,9 +102,9 @@ class ResDecoderBlock(nn.Module):
         super().__init__()
         out_pad = (0, 1) if tuple(cfg.pool) == (1, 2) else (1, 1)
         self.conv1 = [
-            nn.ConvTranspose2d(in_channels, out_channels, 3, stride=cfg.pool, padding=1,
+            ConvTranspose2d(in_channels, out_channels, 3, stride=cfg.pool, padding=1,
                                output_padding=out_pad, bias=False),
-            nn.BatchNorm(out_channels, eps=cfg.bn_eps),
+            BatchNorm(out_channels, eps=cfg.bn_eps),
             nn.ReLU(),
         ]
         self.conv2 = [ConvBlockRes(out_channels * 2, out_channels)]
@@ -168,7 +168,7 @@ class E2E(nn.Module):
         if cfg.n_gru != 1:
             raise ValueError(f"only n_gru=1 is supported (the original uses 1), got {cfg.n_gru}")
         self.unet = DeepUnet(cfg)
-        self.cnn = nn.Conv2d(cfg.en_out_channels, 3, 3, padding=1)
+        self.cnn = Conv2d(cfg.en_out_channels, 3, 3, padding=1)
         self.fc = [
             BiGRU(3 * cfg.n_mels, cfg.gru_hidden),
             nn.Linear(2 * cfg.gru_hidden, cfg.n_class),

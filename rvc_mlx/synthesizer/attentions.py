@@ -8,6 +8,7 @@ import mlx.core as mx
 import mlx.nn as nn
 
 from rvc_mlx.layers import Conv1d
+from rvc_mlx.fastmath import softmax
 
 
 class LayerNorm(nn.Module):
@@ -53,7 +54,7 @@ class MultiHeadAttention(nn.Module):
         scores = scores + self._relative_to_absolute(q @ rel_k[None].transpose(0, 1, 3, 2))
         if mask is not None:
             scores = mx.where(mask == 0, -1e4, scores)
-        p_attn = self.drop(mx.softmax(scores, axis=-1, precise=True))
+        p_attn = self.drop(softmax(scores, axis=-1))
         rel_v = self._relative_embeddings(self.emb_rel_v, t)
         output = p_attn @ value + self._absolute_to_relative(p_attn) @ rel_v[None]
         return output.transpose(0, 2, 1, 3).reshape(b, t, d)

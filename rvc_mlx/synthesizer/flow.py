@@ -7,6 +7,7 @@ import mlx.nn as nn
 
 from rvc_mlx.config import SynthConfig
 from rvc_mlx.layers import Conv1d
+from rvc_mlx.fastmath import sigmoid, tanh
 
 
 class WaveNet(nn.Module):
@@ -32,7 +33,7 @@ class WaveNet(nn.Module):
         g = self.cond_layer(g)
         for i in range(self.n_layers):
             in_act = self.in_layers[i](x) + g[..., i * 2 * h:(i + 1) * 2 * h]
-            acts = self.drop(mx.tanh(in_act[..., :h]) * mx.sigmoid(in_act[..., h:]))
+            acts = self.drop(tanh(in_act[..., :h]) * sigmoid(in_act[..., h:]))
             res_skip = self.res_skip_layers[i](acts)
             if i < self.n_layers - 1:
                 x = (x + res_skip[..., :h]) * x_mask

@@ -15,6 +15,7 @@ from rvc_mlx.synthesizer.inputs import SynthNoise, check_inputs
 from rvc_mlx.synthesizer.nsf_hifigan import HiFiGANGenerator, HiFiGANNSFGenerator
 from rvc_mlx.synthesizer.text_encoder import TextEncoder
 from rvc_mlx.testing.taps import tap
+from rvc_mlx.fastmath import exp
 
 
 class SynthesizerModel(nn.Module):
@@ -31,7 +32,7 @@ class SynthesizerModel(nn.Module):
     def __call__(self, phone, phone_lengths, pitch, nsff0, sid, eps_zp, eps_sine):
         g = self.emb_g(sid)[:, None, :]
         m_p, logs_p, x_mask = self.enc_p(phone, pitch, phone_lengths)
-        z_p = tap("synth.z_p", (m_p + mx.exp(logs_p) * eps_zp * self.cfg.prior_noise_scale) * x_mask, layout="NLC")
+        z_p = tap("synth.z_p", (m_p + exp(logs_p) * eps_zp * self.cfg.prior_noise_scale) * x_mask, layout="NLC")
         z = self.flow(z_p, x_mask, g=g, reverse=True)
         if self.cfg.use_f0:
             return self.dec(z * x_mask, nsff0, g, eps_sine)

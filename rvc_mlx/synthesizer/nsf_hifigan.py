@@ -14,10 +14,12 @@ import numpy as np
 from rvc_mlx.config import SynthConfig
 from rvc_mlx.layers import Conv1d, ConvTranspose1d
 from rvc_mlx.testing.taps import tap
+from rvc_mlx.fastmath import Tanh, tanh
 
 
 def leaky_relu(x: mx.array, slope: float) -> mx.array:
-    return mx.where(x >= 0, x, x * slope)
+    # max(x, slope*x) == leaky_relu for 0 < slope < 1, bit for bit; MLX's CPU `where` is ~10x slower than maximum
+    return mx.maximum(x, x * slope)
 
 
 class ResBlock(nn.Module):
@@ -72,7 +74,7 @@ class SourceModuleHnNSF(nn.Module):
         super().__init__()
         self.l_sin_gen = SineGenerator(cfg.sr, cfg.sine_amp, cfg.noise_std)
         self.l_linear = nn.Linear(1, 1)
-        self.l_tanh = nn.Tanh()
+        self.l_tanh = Tanh()
 
     def __call__(self, f0: mx.array, upp: int, eps_sine: mx.array):
         sine, _, _ = self.l_sin_gen(f0, upp, eps_sine)
@@ -120,7 +122,7 @@ class HiFiGANNSFGenerator(nn.Module):
             x = up(leaky_relu(x, self.slope)) + noise_conv(har)
             blocks = self.resblocks[i * self.num_kernels:(i + 1) * self.num_kernels]
             x = tap(f"synth.stage{i}", sum(block(x) for block in blocks) / self.num_kernels, layout="NLC")
-        return mx.tanh(self.conv_post(leaky_relu(x, 0.01)))
+        return tanh(self.conv_post(leaky_relu(x, 0.01)))
 
 
 class HiFiGANGenerator(nn.Module):
@@ -145,4 +147,4 @@ class HiFiGANGenerator(nn.Module):
             x = up(leaky_relu(x, self.slope))
             blocks = self.resblocks[i * self.num_kernels:(i + 1) * self.num_kernels]
             x = tap(f"synth.stage{i}", sum(block(x) for block in blocks) / self.num_kernels, layout="NLC")
-        return mx.tanh(self.conv_post(leaky_relu(x, 0.01)))
+        return tanh(self.conv_post(leaky_relu(x, 0.01)))

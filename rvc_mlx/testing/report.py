@@ -55,19 +55,36 @@ def case_json(r: CaseResult) -> dict[str, Any]:
 
 
 def bench_table(bench: dict[str, Any] | None) -> list[dict[str, Any]]:
-    """Pair MLX and torch benchmarks of the same group into ratio rows."""
+    """Pair MLX and torch benchmarks of the same group into ratio rows (+ RTF, peak memory, op classes)."""
     if not bench:
         return []
-    groups: dict[str, dict[str, float]] = {}
+    groups: dict[str, dict[str, dict[str, Any]]] = {}
     for b in bench.get("benchmarks", []):
-        impl = (b.get("extra_info") or {}).get("impl") or ("mlx" if "mlx" in b["name"] else "torch")
-        groups.setdefault(b.get("group") or b["name"], {})[impl] = b["stats"]["median"]
+        info = b.get("extra_info") or {}
+        impl = info.get("impl") or ("mlx" if "mlx" in b["name"] else "torch")
+        groups.setdefault(b.get("group") or b["name"], {})[impl] = {"median": b["stats"]["median"], **info}
     rows = []
     for group, d in sorted(groups.items()):
-        row = {"group": group, "mlx_s": d.get("mlx"), "torch_s": d.get("torch")}
-        if d.get("mlx") and d.get("torch"):
-            row["mlx_over_torch"] = d["mlx"] / d["torch"]
+        m, t = d.get("mlx", {}), d.get("torch", {})
+        row = {"group": group, "mlx_s": m.get("median"), "torch_s": t.get("median"),
+               "seconds": m.get("seconds", t.get("seconds"))}
+        if m.get("median") and t.get("median"):
+            row["mlx_over_torch"] = m["median"] / t["median"]
+        for impl, e in (("mlx", m), ("torch", t)):
+            if e.get("median") and e.get("seconds"):
+                row[f"{impl}_rtf"] = e["median"] / e["seconds"]
+            if e.get("peak_memory_bytes") is not None:
+                row[f"{impl}_peak"] = e["peak_memory_bytes"]
+            if e.get("op_classes"):
+                row[f"{impl}_op_classes"] = e["op_classes"]
         rows.append(row)
+    by_group = {r["group"]: r for r in rows}
+    for r in rows:  # cost growth: the 60 s entry against 6x the 10 s entry of the same benchmark
+        if r.get("seconds") == 60 and r["group"].endswith(" 60s"):
+            short = by_group.get(r["group"][:-3] + "10s")
+            for impl in ("mlx", "torch"):
+                if short and short.get(f"{impl}_s") and r.get(f"{impl}_s"):
+                    r[f"{impl}_vs_linear"] = r[f"{impl}_s"] / (6 * short[f"{impl}_s"])
     return rows
 
 
@@ -201,12 +218,7 @@ def to_html(report: dict[str, Any], results: list[CaseResult]) -> str:
                    f"<td>{html.escape(r.blame.describe()) if r.blame else ''}</td></tr>")
     out.append("</table>")
     if report.get("benchmarks"):
-        out.append("<h2>Benchmarks (median seconds, same run)</h2><table><tr><th>benchmark</th><th>MLX</th>"
-                   "<th>torch</th><th>MLX / torch</th></tr>")
-        for b in report["benchmarks"]:
-            out.append(f"<tr><td>{html.escape(b['group'])}</td><td>{_fmt(b.get('mlx_s'))}</td>"
-                       f"<td>{_fmt(b.get('torch_s'))}</td><td>{_fmt(b.get('mlx_over_torch', ''))}</td></tr>")
-        out.append("</table>")
+        out.extend(_bench_html(report["benchmarks"]))
     # one row per case and tap (a case checked by several tests appears once)
     truth_rows = list({(r.key, name): (r, name, d) for r in results
                        for name, d in r.extra.get("truth", {}).items()}.values())
@@ -268,6 +280,42 @@ def _tap_table(r: CaseResult) -> str:
             f"<td>{_fmt(t.mlx.get('pearson', ''))}</td><td>{_fmt(t.mlx.get('snr_db', ''))}</td>{local}"
             f"<td class='{cls}'>{res}</td></tr>")
     return (f"<details><summary>{len(r.taps)} taps</summary><table>{head}{''.join(rows)}</table></details>")
+
+
+def _mib(v: Any) -> str:
+    return "" if v is None else f"{v / 2**20:.0f}"
+
+
+def _bench_html(rows: list[dict[str, Any]]) -> list[str]:
+    """Ratio table (median seconds, RTF, peak memory) and the per-op-class breakdown of profiled lengths."""
+    out = ["<h2>Benchmarks (median seconds, same run)</h2><table><tr><th>benchmark</th><th>MLX</th><th>torch</th>"
+           "<th>MLX / torch</th><th>RTF MLX</th><th>RTF torch</th><th>peak MiB MLX</th><th>peak MiB torch</th></tr>"]
+    for b in rows:
+        ratio = b.get("mlx_over_torch")
+        cls = "" if ratio is None else (" class='pass'" if ratio <= 1.0 else " class='fail'")
+        out.append(f"<tr><td>{html.escape(b['group'])}</td><td>{_fmt(b.get('mlx_s'))}</td>"
+                   f"<td>{_fmt(b.get('torch_s'))}</td><td{cls}>{_fmt(ratio if ratio is not None else '')}</td>"
+                   f"<td>{_fmt(b.get('mlx_rtf', ''))}</td><td>{_fmt(b.get('torch_rtf', ''))}</td>"
+                   f"<td>{_mib(b.get('mlx_peak'))}</td><td>{_mib(b.get('torch_peak'))}</td></tr>")
+    out.append("</table>")
+    growth = [b for b in rows if b.get("mlx_vs_linear") is not None]
+    if growth:
+        out.append("<p>Cost growth, 60 s vs 6 x the 10 s cost (1.00 = linear): "
+                   + "; ".join(f"{html.escape(b['group'][:-4])}: MLX {b['mlx_vs_linear']:.2f}, torch "
+                               f"{b.get('torch_vs_linear', float('nan')):.2f}" for b in growth) + "</p>")
+    profiled = [b for b in rows if b.get("mlx_op_classes") and b.get("torch_op_classes")]
+    if profiled:
+        from rvc_mlx.testing.profile import OP_CLASSES
+
+        out.append("<h3>Where the time goes: seconds per op class, MLX / torch (one profiled forward; module self "
+                   "time charged by module class)</h3><table><tr><th>benchmark</th>"
+                   + "".join(f"<th>{c}</th>" for c in OP_CLASSES) + "<th>total</th></tr>")
+        for b in profiled:
+            m, t = b["mlx_op_classes"], b["torch_op_classes"]
+            cells = "".join(f"<td>{m.get(c, 0):.3f} / {t.get(c, 0):.3f}</td>" for c in (*OP_CLASSES, "total"))
+            out.append(f"<tr><td>{html.escape(b['group'])}</td>{cells}</tr>")
+        out.append("</table>")
+    return out
 
 
 def write(path: str | Path, results: list[CaseResult], policy: Policy, bench: dict[str, Any] | None = None) -> Path:

@@ -1,0 +1,49 @@
+"""Component speed: MLX vs the PyTorch twin on the same input in the same run (ratios, RTF, peak memory, op-class
+breakdown in reports/bench.json and parity.html). `make test` runs the 1 s entries once, untimed, as a smoke test."""
+
+import numpy as np
+import pytest
+import torch
+
+from rvc_mlx.testing import bench
+from rvc_mlx.testing.profile import profile_mlx, profile_torch
+
+SECONDS = [pytest.param(1, id="1s"), pytest.param(10, id="10s", marks=pytest.mark.slow),
+           pytest.param(60, id="60s", marks=pytest.mark.slow)]
+# component -> (harness component, packaged weights or None, method returning a numpy array)
+MODELS = {"hubert": ("hubert", None, "features"), "rmvpe": ("rmvpe", None, "f0"),
+          "crepe-full": ("crepe", "crepe-full", "f0"), "crepe-tiny": ("crepe", "crepe-tiny", "f0"),
+          "fcpe": ("fcpe", None, "f0")}
+_loaded: dict = {}
+
+
+def _predictor(parity, name: str, impl: str):
+    if (name, impl) not in _loaded:
+        comp_name, package, _ = MODELS[name]
+        comp = parity.component(comp_name)
+        if package is None:
+            w = comp.weights(None)
+            _loaded[name, impl] = comp.mlx(w) if impl == "mlx" else comp.twin(w, torch.float32)
+        else:
+            from rvc_mlx.testing.packages import asset
+
+            cls = comp.mlx_class() if impl == "mlx" else comp.twin_class()
+            kw = {} if impl == "mlx" else {"dtype": torch.float32}
+            _loaded[name, impl] = cls.from_checkpoint(asset(package), **kw)
+    return _loaded[name, impl]
+
+
+@pytest.mark.parametrize("seconds", SECONDS)
+@pytest.mark.parametrize("impl", ["mlx", "torch"])
+@pytest.mark.parametrize("name", list(MODELS))
+def test_bench_component(benchmark, parity, name, impl, seconds):
+    model = _predictor(parity, name, impl)
+    audio = bench.speech(seconds)
+    method = getattr(model, MODELS[name][2])
+    fn = (lambda: np.asarray(method(audio)))  # np.asarray forces MLX evaluation inside the timed region
+    prof = (lambda: profile_mlx(model.model, fn)) if impl == "mlx" else (lambda: profile_torch(model.model, fn))
+    out = bench.run(benchmark, impl, seconds, f"{name} {seconds}s", fn, rounds=1 if seconds >= 60 else 3,
+                    profile=prof)
+    n = audio.shape[0]
+    frames = (n - 400) // 320 + 1 if name == "hubert" else n // 160 + 1
+    assert out.shape[0] == frames and np.isfinite(out).all()

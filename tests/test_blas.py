@@ -1,0 +1,45 @@
+"""The fast-BLAS loader: OpenBLAS with its best kernels when available, and a one-line warning otherwise."""
+
+import subprocess
+import sys
+
+import pytest
+
+from rvc_mlx import _blas
+
+
+def _import_rvc_mlx(code: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    import os
+
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                          env={**os.environ, **(env or {})})
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="MLX uses Accelerate / Metal off Linux")
+def test_mlx_uses_openblas_with_the_cpus_kernels_in_this_environment():
+    assert _blas._state["path"], f"no fast BLAS: {_blas.status()}; run `make test` as root (installs OpenBLAS)"
+    want = _blas.cpu_coretype()
+    if want:
+        assert (_blas._state["core"] or "").lower() == want.lower(), _blas.status()
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="MLX uses Accelerate / Metal off Linux")
+def test_importing_mlx_before_rvc_mlx_warns_in_one_line():
+    r = _import_rvc_mlx("import mlx.core, rvc_mlx")
+    lines = [ln for ln in r.stderr.splitlines() if "RuntimeWarning" in ln]
+    assert r.returncode == 0 and len(lines) == 1, r.stderr
+    assert "reference BLAS" in lines[0] and "import rvc_mlx first" in lines[0]
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="MLX uses Accelerate / Metal off Linux")
+def test_disabling_openblas_warns_and_a_clean_import_does_not():
+    r = _import_rvc_mlx("import rvc_mlx", {"RVC_MLX_BLAS": "none"})
+    assert "RVC_MLX_BLAS=none" in r.stderr
+    clean = _import_rvc_mlx("import rvc_mlx")
+    assert clean.returncode == 0 and "RuntimeWarning" not in clean.stderr, clean.stderr
+
+
+@pytest.mark.skipif(_blas.cpu_coretype() is None, reason="needs an AVX2/AVX-512 x86 CPU")
+def test_openblas_forced_onto_sse_kernels_warns():
+    r = _import_rvc_mlx("import rvc_mlx", {"OPENBLAS_CORETYPE": "Prescott"})
+    assert "Prescott kernels" in r.stderr, r.stderr
