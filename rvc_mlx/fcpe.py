@@ -18,6 +18,7 @@ from rvc_mlx.config import FCPE_CFG, FCPEConfig
 from rvc_mlx.dsp import hann_window, mel_filterbank
 from rvc_mlx.testing.taps import tap
 from rvc_mlx.fastmath import GLU, SiLU, sigmoid
+from rvc_mlx.layers import Conv1d
 
 
 def read_fcpe_state(raw: object, source: Path) -> dict[str, np.ndarray]:
@@ -60,7 +61,7 @@ class DepthWiseConv1d(nn.Module):
 
     def __init__(self, channels: int, kernel_size: int):
         super().__init__()
-        self.conv = nn.Conv1d(channels, channels, kernel_size, padding=kernel_size // 2, groups=channels)
+        self.conv = Conv1d(channels, channels, kernel_size, padding=kernel_size // 2, groups=channels)
 
     def __call__(self, x: mx.array) -> mx.array:
         return self.conv(x)
@@ -75,11 +76,11 @@ class ConformerConvModule(nn.Module):
         self.net = [
             nn.LayerNorm(cfg.hidden),
             Transpose(),
-            nn.Conv1d(cfg.hidden, 2 * inner, 1),
+            Conv1d(cfg.hidden, 2 * inner, 1),
             GLU(axis=-1),  # channels are last here (torch: dim=1 of (B, C, T)); first half * sigmoid(second)
             DepthWiseConv1d(inner, cfg.kernel_size),
             SiLU(),
-            nn.Conv1d(inner, cfg.hidden, 1),
+            Conv1d(inner, cfg.hidden, 1),
             Transpose(),
             nn.Dropout(0.0),  # index 8 of the original Sequential; p = 0 at inference
         ]
@@ -121,10 +122,10 @@ class CFNaiveMelPE(nn.Module):
     def __init__(self, cfg: FCPEConfig = FCPE_CFG):
         super().__init__()
         self.input_stack = [
-            nn.Conv1d(cfg.n_mels, cfg.hidden, 3, padding=1),
+            Conv1d(cfg.n_mels, cfg.hidden, 3, padding=1),
             GroupNorm(cfg.groups, cfg.hidden),
             nn.LeakyReLU(0.01),
-            nn.Conv1d(cfg.hidden, cfg.hidden, 3, padding=1),
+            Conv1d(cfg.hidden, cfg.hidden, 3, padding=1),
         ]
         self.net = ConformerNaiveEncoder(cfg)
         self.norm = nn.LayerNorm(cfg.hidden)

@@ -15,6 +15,7 @@ import numpy as np
 from rvc_mlx.audio import check_mono
 from rvc_mlx.config import HUBERT, HubertConfig
 from rvc_mlx.fastmath import GELU, softmax
+from rvc_mlx.layers import Conv1d
 
 
 class GroupNormConvLayer(nn.Module):
@@ -24,7 +25,7 @@ class GroupNormConvLayer(nn.Module):
         super().__init__()
         c_in = cfg.conv_dim[layer_id - 1] if layer_id > 0 else 1
         c_out = cfg.conv_dim[layer_id]
-        self.conv = nn.Conv1d(c_in, c_out, cfg.conv_kernel[layer_id], cfg.conv_stride[layer_id], bias=cfg.conv_bias)
+        self.conv = Conv1d(c_in, c_out, cfg.conv_kernel[layer_id], cfg.conv_stride[layer_id], bias=cfg.conv_bias)
         self.layer_norm = nn.GroupNorm(c_out, c_out, eps=cfg.group_norm_eps, affine=True, pytorch_compatible=True)
         self.activation = GELU()
 
@@ -38,8 +39,8 @@ class NoLayerNormConvLayer(nn.Module):
     def __init__(self, cfg: HubertConfig, layer_id: int):
         super().__init__()
         c_in = cfg.conv_dim[layer_id - 1] if layer_id > 0 else 1
-        self.conv = nn.Conv1d(c_in, cfg.conv_dim[layer_id], cfg.conv_kernel[layer_id], cfg.conv_stride[layer_id],
-                              bias=cfg.conv_bias)
+        self.conv = Conv1d(c_in, cfg.conv_dim[layer_id], cfg.conv_kernel[layer_id], cfg.conv_stride[layer_id],
+                           bias=cfg.conv_bias)
         self.activation = GELU()
 
     def __call__(self, x: mx.array) -> mx.array:

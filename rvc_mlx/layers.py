@@ -96,33 +96,73 @@ class TapConv2d(nn.Conv2d):
         if kw != 1 or x.shape[2] != 1 or self.stride != (1, 1) or self.padding != (0, 0):
             raise ValueError(f"TapConv2d needs a (k, 1) kernel, width-1 input, stride 1, no padding; got kernel "
                              f"{(k, kw)}, input {x.shape}, stride {self.stride}, padding {self.padding}")
-        n = x.shape[1] - k + 1
-        rows = x[:, :, 0, :]
-        y = rows[:, 0:n] @ self.weight[:, 0, 0, :].T
-        for j in range(1, k):
-            y = mx.addmm(y, rows[:, j:j + n], self.weight[:, j, 0, :].T)
+        b, length = x.shape[0], x.shape[1]
+        n = length - k + 1
+        w = self.weight[:, :, 0, :]
+        if length > 2 * n:  # short outputs: copy each tap's rows (2-D GEMM; a batched GEMM of tiny matrices is slow)
+            y = x[:, 0:n, 0].reshape(b * n, c) @ w[:, 0].T
+            for j in range(1, k):
+                y = mx.addmm(y, x[:, j:j + n, 0].reshape(b * n, c), w[:, j].T)
+            y = y.reshape(b, n, o)
+        else:  # the batch as one flat sequence: taps are contiguous row slices; the k - 1 straddling rows are cropped
+            rows = mx.pad(x.reshape(b * length, c), [(0, k - 1), (0, 0)])
+            m = b * length
+            y = rows[0:m] @ w[:, 0].T
+            for j in range(1, k):
+                y = mx.addmm(y, rows[j:j + m], w[:, j].T)
+            y = y.reshape(b, length, o)[:, :n]
         if "bias" in self:
             y = y + self.bias
         return y[:, :, None, :]
 
 
 class Conv1d(nn.Conv1d):
-    """nn.Conv1d (stride 1, groups 1) on NLC (B, L, C), computed as k shifted GEMMs of inner dimension C.
+    """nn.Conv1d (groups 1 or depthwise; strided: groups 1, dilation 1) on NLC (B, L, C), as shifted GEMMs.
 
     MLX's CPU kernel for dilated convs is 15-60x slower than torch; the shifted-GEMM sum is as fast as torch and
     accurate to torch's level (each GEMM sums over C only)."""
 
     def __call__(self, x: mx.array) -> mx.array:
-        if self.stride != 1 or self.groups != 1:
-            return super().__call__(x)
         o, k, c = self.weight.shape
+        depthwise = self.groups == o == x.shape[-1] and c == 1
+        if self.groups != 1 and not depthwise or self.stride != 1 and (depthwise or self.dilation != 1):
+            return super().__call__(x)
         if self.padding:
             x = mx.pad(x, [(0, 0), (self.padding, self.padding), (0, 0)])
+        if self.stride != 1:
+            return self._strided(x)
         d = self.dilation
         n = x.shape[1] - d * (k - 1)
+        if depthwise:  # per-channel taps: one fused multiply-add per tap (MLX's grouped conv is ~5x slower)
+            w = self.weight[:, :, 0].T  # (k, C)
+            y = x[:, 0:n] * w[0]
+            for j in range(1, k):
+                y = _fma(y, x[:, j * d:j * d + n], w[j])
+            return y + self.bias if "bias" in self else y
         y = x[:, 0:n] @ self.weight[:, 0, :].T
         for j in range(1, k):  # addmm accumulates in the GEMM (beta = 1) into a donated buffer: no extra pass
             y = mx.addmm(y, x[:, j * d:j * d + n], self.weight[:, j, :].T)
+        return y + self.bias if "bias" in self else y
+
+    def _strided(self, x: mx.array) -> mx.array:
+        """Stride s as a stride-1 conv over frames folded s at a time: (B, L, C) -> (B, L/s, s*C) is a free reshape,
+        and output t reads folded frames t .. t + ceil(k/s) - 1 (of the last one, only its first k mod s frames)."""
+        o, k, c = self.weight.shape
+        s = self.stride
+        n = (x.shape[1] - k) // s + 1
+        q = -(-k // s)  # folded taps
+        length = (n + q - 1) * s
+        if x.shape[1] >= length:
+            x = x[:, :length]
+        else:  # frames past the input that no kernel tap reads
+            x = mx.pad(x, [(0, 0), (0, length - x.shape[1]), (0, 0)])
+        folded = x.reshape(x.shape[0], n + q - 1, s * c)
+        y = None
+        for j in range(q):
+            taps = min(s, k - j * s)  # the last folded tap may cover fewer than s frames: use only those
+            w = self.weight[:, j * s:j * s + taps].reshape(o, taps * c).T
+            rows = folded[:, j:j + n, :taps * c]
+            y = rows @ w if y is None else mx.addmm(y, rows, w)
         return y + self.bias if "bias" in self else y
 
 
@@ -155,20 +195,31 @@ class ConvTranspose1d(nn.ConvTranspose1d):
         return y + self.bias if "bias" in self else y
 
 
+@mx.compile
+def _fma(y: mx.array, a: mx.array, b: mx.array) -> mx.array:
+    return y + a * b  # one kernel per tap instead of a multiply and an add
+
+
 def _pair(v) -> tuple[int, int]:
     return (v, v) if isinstance(v, int) else tuple(v)
+
+
+# MLX's native conv2d (im2col + one GEMM) matches the shifted-GEMM sum from 64 input channels up, and is faster
+# for a single input channel; measured on RMVPE's shapes (3x3, 16-512 channels), errors below torch's.
+NATIVE_CONV2D_CHANNELS = 64
 
 
 class Conv2d(nn.Conv2d):
     """nn.Conv2d (stride 1, groups 1, dilation 1) on NHWC (B, H, W, C), as kh*kw shifted GEMMs on flat rows.
 
-    MLX's CPU conv2d is 5-15x slower than torch for RMVPE's small-channel 3x3 convs. With the padded image
+    MLX's CPU conv2d is 4-8x slower than torch for RMVPE's 16- and 32-channel 3x3 convs. With the padded image
     flattened to rows of width W + 2p, tap (i, j) is the contiguous row slice at offset i*(W+2p) + j, so every
     tap is one GEMM (inner dimension C) accumulated by addmm; the 2p wrap-around columns are cropped at the end."""
 
     def __call__(self, x: mx.array) -> mx.array:
         o, kh, kw, c = self.weight.shape
-        if _pair(self.stride) != (1, 1) or self.groups != 1 or _pair(self.dilation) != (1, 1):
+        if (_pair(self.stride) != (1, 1) or self.groups != 1 or _pair(self.dilation) != (1, 1)
+                or not 1 < c < NATIVE_CONV2D_CHANNELS):
             return super().__call__(x)
         ph, pw = _pair(self.padding)
         if (kh, kw) == (1, 1):

@@ -39,13 +39,29 @@ def test_conv1d_shifted_gemms_match_torch(c_in, c_out, k, dilation, length):
     _check(np.array(y).transpose(0, 2, 1), ref, t32)
 
 
-def test_conv1d_with_stride_falls_back_to_mlx_and_matches_torch():
-    x, w = _randn(1, 4, 64), _randn(5, 4, 6, scale=0.3)
-    conv = layers.Conv1d(4, 5, 6, stride=3, padding=2, bias=False)
-    conv.weight = mx.array(w.transpose(0, 2, 1))
+@pytest.mark.parametrize("c_in,c_out,k,stride,pad,length", [(1, 8, 10, 5, 0, 403), (8, 8, 3, 2, 0, 81), (8, 6, 2, 2, 0, 40),
+                                                          (1, 6, 20, 10, 5, 200), (4, 5, 6, 3, 2, 64), (3, 4, 2, 3, 0, 31)])
+def test_conv1d_strided_frame_fold_matches_torch(c_in, c_out, k, stride, pad, length):
+    # HuBERT's feature extractor (k10 s5, k3 s2, k2 s2), the NSF noise convs (k = 2s, pad s/2), k not a multiple of s
+    x, w, b = _randn(2, c_in, length), _randn(c_out, c_in, k, scale=0.3), _randn(c_out)
+    conv = layers.Conv1d(c_in, c_out, k, stride=stride, padding=pad)
+    conv.weight, conv.bias = mx.array(w.transpose(0, 2, 1)), mx.array(b)
     y = conv(mx.array(x.transpose(0, 2, 1)))
-    ref = F.conv1d(torch.from_numpy(x).double(), torch.from_numpy(w).double(), stride=3, padding=2)
-    _check(np.array(y).transpose(0, 2, 1), ref, F.conv1d(torch.from_numpy(x), torch.from_numpy(w), stride=3, padding=2))
+    args = dict(stride=stride, padding=pad)
+    ref = F.conv1d(torch.from_numpy(x).double(), torch.from_numpy(w).double(), torch.from_numpy(b).double(), **args)
+    _check(np.array(y).transpose(0, 2, 1), ref, F.conv1d(torch.from_numpy(x), torch.from_numpy(w),
+                                                         torch.from_numpy(b), **args))
+
+
+def test_depthwise_conv1d_taps_match_torch():
+    x, w, b = _randn(2, 24, 90), _randn(24, 1, 31, scale=0.3), _randn(24)
+    conv = layers.Conv1d(24, 24, 31, padding=15, groups=24)
+    conv.weight, conv.bias = mx.array(w.transpose(0, 2, 1)), mx.array(b)
+    y = conv(mx.array(x.transpose(0, 2, 1)))
+    args = dict(padding=15, groups=24)
+    ref = F.conv1d(torch.from_numpy(x).double(), torch.from_numpy(w).double(), torch.from_numpy(b).double(), **args)
+    _check(np.array(y).transpose(0, 2, 1), ref, F.conv1d(torch.from_numpy(x), torch.from_numpy(w),
+                                                         torch.from_numpy(b), **args))
 
 
 @pytest.mark.parametrize("c_in,c_out,k,stride,pad,out_pad", [(8, 4, 16, 8, 4, 0), (6, 3, 4, 2, 1, 1), (5, 2, 3, 2, 1, 1)])
@@ -62,7 +78,7 @@ def test_conv_transpose1d_overlap_add_matches_torch(c_in, c_out, k, stride, pad,
 
 
 @pytest.mark.parametrize("c_in,c_out,k,pad,hw", [(16, 16, 3, 1, (40, 32)), (3, 5, 3, 1, (7, 5)), (4, 6, 1, 0, (9, 6)),
-                                                 (2, 3, 3, 0, (6, 8))])
+                                                 (2, 3, 3, 0, (6, 8)), (64, 8, 3, 1, (6, 5)), (1, 8, 3, 1, (7, 6))])
 def test_conv2d_flat_row_gemms_match_torch(c_in, c_out, k, pad, hw):
     x, w, b = _randn(2, c_in, *hw), _randn(c_out, c_in, k, k, scale=0.3), _randn(c_out)
     conv = layers.Conv2d(c_in, c_out, k, padding=pad)
@@ -131,3 +147,6 @@ def test_mlx_native_conv_kernels_are_the_fallback_for_unsupported_settings():
     conv = layers.Conv2d(3, 4, 3, stride=2, padding=1)
     x = mx.array(_randn(1, 9, 9, 3))
     assert np.array_equal(np.array(conv(x)), np.array(nn.Conv2d.__call__(conv, x)))
+    conv1 = layers.Conv1d(6, 6, 3, stride=2, groups=3)
+    x1 = mx.array(_randn(1, 20, 6))
+    assert np.array_equal(np.array(conv1(x1)), np.array(nn.Conv1d.__call__(conv1, x1)))

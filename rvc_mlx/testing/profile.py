@@ -21,8 +21,23 @@ _RULES = (  # first match on the lower-cased class name
 )
 
 
+def _depthwise(module: Any) -> bool:
+    groups = getattr(module, "groups", 1)
+    if not isinstance(groups, int) or groups <= 1:
+        return False
+    if hasattr(module, "in_channels"):  # torch
+        return groups == module.in_channels
+    weight = module.get("weight") if hasattr(module, "get") else None  # MLX: (O, k, C / groups)
+    return weight is not None and weight.shape[-1] == 1
+
+
 def op_class(module: Any) -> str:
-    """GEMM / conv / recurrent / FFT by class name; everything else is elementwise work."""
+    """GEMM / conv / recurrent / FFT by class name; everything else is elementwise work.
+
+    A depthwise conv (groups = channels) has no reduction over channels: per channel and tap it is a multiply-add
+    over time, elementwise work in both frameworks (no GEMM), so it is counted as such."""
+    if _depthwise(module):
+        return "elementwise"
     name = type(module).__name__.lower()
     for key, cls in _RULES:
         if key in name:
