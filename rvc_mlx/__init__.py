@@ -1,9 +1,11 @@
 """rvc-mlx: RVC voice-conversion inference on MLX with layer-by-layer parity against PyTorch twins."""
 
 from rvc_mlx._blas import load_fast_blas, warn_if_slow
+from rvc_mlx._memory import configure_cache
 
 __version__ = "0.1.0"
 
 # Before any `import mlx.core`: MLX's Linux wheel would otherwise use the netlib reference BLAS.
 load_fast_blas()
 warn_if_slow()
+configure_cache()  # after the BLAS: it imports mlx.core

@@ -50,14 +50,41 @@ class MultiHeadAttention(nn.Module):
         query, key, value = heads(query), heads(key), heads(value)
         q = query / math.sqrt(self.k_channels)
         scores = q @ key.transpose(0, 1, 3, 2)
-        rel_k = self._relative_embeddings(self.emb_rel_k, t)
-        scores = scores + self._relative_to_absolute(q @ rel_k[None].transpose(0, 1, 3, 2))
+        w = self.window_size
+        if t > w + 1:
+            # The original pads the (2w+1) embeddings with zeros to 2t-1 relative positions; the products with those
+            # zeros are exact zeros, so only the +-w band is computed and moved into place: O(t w), not O(t^2) GEMMs.
+            scores = scores + self._band_to_absolute(q @ self.emb_rel_k[None].transpose(0, 1, 3, 2))
+        else:
+            rel_k = self._relative_embeddings(self.emb_rel_k, t)
+            scores = scores + self._relative_to_absolute(q @ rel_k[None].transpose(0, 1, 3, 2))
         if mask is not None:
             scores = mx.where(mask == 0, -1e4, scores)
         p_attn = self.drop(softmax(scores, axis=-1))
-        rel_v = self._relative_embeddings(self.emb_rel_v, t)
-        output = p_attn @ value + self._absolute_to_relative(p_attn) @ rel_v[None]
+        if t > w + 1:
+            output = p_attn @ value + self._absolute_to_band(p_attn, w) @ self.emb_rel_v[None]
+        else:
+            rel_v = self._relative_embeddings(self.emb_rel_v, t)
+            output = p_attn @ value + self._absolute_to_relative(p_attn) @ rel_v[None]
         return output.transpose(0, 2, 1, 3).reshape(b, t, d)
+
+    @staticmethod
+    def _band_to_absolute(x):
+        """(B, H, t, 2w+1) band (entry k of row i is column i + k - w) -> (B, H, t, t), zero off the band."""
+        batch, heads, length, width = x.shape
+        w = width // 2
+        # rows of length t + 2w + 1, re-read as rows of length t + 2w: row i shifts right by i
+        x = mx.pad(x, [(0, 0), (0, 0), (0, 0), (0, length)]).reshape(batch, heads, length * (length + width))
+        x = x[:, :, :length * (length + width - 1)].reshape(batch, heads, length, length + width - 1)
+        return x[:, :, :, w:w + length]
+
+    @staticmethod
+    def _absolute_to_band(x, w):
+        """(B, H, t, t) -> (B, H, t, 2w+1): entry k of row i is x[i, i + k - w] (0 outside the matrix)."""
+        batch, heads, length, _ = x.shape
+        x = mx.pad(x, [(0, 0), (0, 0), (0, 0), (w, w)]).reshape(batch, heads, length * (length + 2 * w))
+        x = mx.pad(x, [(0, 0), (0, 0), (0, length)])  # rows of length t + 2w + 1: row i shifts left by i
+        return x.reshape(batch, heads, length, length + 2 * w + 1)[:, :, :, :2 * w + 1]
 
     def _relative_embeddings(self, emb, length):
         pad = max(length - (self.window_size + 1), 0)
