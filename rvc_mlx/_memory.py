@@ -2,14 +2,14 @@
 
 Every array larger than that is a fresh allocation whose pages fault in on first touch: an add over a 50 MB
 array then takes 5x its cached time, and the synthesizer at 10 s runs 1.6x slower. `configure_cache` raises the
-limit (never lowers it) to `RVC_MLX_CACHE_LIMIT` bytes, default min(4 GiB, a quarter of physical memory).
+limit (never lowers it) to `RVC_MLX_CACHE_LIMIT` bytes, default min(2 GiB, an eighth of physical memory).
 """
 
 from __future__ import annotations
 
 import os
 
-DEFAULT_CAP = 4 << 30
+DEFAULT_CAP = 2 << 30
 
 
 def _physical_memory() -> int | None:
@@ -20,7 +20,7 @@ def _physical_memory() -> int | None:
 
 
 def target_cache_limit() -> int:
-    """Bytes of freed buffers MLX may keep: $RVC_MLX_CACHE_LIMIT, else min(4 GiB, physical memory / 4)."""
+    """Bytes of freed buffers MLX may keep: $RVC_MLX_CACHE_LIMIT, else min(2 GiB, physical memory / 8)."""
     env = os.environ.get("RVC_MLX_CACHE_LIMIT")
     if env:
         try:
@@ -28,7 +28,7 @@ def target_cache_limit() -> int:
         except ValueError:
             raise ValueError(f"RVC_MLX_CACHE_LIMIT={env!r}: expected a number of bytes, e.g. 2e9") from None
     mem = _physical_memory()
-    return DEFAULT_CAP if mem is None else min(DEFAULT_CAP, mem // 4)
+    return DEFAULT_CAP if mem is None else min(DEFAULT_CAP, mem // 8)
 
 
 def configure_cache() -> int:

@@ -42,8 +42,9 @@ def test_bench_component(benchmark, parity, name, impl, seconds):
     method = getattr(model, MODELS[name][2])
     fn = (lambda: np.asarray(method(audio)))  # np.asarray forces MLX evaluation inside the timed region
     prof = (lambda: profile_mlx(model.model, fn)) if impl == "mlx" else (lambda: profile_torch(model.model, fn))
+    warm = (lambda: method(bench.speech(1))) if seconds >= 60 else None
     out = bench.run(benchmark, impl, seconds, f"{name} {seconds}s", fn, rounds=1 if seconds >= 60 else 3,
-                    profile=prof)
+                    profile=prof, warm=warm)
     n = audio.shape[0]
     frames = (n - 400) // 320 + 1 if name == "hubert" else n // 160 + 1
     assert out.shape[0] == frames and np.isfinite(out).all()
