@@ -67,3 +67,37 @@ def test_report_tabulates_pitch_accuracy_vs_truth_with_the_f0_curve_per_model(pa
     assert "fcpe/harmonic fcpe.f0</td><td>trained weights from torchfcpe 0.0.4" in table
     assert "synthetic weights: accuracy not meaningful" in table
     assert page.count("alt='f0 vs truth'") == 3
+
+
+def _entry(impl, group, seconds, median, peak, op_classes=None):
+    info = {"impl": impl, "seconds": seconds, "peak_memory_bytes": peak}
+    if op_classes:
+        info["op_classes"] = op_classes
+    return {"name": f"x[{impl}]", "group": group, "stats": {"median": median}, "extra_info": info}
+
+
+def test_bench_table_gives_ratio_rtf_peak_memory_op_classes_and_60s_growth(tmp_path, capsys):
+    from rvc_mlx.testing.bench import print_table
+
+    ops = {"gemm": 1.0, "conv": 2.0, "elementwise": 3.0, "recurrent": 0.0, "fft": 0.0, "total": 6.0}
+    bench = {"benchmarks": [_entry("mlx", "synth 10s", 10, 5.0, 2**30, ops), _entry("torch", "synth 10s", 10, 4.0, 2**29, ops),
+                            _entry("mlx", "synth 60s", 60, 36.0, 2**31), _entry("torch", "synth 60s", 60, 24.0, 2**30)]}
+    rows = {r["group"]: r for r in report.bench_table(bench)}
+    ten, sixty = rows["synth 10s"], rows["synth 60s"]
+    assert ten["mlx_over_torch"] == 1.25 and ten["mlx_rtf"] == 0.5 and ten["torch_peak"] == 2**29
+    assert ten["mlx_op_classes"]["elementwise"] == 3.0
+    assert sixty["mlx_vs_linear"] == 36.0 / 30.0 and sixty["torch_vs_linear"] == 1.0
+    path = tmp_path / "bench.json"
+    path.write_text(json.dumps(bench))
+    assert print_table(path) == 0
+    out = capsys.readouterr().out
+    assert "synth 10s" in out and "1.25" in out and "60 s / (6 x 10 s) = MLX 1.20, torch 1.00" in out
+    html = report.write(tmp_path / "parity.json", [], report_policy(), bench=bench).read_text()
+    assert "elementwise" in html and "synth 60s" in html
+
+
+def report_policy():
+    from rvc_mlx.testing.tolerances import load_policy
+    from rvc_mlx.testing.components import GOLDEN
+
+    return load_policy(GOLDEN / "tolerances.toml")

@@ -8,6 +8,7 @@ profiled lengths, the per-op-class time breakdown of one extra forward (rvc_mlx.
 
 from __future__ import annotations
 
+import gc
 import re
 import sys
 from pathlib import Path
@@ -67,6 +68,8 @@ def run(benchmark, impl: str, seconds: float, group: str, fn: Callable[[], Any],
     if impl == "mlx":
         import mlx.core as mx
 
+        gc.collect()
+        mx.clear_cache()  # buffers cached for an earlier benchmark's sizes would only crowd out this one's
         mx.reset_peak_memory()
         result = benchmark.pedantic(fn, rounds=rounds, warmup_rounds=warmup)
         peak = mx.get_peak_memory()
