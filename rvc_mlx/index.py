@@ -231,13 +231,16 @@ def synthetic_features(n: int, dim: int = 768, seed: int = 0, stream: int = 0) -
 def write_synthetic_index(path: str | os.PathLike, n_vectors: int = 2000, dim: int = 768, seed: int = 0,
                           n_clusters: int | None = None) -> Path:
     """write_index of synthetic_features(n_vectors, dim, seed): byte-identical for the same arguments."""
-    return write_index(path, synthetic_features(int(n_vectors), dim, seed), n_clusters)
+    return write_index(path, synthetic_features(int(n_vectors), dim, seed), n_clusters, blas_free=True)
 
 
-def write_index(path: str | os.PathLike, big_npy: np.ndarray, n_clusters: int | None = None) -> Path:
+def write_index(path: str | os.PathLike, big_npy: np.ndarray, n_clusters: int | None = None,
+                blas_free: bool = False) -> Path:
     """Write an `IVF{n},Flat` index of big_npy (N, d) as RVC's train_index does (index_factory, train, add in
     batches of 8192, write_index; nprobe left at 1) and return its path, written atomically.
-    n = min(int(16 * sqrt(N)), N // 39), at least 1, unless n_clusters is given."""
+    n = min(int(16 * sqrt(N)), N // 39), at least 1, unless n_clusters is given. `blas_free` computes k-means
+    distances with faiss's own kernels: with BLAS, the index bytes depend on which GEMM kernels OpenBLAS picked
+    (Prescott vs SkylakeX give different centroids), so a synthetic test index would not be reproducible."""
     faiss = _faiss()
     path = Path(path)
     big_npy = np.ascontiguousarray(big_npy, dtype=np.float32)
@@ -251,10 +254,16 @@ def write_index(path: str | os.PathLike, big_npy: np.ndarray, n_clusters: int | 
     # faiss prints a warning to stderr when k-means gets fewer than 39 points per centroid; small test indexes
     # are small on purpose, so the threshold is lowered to what they have (it only gates that warning).
     index.cp.min_points_per_centroid = min(index.cp.min_points_per_centroid, n // nlist)
-    with _one_thread(faiss):
-        index.train(big_npy)
-        for lo in range(0, n, 8192):  # RVC adds in batches of 8192
-            index.add(big_npy[lo:lo + 8192])
+    threshold = faiss.cvar.distance_compute_blas_threshold
+    if blas_free:
+        faiss.cvar.distance_compute_blas_threshold = 2**30
+    try:
+        with _one_thread(faiss):
+            index.train(big_npy)
+            for lo in range(0, n, 8192):  # RVC adds in batches of 8192
+                index.add(big_npy[lo:lo + 8192])
+    finally:
+        faiss.cvar.distance_compute_blas_threshold = threshold
     path.parent.mkdir(parents=True, exist_ok=True)
     # atomic: readers never see a half-written index, and a failed write leaves no stray file
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")

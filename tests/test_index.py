@@ -82,6 +82,27 @@ def test_synthetic_index_is_byte_identical_across_writes_and_thread_counts(idx_p
     assert not list(tmp_path.glob(".*.tmp"))  # the atomic write left no temporary file
 
 
+def test_synthetic_index_does_not_depend_on_openblas_kernels(tmp_path):
+    # k-means through BLAS gives different centroids with OpenBLAS's Prescott and SkylakeX GEMM kernels
+    import os
+    import subprocess
+    import sys
+
+    code = ("import sys, rvc_mlx; from rvc_mlx.index import write_synthetic_index; "
+            "from rvc_mlx.checkpoints import file_sha256; "
+            "print(file_sha256(write_synthetic_index(sys.argv[1], n_vectors=2000, dim=768)))")
+    digests = set()
+    for core in ("Prescott", None):
+        env = {k: v for k, v in os.environ.items() if k != "OPENBLAS_CORETYPE"}
+        if core:
+            env["OPENBLAS_CORETYPE"] = core
+        out = subprocess.run([sys.executable, "-c", code, str(tmp_path / f"{core}.index")], env=env,
+                             capture_output=True, text=True, check=True)
+        digests.add(out.stdout.strip())
+    assert len(digests) == 1
+    assert faiss.cvar.distance_compute_blas_threshold < 2**30  # restored for real indexes
+
+
 def test_synthetic_index_training_prints_no_faiss_warning(tmp_path, capfd):
     write_synthetic_index(tmp_path / "few.index", n_vectors=200, dim=64, n_clusters=20)  # 10 points/centroid
     assert capfd.readouterr().err == ""
