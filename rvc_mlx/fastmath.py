@@ -74,10 +74,16 @@ def _silu_post(er: mx.array, scale: mx.array, x: mx.array) -> mx.array:
     return x / (1.0 + er * scale)
 
 
+_TANH_P = (-5.70498872745e-3, 2.06390887954e-2, -5.37397155531e-2, 1.33314422036e-1, -3.33332819422e-1)
+
+
 def _tanh_post(er: mx.array, scale: mx.array, x: mx.array) -> mx.array:
     e = er * scale
     t = (1.0 - e) / (1.0 + e)
-    return mx.where(x < 0, -t, t)
+    # below |x| = 0.625, 1 - e cancels (relative error ~ulp/|x|): Cephes tanhf's odd polynomial there
+    x2 = x * x
+    small = _horner(_TANH_P, x2) * x2 * x + x
+    return mx.where(mx.abs(x) < 0.625, small, mx.where(x < 0, -t, t))
 
 
 _k = {f.__name__: mx.compile(f, shapeless=True) for f in (_exp_parts, _erf, _gelu, _neg_parts, _tanh_parts, _mul,

@@ -62,3 +62,15 @@ def test_activation_modules_are_the_functions():
     glu = np.array(fastmath.GLU(axis=-1)(x))
     assert np.abs(glu - a / (1 + np.exp(-b))).max() < 1e-6
     assert np.abs(np.array(fastmath.gelu(x)) - np.array(nn.gelu(x))).max() < 1e-6
+
+
+@pytest.mark.parametrize("name", ["tanh", "sigmoid", "silu", "gelu"])
+def test_small_inputs_keep_their_relative_accuracy(name):
+    # tanh via (1 - e^-2|x|) / (1 + e^-2|x|) cancels for small |x| (relative error ~ulp/|x|): the polynomial branch
+    fast, ref_fn, _ = FUNCS[name]
+    mag = np.logspace(-6, 0, 20_001)
+    x = np.concatenate([mag, -mag]).astype(np.float32)
+    ref = ref_fn(torch.from_numpy(x).double()).numpy()
+    rel = lambda v: np.max(np.abs(np.asarray(v, dtype=np.float64) - ref) / np.abs(ref))  # noqa: E731
+    err, err_torch = rel(np.array(fast(mx.array(x)))), rel(ref_fn(torch.from_numpy(x)).numpy())
+    assert err <= max(4 * 2.0 ** -23, 2 * err_torch), f"{name}: {err:.2e} (torch float32 {err_torch:.2e})"

@@ -9,6 +9,7 @@ from __future__ import annotations
 import fnmatch
 import hashlib
 import tomllib
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -99,6 +100,25 @@ def load_specs(path: Path = GOLDEN / "cases.toml") -> dict[str, ComponentSpec]:
     return specs
 
 
+class ModelCache(OrderedDict):
+    """The few most recently used models: a session-long cache of every synthesizer variant's MLX model and
+    float64/float32 twins outgrew 24 GB in the live-oracle run; a model evicted here is reloaded on demand."""
+
+    def __init__(self, keep: int):
+        super().__init__()
+        self.keep = keep
+
+    def __getitem__(self, key):
+        self.move_to_end(key)
+        return super().__getitem__(key)
+
+    def __setitem__(self, key, value):
+        super().__setitem__(key, value)
+        self.move_to_end(key)
+        while len(self) > self.keep:
+            self.popitem(last=False)
+
+
 class Component:
     """Behaviour shared by components; subclasses build the models and run them on one case's input."""
 
@@ -108,8 +128,8 @@ class Component:
 
     def __init__(self, spec: ComponentSpec):
         self.spec = spec
-        self._twins: dict[Any, Any] = {}
-        self._mlx: dict[Any, Any] = {}
+        self._twins: ModelCache = ModelCache(keep=3)  # float64 + float32 of the current weights, + one
+        self._mlx: ModelCache = ModelCache(keep=2)
 
     # --- inputs -------------------------------------------------------------------------------------
     def load_input(self, case: CaseSpec) -> tuple[np.ndarray, dict[str, Any]]:
