@@ -90,15 +90,14 @@ _k = {f.__name__: mx.compile(f, shapeless=True) for f in (_exp_parts, _erf, _gel
                                                           _sigmoid_post, _silu_post, _tanh_post)}
 
 
-def _scale(bits: mx.array) -> mx.array:
-    return mx.view(bits, mx.float32)
+def _from_exp(parts: str, post: str, x: mx.array, *extra: mx.array) -> mx.array:
+    """Compiled `parts` -> (e^r, 2^n as float32 bits), the bit view outside the compiled graph, compiled `post`."""
+    er, bits = _k[parts](x)
+    return _k[post](er, mx.view(bits, mx.float32), *extra)
 
 
 def exp(x: mx.array) -> mx.array:
-    if USE_NATIVE:
-        return mx.exp(x)
-    er, bits = _k["_exp_parts"](x)
-    return _k["_mul"](er, _scale(bits))
+    return mx.exp(x) if USE_NATIVE else _from_exp("_exp_parts", "_mul", x)
 
 
 def erf(x: mx.array) -> mx.array:
@@ -110,24 +109,15 @@ def gelu(x: mx.array) -> mx.array:
 
 
 def sigmoid(x: mx.array) -> mx.array:
-    if USE_NATIVE:
-        return mx.sigmoid(x)
-    er, bits = _k["_neg_parts"](x)
-    return _k["_sigmoid_post"](er, _scale(bits))
+    return mx.sigmoid(x) if USE_NATIVE else _from_exp("_neg_parts", "_sigmoid_post", x)
 
 
 def tanh(x: mx.array) -> mx.array:
-    if USE_NATIVE:
-        return mx.tanh(x)
-    er, bits = _k["_tanh_parts"](x)
-    return _k["_tanh_post"](er, _scale(bits), x)
+    return mx.tanh(x) if USE_NATIVE else _from_exp("_tanh_parts", "_tanh_post", x, x)
 
 
 def silu(x: mx.array) -> mx.array:
-    if USE_NATIVE:
-        return nn.silu(x)
-    er, bits = _k["_neg_parts"](x)
-    return _k["_silu_post"](er, _scale(bits), x)
+    return nn.silu(x) if USE_NATIVE else _from_exp("_neg_parts", "_silu_post", x, x)
 
 
 def softmax(x: mx.array, axis: int = -1) -> mx.array:

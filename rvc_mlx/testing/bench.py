@@ -86,18 +86,6 @@ def run(benchmark, impl: str, seconds: float, group: str, fn: Callable[[], Any],
     return result
 
 
-def mlx_eval(fn: Callable[[], Any]) -> Callable[[], Any]:
-    """`fn` followed by mx.eval of its result: nothing lazy escapes the timed region."""
-    import mlx.core as mx
-
-    def timed():
-        out = fn()
-        mx.eval(out)
-        return out
-
-    return timed
-
-
 def print_table(path: str | Path) -> int:
     """Print the MLX/torch ratio table of a pytest-benchmark JSON (`make bench`)."""
     import json
