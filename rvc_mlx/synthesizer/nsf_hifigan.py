@@ -6,20 +6,38 @@ The sine-source noise is an input (`eps_sine`), as in the twin.
 from __future__ import annotations
 
 import math
+from functools import lru_cache
 
 import mlx.core as mx
 import mlx.nn as nn
 import numpy as np
 
 from rvc_mlx.config import SynthConfig
-from rvc_mlx.layers import Conv1d, ConvTranspose1d
-from rvc_mlx.testing.taps import tap
+from rvc_mlx.layers import Conv1d, ConvTranspose1d, pad_time
+from rvc_mlx.testing.taps import recording, tap
 from rvc_mlx.fastmath import Tanh, tanh
 
 
+@lru_cache(maxsize=None)
+def _leaky_relu_fn(slope: float):
+    # max(x, slope*x) == leaky_relu for 0 < slope < 1, bit for bit; MLX's CPU `where` is ~10x slower than maximum,
+    # and compiled the two ops are one pass over memory
+    return mx.compile(lambda x: mx.maximum(x, x * slope), shapeless=True)
+
+
 def leaky_relu(x: mx.array, slope: float) -> mx.array:
-    # max(x, slope*x) == leaky_relu for 0 < slope < 1, bit for bit; MLX's CPU `where` is ~10x slower than maximum
-    return mx.maximum(x, x * slope)
+    return _leaky_relu_fn(float(slope))(x)
+
+
+def _zero_margins(x: mx.array, width: int, beyond: tuple[int, int]) -> mx.array:
+    """Zero the frames of x's `width`-frame margins that lie outside the signal, which has beyond[0] (beyond[1])
+    more frames to the left (right) of x's middle; in place when x is not shared (slice updates are donated)."""
+    left, right = width - beyond[0], width - beyond[1]
+    if left > 0:
+        x[:, :left] = 0
+    if right > 0:
+        x[:, x.shape[1] - right:] = 0
+    return x
 
 
 class ResBlock(nn.Module):
@@ -32,10 +50,57 @@ class ResBlock(nn.Module):
                        for d in dilations]
         self.convs2 = [Conv1d(channels, channels, kernel_size, padding=(kernel_size - 1) // 2) for _ in dilations]
 
-    def __call__(self, x: mx.array) -> mx.array:
+    @property
+    def margin(self) -> int:
+        """Frames of zero padding all its convs read on each side, together."""
+        return sum(c.padding for c in self.convs1 + self.convs2)
+
+    def __call__(self, x: mx.array, margin: int = 0, beyond: tuple[int, int] = (0, 0)) -> mx.array:
+        """`margin` = self.margin: x carries that many extra frames on each side and no conv pads (each pad is a
+        copy of the whole activation); the output is x's middle, T - 2 * margin frames. `beyond`: how many signal
+        frames lie left and right of that middle (a time chunk's halo reads them); margin frames past the
+        signal's ends are zeros, as each conv's padding would be."""
+        if not margin:
+            for conv1, conv2 in zip(self.convs1, self.convs2, strict=True):
+                x = conv2(leaky_relu(conv1(leaky_relu(x, self.slope)), self.slope)) + x
+            return x
+        if margin != self.margin:
+            raise ValueError(f"ResBlock needs margin 0 or {self.margin}, got {margin}")
         for conv1, conv2 in zip(self.convs1, self.convs2, strict=True):
-            x = conv2(leaky_relu(conv1(leaky_relu(x, self.slope)), self.slope)) + x
+            # frames outside the true signal must read as the zeros each conv's padding would supply
+            xt = conv1(_zero_margins(leaky_relu(x, self.slope), margin, beyond), pad=False)
+            margin -= conv1.padding
+            xt = conv2(_zero_margins(leaky_relu(xt, self.slope), margin, beyond), pad=False)
+            crop = conv1.padding + conv2.padding
+            x = xt + x[:, crop:x.shape[1] - crop]
+            margin -= conv2.padding
         return x
+
+
+CHUNK_BYTES = 4 << 20  # per activation in a time chunk: small enough to stay in cache across a chunk's GEMMs
+
+
+def resblock_stage(blocks: list[ResBlock], x: mx.array) -> mx.array:
+    """Mean of the blocks over the same input, in time chunks whose halos make them exact (convs are local).
+
+    Each GEMM over a whole activation re-reads its accumulator from memory once per tap; over a chunk it stays in
+    cache. The input is padded once for all the convs. A tap recording takes the original call path instead,
+    so that every conv is tapped."""
+    if recording():
+        outs = [block(x) for block in blocks]
+        return sum(outs[1:], outs[0]) / len(blocks)
+    widest = max(block.margin for block in blocks)
+    padded = pad_time(x, widest, widest)
+    length = x.shape[1]
+    rows = max(CHUNK_BYTES // (4 * x.shape[0] * x.shape[2]), 4 * widest)
+    chunks = []
+    for start in range(0, length, rows):
+        stop = min(start + rows, length)
+        beyond = (start, length - stop)
+        outs = [block(padded[:, widest - block.margin + start:widest + stop + block.margin], block.margin, beyond)
+                for block in blocks]
+        chunks.append(sum(outs[1:], outs[0]) / len(blocks))
+    return mx.concatenate(chunks, axis=1) if len(chunks) > 1 else chunks[0]
 
 
 def _phase_cumsum(x: mx.array) -> mx.array:
@@ -121,7 +186,7 @@ class HiFiGANNSFGenerator(nn.Module):
         for i, (up, noise_conv) in enumerate(zip(self.ups, self.noise_convs, strict=True)):
             x = up(leaky_relu(x, self.slope)) + noise_conv(har)
             blocks = self.resblocks[i * self.num_kernels:(i + 1) * self.num_kernels]
-            x = tap(f"synth.stage{i}", sum(block(x) for block in blocks) / self.num_kernels, layout="NLC")
+            x = tap(f"synth.stage{i}", resblock_stage(blocks, x), layout="NLC")
         return tanh(self.conv_post(leaky_relu(x, 0.01)))
 
 
@@ -146,5 +211,5 @@ class HiFiGANGenerator(nn.Module):
         for i, up in enumerate(self.ups):
             x = up(leaky_relu(x, self.slope))
             blocks = self.resblocks[i * self.num_kernels:(i + 1) * self.num_kernels]
-            x = tap(f"synth.stage{i}", sum(block(x) for block in blocks) / self.num_kernels, layout="NLC")
+            x = tap(f"synth.stage{i}", resblock_stage(blocks, x), layout="NLC")
         return tanh(self.conv_post(leaky_relu(x, 0.01)))

@@ -167,6 +167,11 @@ class Recorder:
         return {k: r.value for k, r in self.records.items()}
 
 
+def recording() -> bool:
+    """True while a recorder is active: model code then takes the path whose every module call is tapped."""
+    return _ACTIVE.get() is not None
+
+
 def tap(name: str, value: Any, layout: str = "same") -> Any:
     """Record `value` under `name` if a recorder is active (`layout` = the MLX layout); returns `value`."""
     rec = _ACTIVE.get()
