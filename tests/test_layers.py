@@ -78,7 +78,8 @@ def test_conv_transpose1d_overlap_add_matches_torch(c_in, c_out, k, stride, pad,
 
 
 @pytest.mark.parametrize("c_in,c_out,k,pad,hw", [(16, 16, 3, 1, (40, 32)), (3, 5, 3, 1, (7, 5)), (4, 6, 1, 0, (9, 6)),
-                                                 (2, 3, 3, 0, (6, 8)), (64, 8, 3, 1, (6, 5)), (1, 8, 3, 1, (7, 6))])
+                                                 (2, 3, 3, 0, (6, 8)), (64, 8, 3, 1, (6, 5)), (1, 8, 3, 1, (7, 6)),
+                                                 (64, 8, 3, 1, (48, 50))])
 def test_conv2d_flat_row_gemms_match_torch(c_in, c_out, k, pad, hw):
     x, w, b = _randn(2, c_in, *hw), _randn(c_out, c_in, k, k, scale=0.3), _randn(c_out)
     conv = layers.Conv2d(c_in, c_out, k, padding=pad)
