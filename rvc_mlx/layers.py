@@ -105,7 +105,7 @@ class TapConv2d(nn.Conv2d):
                 y = mx.addmm(y, x[:, j:j + n, 0].reshape(b * n, c), w[:, j].T)
             y = y.reshape(b, n, o)
         else:  # the batch as one flat sequence: taps are contiguous row slices; the k - 1 straddling rows are cropped
-            y = folded_tap_sum(x.reshape(b * length, c), w.transpose(1, 2, 0), b * length, self.get("bias"))
+            y = folded_tap_sum(x.reshape(b * length, c), [(0, w.transpose(1, 2, 0))], b * length, self.get("bias"))
             y = y.reshape(b, length, o)[:, :n]
             return y[:, :, None, :]
         if "bias" in self:
@@ -124,28 +124,34 @@ def fold_factor(out_channels: int) -> int:
     return b
 
 
-def folded_tap_sum(rows: mx.array, w: mx.array, n: int, bias: mx.array | None = None) -> mx.array:
-    """y[t] = bias + sum_j rows[t + j] @ w[j] for t < n (rows (M, C), w (k, C, O)), with B = fold_factor(O) frames
-    folded into each GEMM row: (M, C) -> (M / B, B * C) is a free reshape, and ceil((k - 1) / B) + 1 block-Toeplitz
-    taps of (B * C, B * O) replace k taps of (C, O). A k-tap chain with O = 16 re-reads its whole input k times at
-    a few FLOPs per byte; folded, each GEMM does B times more work per byte (CREPE-tiny conv2: 554 -> 150 ms)."""
-    k, c, o = w.shape
-    fold = fold_factor(o)
-    if fold == 1:
-        rows = pad_time(rows[None], 0, max(n + k - 1 - rows.shape[0], 0))[0]
-        y = _matmul_bias(rows[0:n], w[0], bias)
-        for j in range(1, k):
-            y = mx.addmm(y, rows[j:j + n], w[j])
-        return y
-    taps = 1 + -(-(k - 1) // fold)
+def folded_tap_sum(rows: mx.array, groups: list[tuple[int, mx.array]], n: int, bias: mx.array | None = None,
+                   fold: int | None = None) -> mx.array:
+    """y[t] = bias + sum over (base, w) in groups, j < k of rows[t + base + j] @ w[j], for t < n; rows (M, C),
+    each w (k, C, O) -> y (n, O).
+
+    B = `fold` frames go into each GEMM row: a run of B frames starting anywhere is a free (B * C)-wide view of
+    the flat buffer, and ceil((k - 1) / B) + 1 block-Toeplitz taps of (B * C, B * O) replace k taps of (C, O).
+    A k-tap chain with O = 16 re-reads its whole input k times at a few FLOPs per byte; folded, each GEMM does
+    B times more work per byte (CREPE-tiny conv2: 554 -> 150 ms)."""
+    c, o = rows.shape[1], groups[0][1].shape[2]
+    fold = fold or fold_factor(o)
     blocks = -(-n // fold)
-    need = (blocks + taps - 1) * fold
-    rows = rows[:need] if rows.shape[0] >= need else pad_time(rows[None], 0, need - rows.shape[0])[0]
-    folded = rows.reshape(blocks + taps - 1, fold * c)
-    wide = _block_toeplitz(w, fold, taps)
-    y = _matmul_bias(folded[0:blocks], wide[0], None if bias is None else mx.tile(bias, fold))
-    for s in range(1, taps):
-        y = mx.addmm(y, folded[s:s + blocks], wide[s])
+    plan = []
+    for base, w in groups:
+        taps = 1 + -(-(w.shape[0] - 1) // fold)
+        wide = w if fold == 1 else _block_toeplitz(w, fold, taps)
+        plan += [(base + s * fold, wide[s]) for s in range(taps)]
+    need = max(start for start, _ in plan) + blocks * fold
+    if rows.shape[0] < need:
+        rows = pad_time(rows[None], 0, need - rows.shape[0])[0]
+    flat = rows.reshape(-1)
+    y = None
+    for start, w in plan:
+        view = flat[start * c:(start + blocks * fold) * c].reshape(blocks, fold * c)
+        if y is None:
+            y = _matmul_bias(view, w, None if bias is None else mx.tile(bias, fold))
+        else:
+            y = mx.addmm(y, view, w)
     return y.reshape(blocks * fold, o)[:n]
 
 
@@ -270,6 +276,12 @@ NATIVE_CONV2D_CHANNELS = 64
 NATIVE_CONV2D_MAX_PIXELS = 2048
 
 
+def conv2d_fold(c: int, o: int) -> int:
+    """Pixels per GEMM row for a 3-wide kernel row: 2 (two (2C, 2O) taps instead of three (C, O)) pays for 32
+    output channels or fewer (RMVPE 16 -> 16 on 1024x128: 14.2 -> 11.9 ms); 4 and up waste too many FLOPs."""
+    return 2 if o <= 32 else 1
+
+
 def _native_conv2d(channels: int, pixels: int) -> bool:
     return channels == 1 or channels >= NATIVE_CONV2D_CHANNELS and pixels <= NATIVE_CONV2D_MAX_PIXELS
 
@@ -297,14 +309,13 @@ class Conv2d(nn.Conv2d):
         if pw:
             x = mx.concatenate([x, mx.zeros((b, h, 2 * pw, c), x.dtype)], axis=2)
         lead = ph * wp + pw
-        flat = pad_time(x.reshape(b, h * wp, c), lead, hp * wp + kw - 1 - lead - h * wp)
-        n = ho * wp
-        y = None
-        for i in range(kh):
-            for j in range(kw):
-                rows, tap = flat[:, i * wp + j:i * wp + j + n], self.weight[:, i, j].T
-                y = _matmul_bias(rows, tap, self.get("bias")) if y is None else mx.addmm(y, rows, tap)
-        return y.reshape(b, ho, wp, o)[:, :, :wo]
+        per_image = hp * wp + kw - 1
+        flat = pad_time(x.reshape(b, h * wp, c), lead, per_image - lead - h * wp).reshape(b * per_image, c)
+        # kernel row i is a kw-tap 1-D conv over the flat rows from offset i * wp; images follow one another
+        # (an output row never reads past its own image, so the batch is one flat sequence)
+        groups = [(i * wp, self.weight[:, i].transpose(1, 2, 0)) for i in range(kh)]
+        y = folded_tap_sum(flat, groups, b * per_image, self.get("bias"), fold=conv2d_fold(c, o))
+        return y.reshape(b, per_image, o)[:, :ho * wp].reshape(b, ho, wp, o)[:, :, :wo]
 
 
 class ConvTranspose2d(nn.ConvTranspose2d):

@@ -151,3 +151,15 @@ def test_mlx_native_conv_kernels_are_the_fallback_for_unsupported_settings():
     conv1 = layers.Conv1d(6, 6, 3, stride=2, groups=3)
     x1 = mx.array(_randn(1, 20, 6))
     assert np.array_equal(np.array(conv1(x1)), np.array(nn.Conv1d.__call__(conv1, x1)))
+
+
+@pytest.mark.parametrize("fold", [1, 2, 3, 8])
+def test_folded_tap_sum_equals_the_plain_shifted_gemm_sum(fold):
+    rows, w0, w1 = _randn(50, 6), _randn(4, 6, 5, scale=0.3), _randn(3, 6, 5, scale=0.3)
+    bias = _randn(5)
+    n, groups = 37, [(0, w0), (9, w1)]  # two kernel rows, as Conv2d passes them
+    y = layers.folded_tap_sum(mx.array(rows), [(b, mx.array(w)) for b, w in groups], n, mx.array(bias), fold=fold)
+    ref = bias.astype(np.float64) + sum(rows[base + j:base + j + n].astype(np.float64) @ w[j]
+                                         for base, w in groups for j in range(w.shape[0]))
+    assert y.shape == (n, 5)
+    np.testing.assert_allclose(np.array(y), ref, rtol=0, atol=1e-5)
