@@ -155,6 +155,7 @@ class Pipeline:
         audio16 = self.prepare(audio, sr)
         points = split_points(audio16, cfg)
         audio_pad = np.pad(audio16, (cfg.t_pad, cfg.t_pad), mode="reflect")
+        mx.clear_cache()  # a previous conversion's buffers (see segment)
         pitch, pitchf = self.pitch_track(audio_pad, opts) if self.synth.cfg.use_f0 else (None, None)
         t_pad_tgt = self.sample_rate * cfg.x_pad
         outputs, s, t = [], 0, None
