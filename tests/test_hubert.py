@@ -132,3 +132,14 @@ def test_synthetic_contentvec_is_full_size_with_trained_like_statistics(contentv
     gains = state["encoder.layers.0.layer_norm.weight"]
     assert not torch.allclose(gains, torch.ones_like(gains))
     assert json.loads((contentvec / "config.json").read_text())["transformers_version"] == "4.27.3"
+
+
+def test_attention_in_query_chunks_equals_the_whole_score_matrix_bit_for_bit(mlx_hubert, speech, monkeypatch):
+    from rvc_mlx import hubert
+
+    whole = np.array(mlx_hubert.features_mx(speech, layer=12))
+    monkeypatch.setattr(hubert, "ATTENTION_CHUNK_BYTES", 1)  # the floor decides the chunk size:
+    monkeypatch.setattr(hubert, "ATTENTION_MIN_ROWS", 5)  # queries 5 + 5 + 2 over the 12 frames
+    chunked = np.array(mlx_hubert.features_mx(speech, layer=12))
+    assert whole.shape[-2] == 12
+    np.testing.assert_array_equal(chunked, whole)
