@@ -105,12 +105,11 @@ class TapConv2d(nn.Conv2d):
             for j in range(1, k):
                 y = mx.addmm(y, x[:, j:j + n, 0].reshape(b * n, c), w[:, j].T)
             y = y.reshape(b, n, o)
+            if "bias" in self:
+                y = y + self.bias
         else:  # the batch as one flat sequence: taps are contiguous row slices; the k - 1 straddling rows are cropped
             y = folded_tap_sum(x.reshape(b * length, c), [(0, w.transpose(1, 2, 0))], b * length, self.get("bias"))
             y = y.reshape(b, length, o)[:, :n]
-            return y[:, :, None, :]
-        if "bias" in self:
-            y = y + self.bias
         return y[:, :, None, :]
 
 

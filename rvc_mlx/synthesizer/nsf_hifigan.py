@@ -87,8 +87,7 @@ def resblock_stage(blocks: list[ResBlock], x: mx.array) -> mx.array:
     cache. The input is padded once for all the convs. A tap recording takes the original call path instead,
     so that every conv is tapped."""
     if recording():
-        outs = [block(x) for block in blocks]
-        return sum(outs[1:], outs[0]) / len(blocks)
+        return _mean([block(x) for block in blocks])
     widest = max(block.margin for block in blocks)
     padded = pad_time(x, widest, widest)
     length = x.shape[1]
@@ -99,8 +98,12 @@ def resblock_stage(blocks: list[ResBlock], x: mx.array) -> mx.array:
         beyond = (start, length - stop)
         outs = [block(padded[:, widest - block.margin + start:widest + stop + block.margin], block.margin, beyond)
                 for block in blocks]
-        chunks.append(sum(outs[1:], outs[0]) / len(blocks))
+        chunks.append(_mean(outs))
     return mx.concatenate(chunks, axis=1) if len(chunks) > 1 else chunks[0]
+
+
+def _mean(outs: list[mx.array]) -> mx.array:
+    return sum(outs[1:], outs[0]) / len(outs)  # no `0 +` pass over the first output
 
 
 def _phase_cumsum(x: mx.array) -> mx.array:
