@@ -9,3 +9,7 @@ __version__ = "0.1.0"
 load_fast_blas()
 warn_if_slow()
 configure_cache()  # after the BLAS: it imports mlx.core
+
+from rvc_mlx.cpu_kernels import warn_if_missing  # noqa: E402  (imports mlx.core: after the BLAS)
+
+warn_if_missing()

@@ -22,6 +22,10 @@ CANDIDATES = (
     "/usr/lib/aarch64-linux-gnu/libopenblas.so.0",
     "/usr/lib64/libopenblas.so.0",
 )
+# OpenBLAS's idle workers spin on sched_yield for 2^28 cycles (~0.1 s) after each GEMM, and on 2 cores that takes
+# one from the threads of the next ops (RMVPE's conv kernel ran at half speed after a GEMM: 6.5 vs 3.7 ms).
+# 2^18 cycles (~0.1 ms) still bridges back-to-back GEMMs (synthesizer at 10 s: within 2%, run to run).
+THREAD_TIMEOUT = "18"
 INSTALL_HINT = "apt-get install libopenblas0-pthread (make test/parity do this when run as root)"
 
 _state: dict[str, str | None] = {"path": None, "reason": None, "core": None}
@@ -43,17 +47,18 @@ def load_fast_blas() -> str | None:
         return None
     found = ctypes.util.find_library("openblas")
     paths = [choice] if choice else [p for p in CANDIDATES if os.path.exists(p)] + ([found] if found else [])
-    core = None if "OPENBLAS_CORETYPE" in os.environ else cpu_coretype()
+    # read by OpenBLAS's constructor during dlopen only, and restored right after
+    settings = {"OPENBLAS_CORETYPE": cpu_coretype(), "OPENBLAS_THREAD_TIMEOUT": THREAD_TIMEOUT}
+    settings = {k: v for k, v in settings.items() if v and k not in os.environ}
     for path in paths:
-        if core:  # read by OpenBLAS's constructor during dlopen only; restored right after
-            os.environ["OPENBLAS_CORETYPE"] = core
+        os.environ.update(settings)
         try:
             lib = ctypes.CDLL(path, mode=ctypes.RTLD_GLOBAL)
         except OSError:
             continue
         finally:
-            if core:
-                del os.environ["OPENBLAS_CORETYPE"]
+            for k in settings:
+                del os.environ[k]
         _state["path"] = path
         _state["core"] = _corename(lib)
         return path

@@ -7,6 +7,9 @@ from functools import partial
 import mlx.core as mx
 import mlx.nn as nn
 import numpy as np
+from threadpoolctl import threadpool_limits
+
+from rvc_mlx import cpu_kernels
 
 
 class GRU(nn.Module):
@@ -69,7 +72,9 @@ def _gru_scan_host(gi: np.ndarray, w_hh: np.ndarray, b_hh: np.ndarray, steps: ra
     H = h3 // 3
     h = np.zeros((b, H), dtype=np.float32)
     out = np.empty((b, t_len, H), dtype=np.float32)
-    with np.errstate(over="ignore"):  # exp(-x) -> inf for x << 0 gives sigmoid 0, as torch
+    # one BLAS thread: numpy's OpenBLAS would wake its worker for every (B, H) x (H, 3H) step, and the worker then
+    # spins on sched_yield for ~0.1 s, taking a core from the next ops (the next RMVPE chunk's convs)
+    with np.errstate(over="ignore"), threadpool_limits(limits=1, user_api="blas"):
         for t in steps:
             h = _gru_host_step(gi[:, t], h, w_hh, b_hh, H)
             out[:, t] = h
@@ -295,10 +300,13 @@ class Conv2d(nn.Conv2d):
 
     def __call__(self, x: mx.array) -> mx.array:
         o, kh, kw, c = self.weight.shape
-        if (_pair(self.stride) != (1, 1) or self.groups != 1 or _pair(self.dilation) != (1, 1)
-                or _native_conv2d(c, x.shape[1] * x.shape[2])):
+        if _pair(self.stride) != (1, 1) or self.groups != 1 or _pair(self.dilation) != (1, 1):
             return super().__call__(x)
         ph, pw = _pair(self.padding)
+        if cpu_kernels.conv2d_applies(x, (kh, kw), (ph, pw)):
+            return cpu_kernels.conv2d(self, x, (ph, pw))
+        if _native_conv2d(c, x.shape[1] * x.shape[2]):
+            return super().__call__(x)
         if (kh, kw) == (1, 1):
             y = (x if (ph, pw) == (0, 0) else mx.pad(x, [(0, 0), (ph, ph), (pw, pw), (0, 0)])) @ self.weight[:, 0, 0].T
             return y + self.bias if "bias" in self else y
@@ -318,6 +326,17 @@ class Conv2d(nn.Conv2d):
         return y.reshape(b, per_image, o)[:, :ho * wp].reshape(b, ho, wp, o)[:, :, :wo]
 
 
+    def conv_bn_relu(self, x: mx.array, bn: "BatchNorm", residual: mx.array | None = None) -> mx.array:
+        """relu(bn(self(x))) (+ residual); on the CPU kernel in one pass (its epilogue rounds each op as MLX does)."""
+        ph, pw = _pair(self.padding)
+        o, kh, kw, _ = self.weight.shape
+        if (bn.training or "running_mean" not in bn or _pair(self.stride) != (1, 1) or self.groups != 1
+                or _pair(self.dilation) != (1, 1) or not cpu_kernels.conv2d_applies(x, (kh, kw), (ph, pw), o)):
+            y = nn.relu(bn(self(x)))
+            return y if residual is None else y + residual
+        return cpu_kernels.conv2d(self, x, (ph, pw), bn, relu=True, residual=residual)
+
+
 class ConvTranspose2d(nn.ConvTranspose2d):
     """nn.ConvTranspose2d (dilation 1) on NHWC (B, H, W, C), as one GEMM + phase-wise overlap-add.
 
@@ -329,6 +348,8 @@ class ConvTranspose2d(nn.ConvTranspose2d):
             return super().__call__(x)
         o, kh, kw, c = self.weight.shape
         (sh, sw), (ph, pw), (oh, ow) = _pair(self.stride), _pair(self.padding), _pair(self.output_padding)
+        if cpu_kernels.conv_transpose2d_applies(x):
+            return cpu_kernels.conv_transpose2d(self, x, (sh, sw), (ph, pw), (oh, ow))
         b, h, w, _ = x.shape
         z = (x @ self.weight.transpose(3, 1, 2, 0).reshape(c, kh * kw * o)).reshape(b, h, w, kh, kw, o)
         qh, qw = -(-kh // sh), -(-kw // sw)  # taps per phase (ceil)
@@ -362,11 +383,14 @@ class BatchNorm(nn.BatchNorm):
     def __call__(self, x: mx.array) -> mx.array:
         if self.training or "running_mean" not in self:
             return super().__call__(x)
+        return _scale_shift(x, *self.affine())
+
+    def affine(self) -> tuple[mx.array, mx.array]:
+        """(alpha, beta) of the eval transform x * alpha + beta."""
         alpha = 1.0 / mx.sqrt(self.running_var + self.eps)
         if "weight" in self:
             alpha = alpha * self.weight
-        beta = (self.bias if "bias" in self else 0.0) - self.running_mean * alpha
-        return _scale_shift(x, alpha, beta)
+        return alpha, (self.bias if "bias" in self else 0.0) - self.running_mean * alpha
 
 
 @partial(mx.compile, shapeless=True)

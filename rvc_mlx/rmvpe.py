@@ -16,7 +16,7 @@ from rvc_mlx.audio import check_mono
 from rvc_mlx.config import RMVPEConfig
 from rvc_mlx.dsp import log_mel, mel_filterbank
 from rvc_mlx.layers import GRU, BatchNorm, Conv2d, ConvTranspose2d
-from rvc_mlx.testing.taps import tap
+from rvc_mlx.testing.taps import recording, tap
 
 
 class ConvBlockRes(nn.Module):
@@ -36,10 +36,15 @@ class ConvBlockRes(nn.Module):
             self.shortcut = Conv2d(in_channels, out_channels, 1)
 
     def __call__(self, x: mx.array) -> mx.array:
-        y = x
-        for layer in self.conv:
-            y = layer(y)
-        return y + (self.shortcut(x) if "shortcut" in self else x)
+        residual = self.shortcut(x) if "shortcut" in self else x
+        if recording():  # layer by layer, so that each one is tapped
+            y = x
+            for layer in self.conv:
+                y = layer(y)
+            return y + residual
+        # conv -> BN -> ReLU (-> + residual) in one pass each: the same values, without the elementwise passes
+        conv1, bn1, _, conv2, bn2, _ = self.conv
+        return conv2.conv_bn_relu(conv1.conv_bn_relu(x, bn1), bn2, residual)
 
 
 class ResEncoderBlock(nn.Module):

@@ -1,0 +1,309 @@
+// Direct 2-D convolution for MLX's CPU device (rvc_mlx._kernels): NHWC float32, stride 1, dilation 1, groups 1.
+//
+// MLX's CPU conv2d (im2col + one GEMM) and the shifted-GEMM sums in layers.py run RMVPE's 16-128 channel 3x3
+// convs at 40-110 GFLOP/s: each thin GEMM packs its input and re-reads its accumulator. This kernel keeps a block
+// of output pixels x output channels in vector registers for the whole kh*kw*C reduction (~190-260 GFLOP/s on
+// 2 AVX-512 cores, as fast as torch's oneDNN). Summation order per output: bias, then taps (i, j) row-major, then
+// input channels in order, with fused multiply-adds.
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cstdlib>
+#include <cstring>
+#include <type_traits>
+#include <thread>
+#ifdef __linux__
+#include <sched.h>
+#endif
+#include <vector>
+
+#if defined(__AVX512F__)
+constexpr int LANES = 16;
+#elif defined(__AVX__)
+constexpr int LANES = 8;
+#else
+constexpr int LANES = 4;
+#endif
+typedef float vf __attribute__((vector_size(LANES * 4), aligned(4)));  // aligned(4): unaligned loads/stores
+
+namespace {
+
+// What happens to each output vector after the reduction, in MLX's order of ops: BatchNorm's x * scale + shift
+// (a multiply and an add, not contracted, as MLX's compiled kernel computes it), ReLU, then + residual.
+struct Epilogue {
+  const float* scale = nullptr;     // (O) or null
+  const float* shift = nullptr;     // (O), with scale
+  bool relu = false;
+  const float* residual = nullptr;  // laid out as y, or null
+};
+
+struct Shape {
+  int C, O, kh, kw;
+  size_t rowlen;   // floats per padded input row in the window buffer: (wo + kw - 1) * C
+  size_t ostride;  // floats from one output pixel of a row to the next: sx * O
+  Epilogue post;
+  const float* y0;  // start of y, for the residual's matching offset
+  int c0 = 0, c1 = 0;  // the input channels this pass sums; c0 > 0 continues from the partial sums in y
+};
+
+// Where the pixels of a block are: consecutive in one row (Row), or anywhere in a window of rows (List: narrow
+// images, where one row holds too few pixels to reuse each weight vector).
+struct Row {
+  size_t C, ostride;
+  size_t in(int p) const { return p * C; }
+  size_t out(int p) const { return p * ostride; }
+  Row advance(int) const { return *this; }
+};
+struct List {
+  const size_t *ioff, *ooff;
+  size_t in(int p) const { return ioff[p]; }
+  size_t out(int p) const { return ooff[p]; }
+  List advance(int p0) const { return {ioff + p0, ooff + p0}; }
+};
+
+// PW output pixels x NB vectors of output channels (from channel ob), all in registers for the whole reduction.
+template <int PW, int NB, class At>
+inline void pixel_block(const float* __restrict in, const Shape& s, const float* __restrict w,
+                        const float* __restrict bias, float* __restrict out, At at, int ob) {
+  vf acc[PW][NB];
+  for (int n = 0; n < NB; ++n) {
+    vf b0 = bias ? *(const vf*)(bias + ob + n * LANES) : vf{};
+    for (int p = 0; p < PW; ++p) acc[p][n] = s.c0 ? *(const vf*)(out + at.out(p) + ob + n * LANES) : b0;
+  }
+  for (int i = 0; i < s.kh; ++i)
+    for (int j = 0; j < s.kw; ++j) {
+      const float* xr = in + i * s.rowlen + (size_t)j * s.C;
+      const float* wr = w + (size_t)(i * s.kw + j) * s.C * s.O + ob;
+      for (int c = s.c0; c < s.c1; ++c) {
+        vf wv[NB];
+        for (int n = 0; n < NB; ++n) wv[n] = *(const vf*)(wr + (size_t)c * s.O + n * LANES);
+#pragma GCC unroll 32
+        for (int p = 0; p < PW; ++p) {
+          const float v = xr[at.in(p) + c];
+          for (int n = 0; n < NB; ++n) acc[p][n] += v * wv[n];
+        }
+      }
+    }
+  const Epilogue& e = s.post;
+  if (s.c1 < s.C) {  // partial sums: the next pass goes on from them
+    for (int p = 0; p < PW; ++p)
+      for (int n = 0; n < NB; ++n) *(vf*)(out + at.out(p) + ob + n * LANES) = acc[p][n];
+    return;
+  }
+  for (int p = 0; p < PW; ++p)
+    for (int n = 0; n < NB; ++n) {
+      vf v = acc[p][n];
+      const size_t at_out = at.out(p) + ob + n * LANES;
+      if (e.scale) {
+        v *= *(const vf*)(e.scale + ob + n * LANES);
+        asm("" : "+v"(v));  // keeps the multiply's rounding: no fused multiply-add with the shift
+        v += *(const vf*)(e.shift + ob + n * LANES);
+      }
+      if (e.relu) v = v > 0 ? v : vf{};
+      if (e.residual) v += *(const vf*)(e.residual + (out - s.y0) + at_out);
+      *(vf*)(out + at_out) = v;
+    }
+}
+
+// `count` pixels for channels [ob, ob + NB * LANES): blocks of PW pixels, the remainder in halving widths.
+template <int PW, int NB, class At>
+void pixels(const float* in, const Shape& s, const float* w, const float* bias, float* out, At at, int count,
+            int ob) {
+  int p0 = 0;
+  for (; p0 + PW <= count; p0 += PW) {
+    At a = at.advance(p0);
+    if constexpr (std::is_same_v<At, Row>)
+      pixel_block<PW, NB>(in + at.in(p0), s, w, bias, out + at.out(p0), a, ob);
+    else
+      pixel_block<PW, NB>(in, s, w, bias, out, a, ob);
+  }
+  if constexpr (PW > 1) {
+    if (count > p0) {
+      if constexpr (std::is_same_v<At, Row>)
+        pixels<(PW + 1) / 2, NB>(in + at.in(p0), s, w, bias, out + at.out(p0), at, count - p0, ob);
+      else
+        pixels<(PW + 1) / 2, NB>(in, s, w, bias, out, at.advance(p0), count - p0, ob);
+    }
+  }
+}
+
+// Input channels summed per pass over a window's pixels: the pass's weights for 4 vectors of output channels
+// (kh * kw * 64 * 64 floats, 144 KiB for 3x3) then stay in L2 while every pixel block reads them.
+constexpr int CHANNEL_STEP = 32;
+
+template <int PW, int NB, class At>
+void channel_passes(const float* in, Shape s, const float* w, const float* bias, float* out, At at, int count,
+                    int ob) {
+  for (s.c0 = 0; s.c0 < s.C; s.c0 = s.c1) {
+    s.c1 = std::min(s.C, s.c0 + CHANNEL_STEP);
+    pixels<PW, NB>(in, s, w, bias, out, at, count, ob);
+  }
+}
+
+// All output channels of `count` pixels; wider channel blocks reuse each broadcast input value for more FMAs.
+template <class At>
+void all_channels(const float* in, const Shape& s, const float* w, const float* bias, float* out, At at, int count) {
+  int ob = 0;
+  for (; ob + 4 * LANES <= s.O; ob += 4 * LANES) channel_passes<6, 4>(in, s, w, bias, out, at, count, ob);
+  for (; ob + 2 * LANES <= s.O; ob += 2 * LANES) channel_passes<12, 2>(in, s, w, bias, out, at, count, ob);
+  for (; ob < s.O; ob += LANES) channel_passes<16, 1>(in, s, w, bias, out, at, count, ob);
+}
+
+// Output pixel (h, w), h < ho, w < wo, reads input pixels (h + i - pt, w + j - pl) (zero outside x) and is stored
+// at y[b, oy + h * sy, ox + w * sx]: a plain conv (s = 1, o = 0), or one output phase of a transposed conv.
+struct Placement {
+  int pt, pl, ho, wo, oy, ox, sy, sx, Yh, Yw;
+};
+
+// Cores this process may run on (its affinity mask: a container's limit, not the host's count).
+long cores() {
+#ifdef __linux__
+  cpu_set_t set;
+  if (sched_getaffinity(0, sizeof(set), &set) == 0) return std::max(1, CPU_COUNT(&set));
+#endif
+  return std::max(1u, std::thread::hardware_concurrency());
+}
+
+// Rows narrower than this are computed a window of rows at a time (List addressing).
+constexpr int NARROW = 32;
+
+// x (B, H, W, C); w (kh, kw, C, O); bias (O) or null; y (B, Yh, Yw, O). O must be a multiple of LANES.
+void conv2d(const float* x, int B, int H, int W, const float* w, const float* bias, float* y, Shape s,
+            const Placement& q) {
+  const int wb = q.wo + s.kw - 1;  // window columns; column u holds input column u - pl
+  const int lo = std::max(0, std::min(wb, q.pl)), hi = std::max(lo, std::min(wb, q.pl + W));
+  const int R = q.wo >= NARROW ? 1 : (NARROW + q.wo - 1) / q.wo;  // output rows per window
+  const int groups = (q.ho + R - 1) / R;
+  // One worker per core. Workers take row windows from a shared counter, so that a core busy with another
+  // thread (OpenBLAS's or torch's spinning workers) only slows its own share. Threads are started per call
+  // (~50 us) rather than kept by OpenMP, whose idle workers would spin and take the cores from MLX's next ops.
+  const long total = (long)B * groups;
+  std::atomic<long> next{0};
+  auto work = [&]() {
+    // the kh + R - 1 input rows of R output rows, zero-padded: the pixel blocks then never test bounds
+    const int rows_in = s.kh + R - 1;
+    float* buf = static_cast<float*>(std::malloc(sizeof(float) * rows_in * s.rowlen));
+    size_t* offs = static_cast<size_t*>(std::malloc(sizeof(size_t) * 2 * R * q.wo));
+    for (long g; (g = next.fetch_add(1, std::memory_order_relaxed)) < total;) {
+      const int b = g / groups, h0 = (g % groups) * R, rows = std::min(R, q.ho - h0);
+      for (int i = 0; i < rows + s.kh - 1; ++i) {
+        float* dst = buf + i * s.rowlen;
+        const int row_in = h0 + i - q.pt;
+        if (row_in < 0 || row_in >= H) {
+          std::memset(dst, 0, sizeof(float) * s.rowlen);
+          continue;
+        }
+        std::memset(dst, 0, sizeof(float) * lo * s.C);
+        std::memcpy(dst + (size_t)lo * s.C, x + ((size_t)(b * H + row_in) * W + lo - q.pl) * s.C,
+                    sizeof(float) * (hi - lo) * s.C);
+        std::memset(dst + (size_t)hi * s.C, 0, sizeof(float) * (wb - hi) * s.C);
+      }
+      float* out = y + ((size_t)(b * q.Yh + q.oy + h0 * q.sy) * q.Yw + q.ox) * s.O;
+      if (R == 1) {
+        all_channels(buf, s, w, bias, out, Row{(size_t)s.C, s.ostride}, q.wo);
+        continue;
+      }
+      size_t *ioff = offs, *ooff = offs + R * q.wo;
+      for (int r = 0, p = 0; r < rows; ++r)
+        for (int c = 0; c < q.wo; ++c, ++p) {
+          ioff[p] = r * s.rowlen + (size_t)c * s.C;
+          ooff[p] = (size_t)r * q.sy * q.Yw * s.O + c * s.ostride;
+        }
+      all_channels(buf, s, w, bias, out, List{ioff, ooff}, rows * q.wo);
+    }
+    std::free(offs);
+    std::free(buf);
+  };
+  const int n = (int)std::max(1L, std::min<long>(total, cores()));
+  std::vector<std::thread> threads;
+  for (int t = 1; t < n; ++t) threads.emplace_back(work);
+  work();
+  for (auto& t : threads) t.join();
+}
+
+struct Buffer {
+  Py_buffer view{};
+  bool held = false;
+  ~Buffer() {
+    if (held) PyBuffer_Release(&view);
+  }
+  bool get(PyObject* obj, int flags, const char* name, int ndim) {
+    if (PyObject_GetBuffer(obj, &view, flags | PyBUF_C_CONTIGUOUS | PyBUF_FORMAT) != 0) return false;
+    held = true;
+    if (view.itemsize != 4 || !view.format || std::strcmp(view.format, "f") != 0 || view.ndim != ndim) {
+      PyErr_Format(PyExc_ValueError, "conv2d_nhwc: %s must be a C-contiguous float32 array of %d dims", name, ndim);
+      return false;
+    }
+    return true;
+  }
+  const float* data() const { return static_cast<const float*>(view.buf); }
+};
+
+PyObject* py_conv2d(PyObject*, PyObject* args) {
+  PyObject *xo, *wo, *bo, *yo, *so = Py_None, *ho = Py_None, *ro = Py_None;
+  int relu = 0;
+  Placement q;
+  if (!PyArg_ParseTuple(args, "OOOO(ii)(ii)(ii)(ii)|OOpO", &xo, &wo, &bo, &yo, &q.pt, &q.pl, &q.ho, &q.wo, &q.oy,
+                        &q.ox, &q.sy, &q.sx, &so, &ho, &relu, &ro))
+    return nullptr;
+  Buffer xb, wb, bb, yb, sb, hb, rb;
+  if (!xb.get(xo, PyBUF_SIMPLE, "x", 4) || !wb.get(wo, PyBUF_SIMPLE, "w", 4) ||
+      (bo != Py_None && !bb.get(bo, PyBUF_SIMPLE, "bias", 1)) || !yb.get(yo, PyBUF_WRITABLE, "y", 4) ||
+      (so != Py_None && !sb.get(so, PyBUF_SIMPLE, "scale", 1)) ||
+      (ho != Py_None && !hb.get(ho, PyBUF_SIMPLE, "shift", 1)) ||
+      (ro != Py_None && !rb.get(ro, PyBUF_SIMPLE, "residual", 4)))
+    return nullptr;
+  const int O_ = wb.view.shape[3];
+  bool epilogue_ok = (so == Py_None) == (ho == Py_None) && (so == Py_None || (sb.view.shape[0] == O_ &&
+                     hb.view.shape[0] == O_));
+  for (int d = 0; d < 4 && ro != Py_None; ++d) epilogue_ok = epilogue_ok && rb.view.shape[d] == yb.view.shape[d];
+  if (!epilogue_ok) {
+    PyErr_SetString(PyExc_ValueError, "conv2d_nhwc: scale and shift must both be (O,), and the residual shaped as y");
+    return nullptr;
+  }
+  const Py_ssize_t *xs = xb.view.shape, *ws = wb.view.shape, *ys = yb.view.shape;
+  const int B = xs[0], H = xs[1], W = xs[2], C = xs[3], kh = ws[0], kw = ws[1], O = ws[3];
+  q.Yh = ys[1];
+  q.Yw = ys[2];
+  if (ws[2] != C || O % LANES || ys[0] != B || ys[3] != O || (bo != Py_None && bb.view.shape[0] != O) ||
+      q.ho < 1 || q.wo < 1 || q.sy < 1 || q.sx < 1 || q.oy < 0 || q.ox < 0 || q.oy + (q.ho - 1) * q.sy >= q.Yh ||
+      q.ox + (q.wo - 1) * q.sx >= q.Yw) {
+    PyErr_Format(PyExc_ValueError,
+                 "conv2d_nhwc: x (%d, %d, %d, %d), w (%d, %d, %d, %d), y (%d, %d, %d, %d) and %dx%d outputs from "
+                 "(%d, %d) in steps (%d, %d) do not fit (w is (kh, kw, C, O) with O a multiple of %d)",
+                 B, H, W, C, kh, kw, (int)ws[2], O, (int)ys[0], q.Yh, q.Yw, (int)ys[3], q.ho, q.wo, q.oy, q.ox, q.sy,
+                 q.sx, LANES);
+    return nullptr;
+  }
+  Epilogue post{so == Py_None ? nullptr : sb.data(), ho == Py_None ? nullptr : hb.data(), relu != 0,
+                ro == Py_None ? nullptr : rb.data()};
+  Shape s{C, O, kh, kw, (size_t)(q.wo + kw - 1) * C, (size_t)q.sx * O, post, static_cast<float*>(yb.view.buf)};
+  const float* bias = bo == Py_None ? nullptr : bb.data();
+  Py_BEGIN_ALLOW_THREADS
+  conv2d(xb.data(), B, H, W, wb.data(), bias, static_cast<float*>(yb.view.buf), s, q);
+  Py_END_ALLOW_THREADS
+  Py_RETURN_NONE;
+}
+
+PyMethodDef methods[] = {
+    {"conv2d_nhwc", py_conv2d, METH_VARARGS,
+     "conv2d_nhwc(x, w, bias, y, (pt, pl), (ho, wo), (oy, ox), (sy, sx)): y[b, oy + h*sy, ox + w*sx] = bias + "
+     "sum over i, j of x[b, h + i - pt, w + j - pl] @ w[i, j] (zero outside x), h < ho, w < wo; x (B, H, W, C), "
+     "w (kh, kw, C, O), y (B, Yh, Yw, O), float32 C-contiguous, O a multiple of LANES. Optional scale, shift, "
+     "relu, residual: y = relu(y * scale + shift) + residual, as MLX computes BatchNorm -> ReLU -> add."},
+    {nullptr, nullptr, 0, nullptr}};
+
+PyModuleDef module = {PyModuleDef_HEAD_INIT, "_kernels", "CPU kernels MLX lacks a fast form of.", -1, methods};
+
+}  // namespace
+
+PyMODINIT_FUNC PyInit__kernels() {
+  PyObject* m = PyModule_Create(&module);
+  if (m && PyModule_AddIntConstant(m, "LANES", LANES) != 0) {
+    Py_DECREF(m);
+    return nullptr;
+  }
+  return m;
+}

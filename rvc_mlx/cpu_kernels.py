@@ -1,0 +1,138 @@
+"""MLX front end of rvc_mlx._kernels (csrc/conv2d.cpp): a direct NHWC conv2d for MLX's CPU device.
+
+MLX has no fast CPU conv for 16-128 channels (its im2col + GEMM, and the shifted-GEMM sums in layers.py, run
+2-3x slower than torch's oneDNN on RMVPE). The kernel is built by `pip install -e .` on Linux. It reads the
+evaluated input in place (numpy view of the MLX buffer), writes a numpy buffer, and MLX copies that once.
+"""
+
+from __future__ import annotations
+
+import sys
+import warnings
+
+import mlx.core as mx
+import numpy as np
+
+try:
+    from rvc_mlx import _kernels
+except ImportError as exc:  # macOS (Metal / Accelerate convs), or a build without a C++ compiler
+    _kernels = None
+    _MISSING = str(exc)
+
+# Output rows narrower than this reuse each weight for too few pixels (RMVPE's 256/512 channels on 8/4 mel
+# columns: 5.4 / 23 ms vs MLX's native 3.2 / 3.2 ms); MLX's conv keeps those.
+MIN_WIDTH = 16
+
+
+def status() -> str:
+    """One line: whether the CPU conv kernel is in use."""
+    if _kernels is not None:
+        return f"rvc_mlx._kernels ({_kernels.LANES}-lane vectors)"
+    return f"not built: {_MISSING}"
+
+
+def warn_if_missing() -> None:
+    """One-line RuntimeWarning on Linux when the kernel did not build (the convs then take the slower GEMM paths)."""
+    if _kernels is None and sys.platform.startswith("linux"):
+        warnings.warn(f"rvc-mlx: the CPU conv kernel is missing ({_MISSING}); reinstall with `pip install -e .` "
+                      f"and a C++ compiler (g++)", RuntimeWarning, stacklevel=3)
+
+
+def conv2d_applies(x: mx.array, kernel: tuple[int, int], padding: tuple[int, int], out_channels: int = 0) -> bool:
+    """Whether `conv2d` runs this (stride 1, dilation 1, groups 1) conv: CPU device, float32, wide enough rows
+    (and, for an epilogue, output channels in whole vectors)."""
+    width = x.shape[2] + 2 * padding[1] - kernel[1] + 1
+    return (_kernels is not None and mx.default_device() == mx.cpu and x.dtype == mx.float32
+            and width >= MIN_WIDTH and out_channels % _kernels.LANES == 0)
+
+
+def conv2d(module, x: mx.array, padding: tuple[int, int], bn=None, relu: bool = False,
+           residual: mx.array | None = None) -> mx.array:
+    """`module`'s conv (weight (O, kh, kw, C), optional bias) of NHWC x, with zero padding (ph, pw); then, in the
+    kernel's epilogue, y * alpha + beta (`bn`: an eval BatchNorm), ReLU, + residual, each as MLX rounds it."""
+    o, kh, kw, _ = module.weight.shape
+    weight, bias = _packed(module, "conv", lambda w: w), _bias(module)
+    b, h, w, _ = x.shape
+    ph, pw = padding
+    ho, wo = h + 2 * ph - kh + 1, w + 2 * pw - kw + 1
+    y = np.empty((b, ho, wo, weight.shape[3]), dtype=np.float32)
+    post = [None, None] if bn is None else list(_affine(bn))
+    if (bn is not None or residual is not None) and y.shape[3] != o:
+        raise ValueError(f"conv2d epilogue needs output channels in multiples of {_kernels.LANES}, got {o}")
+    post += [relu, None if residual is None else _host(residual)]
+    _kernels.conv2d_nhwc(_host(x), weight, bias, y, (ph, pw), (ho, wo), (0, 0), (1, 1), *post)
+    return mx.array(y if y.shape[3] == o else y[..., :o])
+
+
+def conv_transpose2d_applies(x: mx.array) -> bool:
+    return _kernels is not None and mx.default_device() == mx.cpu and x.dtype == mx.float32
+
+
+def conv_transpose2d(module, x: mx.array, stride, padding, output_padding) -> mx.array:
+    """`module`'s transposed conv (weight (O, kh, kw, C): tap (i, j) of input pixel a lands on a * s - p + (i, j))
+    as one direct conv per output phase (y[r::s] reads only the taps i = r + p mod s), written in place."""
+    o, kh, kw, _ = module.weight.shape
+    b, h, w, _ = x.shape
+    lh = (h - 1) * stride[0] - 2 * padding[0] + kh + output_padding[0]
+    lw = (w - 1) * stride[1] - 2 * padding[1] + kw + output_padding[1]
+    bias = _bias(module)
+    lanes = _kernels.LANES
+    y = np.empty((b, lh, lw, o + -o % lanes), dtype=np.float32)
+    xn = _host(x)
+    for ri in range(stride[0]):
+        taps_h, pt, rows = _phase(kh, stride[0], padding[0], ri, lh)
+        for rj in range(stride[1]):
+            taps_w, pl, cols = _phase(kw, stride[1], padding[1], rj, lw)
+            if not rows or not cols:
+                continue
+            if not taps_h or not taps_w:  # no tap reaches this phase: the bias alone, as torch
+                y[:, ri::stride[0], rj::stride[1]] = 0.0 if bias is None else bias
+                continue
+            weight = _packed(module, (ri, rj), lambda w: w[:, taps_h][:, :, taps_w])
+            _kernels.conv2d_nhwc(xn, weight, bias, y, (pt, pl), (rows, cols), (ri, rj), stride)
+    return mx.array(y if y.shape[3] == o else y[..., :o])
+
+
+def _phase(k: int, s: int, p: int, r: int, length: int) -> tuple[list[int], int, int]:
+    """Output positions s * m + r of a transposed conv along one axis: y[s*m + r] = sum over q of x[m + d - q] @
+    w[i0 + q*s] with i0 = (r + p) mod s, d = (r + p) // s. As a conv over x: taps in increasing input order, the
+    left padding, and the number of positions."""
+    i0, d = (r + p) % s, (r + p) // s
+    taps = list(range(i0, k, s))[::-1]
+    count = max(0, -(-(length - r) // s))
+    return taps, len(taps) - 1 - d, count
+
+
+def _host(x: mx.array) -> np.ndarray:
+    return np.ascontiguousarray(np.asarray(x))  # evaluates x; a view of MLX's buffer when x is contiguous
+
+
+def _packed(module, key, select) -> np.ndarray:
+    """select(weight (O, kh, kw, C)) as (kh', kw', C, O'), O' = O rounded up to the vector width with zero
+    channels; kept on the module, per key, until its weight array is replaced (loading new weights)."""
+    cache = module.__dict__.get("_kernel_weights")
+    if cache is None or cache["weight"] is not module.weight:
+        cache = {"weight": module.weight}
+        object.__setattr__(module, "_kernel_weights", cache)  # not a parameter
+    if key not in cache:
+        w = select(np.asarray(module.weight, dtype=np.float32))
+        w = np.pad(w, [(0, -w.shape[0] % _kernels.LANES), (0, 0), (0, 0), (0, 0)])
+        cache[key] = np.ascontiguousarray(w.transpose(1, 2, 3, 0))
+    return cache[key]
+
+
+def _bias(module) -> np.ndarray | None:
+    if "bias" not in module:
+        return None
+    b = np.asarray(module.bias, dtype=np.float32)
+    return np.pad(b, (0, -b.shape[0] % _kernels.LANES))
+
+
+def _affine(bn) -> tuple[np.ndarray, np.ndarray]:
+    """bn.affine() on the host, kept on the module while its parameter arrays are the same objects."""
+    params = tuple(bn.get(k) for k in ("weight", "bias", "running_mean", "running_var"))
+    cached = bn.__dict__.get("_kernel_affine")
+    if cached is None or any(a is not b for a, b in zip(cached[0], params)):
+        cached = (params, tuple(_host(a) for a in bn.affine()))
+        object.__setattr__(bn, "_kernel_affine", cached)  # not a parameter
+    return cached[1]

@@ -1,0 +1,150 @@
+"""The CPU conv kernel (csrc/conv2d.cpp via rvc_mlx.cpu_kernels) computes what torch computes in float64, no worse
+than torch's own float32 error; its fused BatchNorm/ReLU/residual epilogue equals MLX's layer-by-layer ops bit for
+bit; and the layers fall back to their MLX paths when it is missing."""
+
+import sys
+
+import mlx.core as mx
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from rvc_mlx import cpu_kernels, layers
+from rvc_mlx.rmvpe import ConvBlockRes
+from rvc_mlx.testing.taps import LayoutMap, LayoutRule, MLXRecorder
+
+RNG = np.random.default_rng(7)
+needs_kernel = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="built on Linux only")
+
+
+def _randn(*shape, scale=1.0):
+    return (RNG.standard_normal(shape) * scale).astype(np.float32)
+
+
+def _errors(out, ref64: torch.Tensor, t32: torch.Tensor) -> tuple[float, float]:
+    ref = ref64.numpy()
+    scale = np.abs(ref).max()
+    assert np.asarray(out).shape == ref.shape
+    return (np.abs(np.asarray(out, dtype=np.float64) - ref).max() / scale,
+            np.abs(t32.double().numpy() - ref).max() / scale)
+
+
+@needs_kernel
+def test_the_kernel_is_built_and_used_on_linux():
+    assert cpu_kernels._kernels is not None, f"{cpu_kernels.status()}: run `make test` (pip install -e . builds it)"
+    assert cpu_kernels._kernels.LANES in (4, 8, 16)
+    x = mx.array(_randn(1, 6, 20, 16))
+    assert cpu_kernels.conv2d_applies(x, (3, 3), (1, 1), 16)
+
+
+# (batch, C, O, kernel, padding, (H, W)): wide rows (one row per block), narrow rows (a window of rows per block),
+# C = 1, O not a multiple of the vector width (zero-padded channels), more channels than one pass sums (chunks),
+# an asymmetric kernel, padding 2 and none.
+CONV_CASES = [(2, 16, 16, 3, 1, (9, 40)), (1, 1, 16, 3, 1, (12, 17)), (1, 32, 3, 3, 1, (10, 19)),
+              (1, 96, 48, 3, 1, (6, 5)), (2, 8, 32, (2, 3), (0, 2), (7, 30)), (1, 128, 128, 3, 1, (5, 16)),
+              (1, 16, 32, 5, 2, (8, 21)), (1, 24, 16, 3, 0, (9, 20)), (3, 40, 16, 1, 0, (4, 3))]
+
+
+@needs_kernel
+@pytest.mark.parametrize("batch,c_in,c_out,k,pad,hw", CONV_CASES)
+def test_conv2d_kernel_matches_torch_float64(batch, c_in, c_out, k, pad, hw):
+    x, w, b = _randn(batch, c_in, *hw), _randn(c_out, c_in, *np.broadcast_to(k, 2), scale=0.3), _randn(c_out)
+    conv = layers.Conv2d(c_in, c_out, k, padding=pad)
+    conv.weight, conv.bias = mx.array(w.transpose(0, 2, 3, 1)), mx.array(b)
+    y = cpu_kernels.conv2d(conv, mx.array(x.transpose(0, 2, 3, 1)), tuple(np.broadcast_to(pad, 2)))
+    args = dict(padding=pad)
+    ref = F.conv2d(torch.from_numpy(x).double(), torch.from_numpy(w).double(), torch.from_numpy(b).double(), **args)
+    err, err_torch = _errors(np.array(y).transpose(0, 3, 1, 2), ref,
+                             F.conv2d(torch.from_numpy(x), torch.from_numpy(w), torch.from_numpy(b), **args))
+    # one sequential sum over kh*kw*C per output: up to ~2x torch's blocked sum, still float32-exact in kind
+    assert err <= 3 * err_torch + 2.4e-7, f"kernel error {err:.2e} vs torch float32 {err_torch:.2e}"
+
+
+# (kernel, stride, padding, output padding, (H, W)): RMVPE's decoder, an even kernel, unequal strides, and a stride
+# larger than the kernel (phases no tap reaches hold the bias alone).
+TRANSPOSED_CASES = [(3, 2, 1, 1, (8, 5)), (4, 2, 1, 0, (5, 7)), (3, (1, 2), (1, 0), (0, 1), (6, 6)),
+                    (5, 3, 2, 1, (4, 9)), (2, 3, 0, 0, (5, 5))]
+
+
+@needs_kernel
+@pytest.mark.parametrize("k,stride,pad,out_pad,hw", TRANSPOSED_CASES)
+def test_conv_transpose2d_phases_match_torch_float64(k, stride, pad, out_pad, hw):
+    x, w, b = _randn(2, 16, *hw), _randn(16, 32, k, k, scale=0.3), _randn(32)
+    conv = layers.ConvTranspose2d(16, 32, k, stride=stride, padding=pad, output_padding=out_pad)
+    conv.weight, conv.bias = mx.array(w.transpose(1, 2, 3, 0)), mx.array(b)
+    y = conv(mx.array(x.transpose(0, 2, 3, 1)))
+    args = dict(stride=stride, padding=pad, output_padding=out_pad)
+    ref = F.conv_transpose2d(torch.from_numpy(x).double(), torch.from_numpy(w).double(), torch.from_numpy(b).double(),
+                             **args)
+    err, err_torch = _errors(np.array(y).transpose(0, 3, 1, 2), ref, F.conv_transpose2d(
+        torch.from_numpy(x), torch.from_numpy(w), torch.from_numpy(b), **args))
+    assert err <= 3 * err_torch + 2.4e-7, f"kernel error {err:.2e} vs torch float32 {err_torch:.2e}"
+
+
+def _block(c_in, c_out):
+    mx.random.seed(c_in * 100 + c_out)
+    block = ConvBlockRes(c_in, c_out)
+    block.eval()
+    for bn in (block.conv[1], block.conv[4]):  # non-trivial statistics, so that the affine step changes values
+        bn.running_mean = mx.random.normal((c_out,)) * 0.1
+        bn.running_var = mx.random.uniform(0.5, 2.0, (c_out,))
+        bn.weight, bn.bias = mx.random.normal((c_out,)), mx.random.normal((c_out,))
+    return block
+
+
+def _layer_by_layer(block, x):
+    y = x
+    for layer in block.conv:
+        y = layer(y)
+    return y + (block.shortcut(x) if "shortcut" in block else x)
+
+
+@pytest.mark.parametrize("c_in,c_out,hw", [(16, 16, (40, 128)), (16, 32, (20, 64)), (64, 64, (9, 33)),
+                                           (32, 32, (6, 4))])
+def test_fused_conv_bn_relu_residual_equals_the_layer_by_layer_ops_bit_for_bit(c_in, c_out, hw):
+    block = _block(c_in, c_out)
+    x = mx.random.normal((2, *hw, c_in))
+    np.testing.assert_array_equal(np.array(block(x)), np.array(_layer_by_layer(block, x)))
+
+
+def test_conv_block_takes_the_tapped_layer_by_layer_path_while_recording():
+    block = _block(16, 32)
+    x = mx.random.normal((1, 8, 20, 16))
+    with MLXRecorder(block, LayoutMap((LayoutRule("*", "NHWC"),))) as rec:
+        y = block(x)
+    assert {"conv.0", "conv.1", "conv.2", "conv.4", "shortcut"} <= set(rec.records)
+    np.testing.assert_array_equal(np.array(y), np.array(_layer_by_layer(block, x)))
+
+
+@needs_kernel
+def test_new_weights_replace_the_packed_copy():
+    conv = layers.Conv2d(8, 16, 3, padding=1)
+    x = mx.array(_randn(1, 5, 20, 8))
+    before = np.array(conv(x))
+    conv.weight = conv.weight * 2  # what load_weights does: a new array object
+    after = np.array(conv(x))
+    np.testing.assert_allclose(after - np.array(conv.bias), 2 * (before - np.array(conv.bias)), rtol=1e-5, atol=1e-5)
+
+
+@needs_kernel
+def test_mismatched_buffers_are_refused_with_the_shapes_named():
+    x, w = np.zeros((1, 4, 20, 8), np.float32), np.zeros((3, 3, 8, 16), np.float32)
+    y = np.zeros((1, 4, 19, 16), np.float32)
+    with pytest.raises(ValueError, match=r"x \(1, 4, 20, 8\).*do not fit"):
+        cpu_kernels._kernels.conv2d_nhwc(x, w, None, y, (1, 1), (4, 20), (0, 0), (1, 1))
+    with pytest.raises(ValueError, match="C-contiguous float32"):
+        cpu_kernels._kernels.conv2d_nhwc(x.astype(np.float64), w, None, y, (1, 1), (4, 19), (0, 0), (1, 1))
+
+
+def test_layers_fall_back_to_their_mlx_paths_without_the_kernel(monkeypatch):
+    conv = layers.Conv2d(16, 16, 3, padding=1)
+    tconv = layers.ConvTranspose2d(16, 8, 3, stride=2, padding=1, output_padding=1)
+    block = _block(16, 16)
+    x = mx.array(_randn(1, 6, 20, 16))
+    with_kernel = [np.array(conv(x)), np.array(tconv(x)), np.array(block(x))]
+    monkeypatch.setattr(cpu_kernels, "_kernels", None)
+    assert not cpu_kernels.conv2d_applies(x, (3, 3), (1, 1), 16) and not cpu_kernels.conv_transpose2d_applies(x)
+    without = [np.array(conv(x)), np.array(tconv(x)), np.array(block(x))]
+    for a, b in zip(with_kernel, without):
+        np.testing.assert_allclose(a, b, rtol=0, atol=2e-5 * np.abs(b).max())
