@@ -332,8 +332,12 @@ class Conv2d(nn.Conv2d):
         o, kh, kw, _ = self.weight.shape
         if (bn.training or "running_mean" not in bn or _pair(self.stride) != (1, 1) or self.groups != 1
                 or _pair(self.dilation) != (1, 1) or not cpu_kernels.conv2d_applies(x, (kh, kw), (ph, pw), o)):
-            y = nn.relu(bn(self(x)))
-            return y if residual is None else y + residual
+            if bn.training or "running_mean" not in bn:
+                y = nn.relu(bn(self(x)))
+                return y if residual is None else y + residual
+            alpha, beta = bn.affine()  # one compiled pass for BN, ReLU and the add: the same ops, the same values
+            y = self(x)
+            return _affine_relu(y, alpha, beta) if residual is None else _affine_relu_add(y, alpha, beta, residual)
         return cpu_kernels.conv2d(self, x, (ph, pw), bn, relu=True, residual=residual)
 
 
@@ -396,3 +400,13 @@ class BatchNorm(nn.BatchNorm):
 @partial(mx.compile, shapeless=True)
 def _scale_shift(x: mx.array, alpha: mx.array, beta: mx.array) -> mx.array:
     return x * alpha + beta
+
+
+@partial(mx.compile, shapeless=True)
+def _affine_relu(x: mx.array, alpha: mx.array, beta: mx.array) -> mx.array:
+    return nn.relu(x * alpha + beta)
+
+
+@partial(mx.compile, shapeless=True)
+def _affine_relu_add(x: mx.array, alpha: mx.array, beta: mx.array, residual: mx.array) -> mx.array:
+    return nn.relu(x * alpha + beta) + residual
