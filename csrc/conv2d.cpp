@@ -3,8 +3,9 @@
 // MLX's CPU conv2d (im2col + one GEMM) and the shifted-GEMM sums in layers.py run RMVPE's 16-128 channel 3x3
 // convs at 40-110 GFLOP/s: each thin GEMM packs its input and re-reads its accumulator. This kernel keeps a block
 // of output pixels x output channels in vector registers for the whole kh*kw*C reduction (~190-260 GFLOP/s on
-// 2 AVX-512 cores, near torch's oneDNN). Summation order per output: bias, then for each pass over 32 input
-// channels (CHANNEL_STEP), taps (i, j) row-major and the pass's channels in order, with fused multiply-adds.
+// 2 AVX-512 cores, near torch's oneDNN). Summation per output: for each pass over 32 input channels
+// (CHANNEL_STEP), taps (i, j) row-major and the pass's channels in order with fused multiply-adds (the first
+// pass starts from the bias, the others from zero), each pass's sum added to the running total.
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 
@@ -42,8 +43,8 @@ struct Epilogue {
 };
 
 struct Shape {
-  int C, O, kh, kw;
-  size_t rowlen;   // floats per padded input row in the window buffer: (wo + kw - 1) * C
+  int C, O, kh, kw, dw;  // dw: dilation along rows (1-D convs)
+  size_t rowlen;   // floats per padded input row in the window buffer: window columns * C
   size_t ostride;  // floats from one output pixel of a row to the next: sx * O
   Epilogue post;
   const float* y0;  // start of y, for the residual's matching offset
@@ -72,11 +73,11 @@ inline void pixel_block(const float* __restrict in, const Shape& s, const float*
   vf acc[PW][NB];
   for (int n = 0; n < NB; ++n) {
     vf b0 = bias ? *(const vf*)(bias + ob + n * LANES) : vf{};
-    for (int p = 0; p < PW; ++p) acc[p][n] = s.c0 ? *(const vf*)(out + at.out(p) + ob + n * LANES) : b0;
+    for (int p = 0; p < PW; ++p) acc[p][n] = s.c0 ? vf{} : b0;
   }
   for (int i = 0; i < s.kh; ++i)
     for (int j = 0; j < s.kw; ++j) {
-      const float* xr = in + i * s.rowlen + (size_t)j * s.C;
+      const float* xr = in + i * s.rowlen + (size_t)j * s.dw * s.C;
       const float* wr = w + (size_t)(i * s.kw + j) * s.C * s.O + ob;
       for (int c = s.c0; c < s.c1; ++c) {
         vf wv[NB];
@@ -88,8 +89,12 @@ inline void pixel_block(const float* __restrict in, const Shape& s, const float*
         }
       }
     }
+  if (s.c0)  // each pass sums its channels from zero, then adds them to the total: a two-level sum, as blocked
+             // GEMMs do (one sequential sum over C = 1024 was 1.5x less accurate than OpenBLAS on FCPE)
+    for (int p = 0; p < PW; ++p)
+      for (int n = 0; n < NB; ++n) acc[p][n] = *(const vf*)(out + at.out(p) + ob + n * LANES) + acc[p][n];
   const Epilogue& e = s.post;
-  if (s.c1 < s.C) {  // partial sums: the next pass goes on from them
+  if (s.c1 < s.C) {  // partial sums: the next pass adds to them
     for (int p = 0; p < PW; ++p)
       for (int n = 0; n < NB; ++n) *(vf*)(out + at.out(p) + ob + n * LANES) = acc[p][n];
     return;
@@ -131,7 +136,8 @@ void pixels(const float* in, const Shape& s, const float* w, const float* bias, 
   }
 }
 
-// Input channels summed per pass over a window's pixels: the pass's weights for 4 vectors of output channels
+// Input channels summed per pass over a window's pixels (each pass from zero, added to the running total): the
+// pass's weights for 4 vectors of output channels
 // (kh * kw * 32 * 64 floats, 72 KiB for 3x3) then stay in L2 while every pixel block reads them (RMVPE's
 // 512-channel convs on 32x4 pixels: 8.9 -> 4 ms).
 constexpr int CHANNEL_STEP = 32;
@@ -154,7 +160,7 @@ void all_channels(const float* in, const Shape& s, const float* w, const float* 
   for (; ob < s.O; ob += LANES) channel_passes<16, 1>(in, s, w, bias, out, at, count, ob);
 }
 
-// Output pixel (h, w), h < ho, w < wo, reads input pixels (h + i - pt, w + j - pl) (zero outside x) and is stored
+// Output pixel (h, w), h < ho, w < wo, reads input pixels (h + i - pt, w + j * dw - pl) (zero outside x), is stored
 // at y[b, oy + h * sy, ox + w * sx]: a plain conv (s = 1, o = 0), or one output phase of a transposed conv.
 struct Placement {
   int pt, pl, ho, wo, oy, ox, sy, sx, Yh, Yw;
@@ -169,31 +175,36 @@ long cores() {
   return std::max(1u, std::thread::hardware_concurrency());
 }
 
-// Rows narrower than this are computed a window of rows at a time (List addressing).
+// Rows narrower than this are computed a window of rows at a time (List addressing); rows wider than TILE (1-D
+// convs: one row of thousands of frames) in tiles of TILE pixels, so that every core gets work.
 constexpr int NARROW = 32;
+constexpr int TILE = 512;
 
 // x (B, H, W, C); w (kh, kw, C, O); bias (O) or null; y (B, Yh, Yw, O). O must be a multiple of LANES.
 void conv2d(const float* x, int B, int H, int W, const float* w, const float* bias, float* y, Shape s,
             const Placement& q) {
-  const int wb = q.wo + s.kw - 1;  // window columns; column u holds input column u - pl
-  const int lo = std::max(0, std::min(wb, q.pl)), hi = std::max(lo, std::min(wb, q.pl + W));
   const int R = q.wo >= NARROW ? 1 : (NARROW + q.wo - 1) / q.wo;  // output rows per window
-  const int groups = (q.ho + R - 1) / R;
-  // One worker per core. Workers take row windows from a shared counter, so that a core busy with another
-  // thread (OpenBLAS's or torch's spinning workers) only slows its own share. Threads are started per call
-  // (~50 us) rather than kept by OpenMP, whose idle workers would spin and take the cores from MLX's next ops.
-  const long total = (long)B * groups;
+  const int tw = R == 1 ? std::min(q.wo, TILE) : q.wo;               // output columns per window
+  const int groups = (q.ho + R - 1) / R, tiles = (q.wo + tw - 1) / tw;
+  const int wb = tw + (s.kw - 1) * s.dw;  // window columns; column u of tile t holds input column t*tw + u - pl
+  s.rowlen = (size_t)wb * s.C;
+  // One worker per core. Workers take windows from a shared counter, so that a core busy with another thread
+  // (OpenBLAS's or torch's spinning workers) only slows its own share. Threads are started per call (~50 us)
+  // rather than kept by OpenMP, whose idle workers would spin and take the cores from MLX's next ops.
+  const long total = (long)B * groups * tiles;
   const int n = (int)std::max(1L, std::min<long>(total, cores()));
-  // per worker: the kh + R - 1 input rows of R output rows, zero-padded (the pixel blocks then never test bounds),
+  // per worker: the kh + R - 1 input rows of a window, zero-padded (the pixel blocks then never test bounds),
   // and the pixel offsets of a window; allocated here, where std::bad_alloc reaches the caller
   std::vector<std::vector<float>> bufs(n, std::vector<float>((size_t)(s.kh + R - 1) * s.rowlen));
-  std::vector<std::vector<size_t>> offsets(n, std::vector<size_t>((size_t)2 * R * q.wo));
+  std::vector<std::vector<size_t>> offsets(n, std::vector<size_t>((size_t)2 * R * tw));
   std::atomic<long> next{0};
   auto work = [&](int worker) {
     float* buf = bufs[worker].data();
     size_t* offs = offsets[worker].data();
     for (long g; (g = next.fetch_add(1, std::memory_order_relaxed)) < total;) {
-      const int b = g / groups, h0 = (g % groups) * R, rows = std::min(R, q.ho - h0);
+      const int tile = g % tiles, b = g / tiles / groups, h0 = (g / tiles % groups) * R;
+      const int rows = std::min(R, q.ho - h0), t0 = tile * tw, cols = std::min(tw, q.wo - t0);
+      const int lo = std::clamp(q.pl - t0, 0, wb), hi = std::clamp(q.pl - t0 + W, lo, wb);
       for (int i = 0; i < rows + s.kh - 1; ++i) {
         float* dst = buf + i * s.rowlen;
         const int row_in = h0 + i - q.pt;
@@ -202,22 +213,22 @@ void conv2d(const float* x, int B, int H, int W, const float* w, const float* bi
           continue;
         }
         std::memset(dst, 0, sizeof(float) * lo * s.C);
-        std::memcpy(dst + (size_t)lo * s.C, x + ((size_t)(b * H + row_in) * W + lo - q.pl) * s.C,
+        std::memcpy(dst + (size_t)lo * s.C, x + ((size_t)(b * H + row_in) * W + t0 + lo - q.pl) * s.C,
                     sizeof(float) * (hi - lo) * s.C);
         std::memset(dst + (size_t)hi * s.C, 0, sizeof(float) * (wb - hi) * s.C);
       }
-      float* out = y + ((size_t)(b * q.Yh + q.oy + h0 * q.sy) * q.Yw + q.ox) * s.O;
+      float* out = y + ((size_t)(b * q.Yh + q.oy + h0 * q.sy) * q.Yw + q.ox) * s.O + t0 * s.ostride;
       if (R == 1) {
-        all_channels(buf, s, w, bias, out, Row{(size_t)s.C, s.ostride}, q.wo);
+        all_channels(buf, s, w, bias, out, Row{(size_t)s.C, s.ostride}, cols);
         continue;
       }
-      size_t *ioff = offs, *ooff = offs + R * q.wo;
+      size_t *ioff = offs, *ooff = offs + R * tw;
       for (int r = 0, p = 0; r < rows; ++r)
-        for (int c = 0; c < q.wo; ++c, ++p) {
+        for (int c = 0; c < cols; ++c, ++p) {
           ioff[p] = r * s.rowlen + (size_t)c * s.C;
           ooff[p] = (size_t)r * q.sy * q.Yw * s.O + c * s.ostride;
         }
-      all_channels(buf, s, w, bias, out, List{ioff, ooff}, rows * q.wo);
+      all_channels(buf, s, w, bias, out, List{ioff, ooff}, rows * cols);
     }
   };
   std::vector<std::thread> threads;
@@ -252,10 +263,10 @@ struct Buffer {
 
 PyObject* py_conv2d(PyObject*, PyObject* args) {
   PyObject *xo, *wo, *bo, *yo, *so = Py_None, *ho = Py_None, *ro = Py_None;
-  int relu = 0;
+  int relu = 0, dilation = 1;
   Placement q;
-  if (!PyArg_ParseTuple(args, "OOOO(ii)(ii)(ii)(ii)|OOpO", &xo, &wo, &bo, &yo, &q.pt, &q.pl, &q.ho, &q.wo, &q.oy,
-                        &q.ox, &q.sy, &q.sx, &so, &ho, &relu, &ro))
+  if (!PyArg_ParseTuple(args, "OOOO(ii)(ii)(ii)(ii)|OOpOi", &xo, &wo, &bo, &yo, &q.pt, &q.pl, &q.ho, &q.wo, &q.oy,
+                        &q.ox, &q.sy, &q.sx, &so, &ho, &relu, &ro, &dilation))
     return nullptr;
   Buffer xb, wb, bb, yb, sb, hb, rb;
   if (!xb.get(xo, PyBUF_SIMPLE, "x", 4) || !wb.get(wo, PyBUF_SIMPLE, "w", 4) ||
@@ -277,7 +288,7 @@ PyObject* py_conv2d(PyObject*, PyObject* args) {
   q.Yh = ys[1];
   q.Yw = ys[2];
   if (ws[2] != C || O % LANES || ys[0] != B || ys[3] != O || (bo != Py_None && bb.view.shape[0] != O) ||
-      q.ho < 1 || q.wo < 1 || q.sy < 1 || q.sx < 1 || q.oy < 0 || q.ox < 0 || q.oy + (q.ho - 1) * q.sy >= q.Yh ||
+      dilation < 1 || q.ho < 1 || q.wo < 1 || q.sy < 1 || q.sx < 1 || q.oy < 0 || q.ox < 0 || q.oy + (q.ho - 1) * q.sy >= q.Yh ||
       q.ox + (q.wo - 1) * q.sx >= q.Yw) {
     PyErr_Format(PyExc_ValueError,
                  "conv2d_nhwc: x (%d, %d, %d, %d), w (%d, %d, %d, %d), y (%d, %d, %d, %d) and %dx%d outputs from "
@@ -288,7 +299,7 @@ PyObject* py_conv2d(PyObject*, PyObject* args) {
   }
   Epilogue post{so == Py_None ? nullptr : sb.data(), ho == Py_None ? nullptr : hb.data(), relu != 0,
                 ro == Py_None ? nullptr : rb.data()};
-  Shape s{C, O, kh, kw, (size_t)(q.wo + kw - 1) * C, (size_t)q.sx * O, post, static_cast<float*>(yb.view.buf)};
+  Shape s{C, O, kh, kw, dilation, 0, (size_t)q.sx * O, post, static_cast<float*>(yb.view.buf)};
   const float* bias = bo == Py_None ? nullptr : bb.data();
   bool out_of_memory = false;
   Py_BEGIN_ALLOW_THREADS
@@ -307,7 +318,8 @@ PyMethodDef methods[] = {
      "conv2d_nhwc(x, w, bias, y, (pt, pl), (ho, wo), (oy, ox), (sy, sx)): y[b, oy + h*sy, ox + w*sx] = bias + "
      "sum over i, j of x[b, h + i - pt, w + j - pl] @ w[i, j] (zero outside x), h < ho, w < wo; x (B, H, W, C), "
      "w (kh, kw, C, O), y (B, Yh, Yw, O), float32 C-contiguous, O a multiple of LANES. Optional scale, shift, "
-     "relu, residual: y = relu(y * scale + shift) + residual, as MLX computes BatchNorm -> ReLU -> add."},
+     "relu, residual: y = relu(y * scale + shift) + residual, as MLX computes BatchNorm -> ReLU -> add; dilation: "
+     "along rows, tap j reads column w + j * dilation - pl."},
     {nullptr, nullptr, 0, nullptr}};
 
 PyModuleDef module = {PyModuleDef_HEAD_INIT, "_kernels", "CPU kernels MLX lacks a fast form of.", -1, methods};

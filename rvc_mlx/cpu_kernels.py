@@ -42,8 +42,13 @@ def conv2d_applies(x: mx.array, kernel: tuple[int, int], padding: tuple[int, int
     """Whether `conv2d` runs this (stride 1, dilation 1, groups 1) conv: CPU device, float32, wide enough rows
     (and, for an epilogue, output channels in whole vectors)."""
     width = x.shape[2] + 2 * padding[1] - kernel[1] + 1
-    return (_kernels is not None and mx.default_device() == mx.cpu and x.dtype == mx.float32
-            and width >= MIN_WIDTH and out_channels % _kernels.LANES == 0)
+    return conv1d_applies(x) and width >= MIN_WIDTH and out_channels % _kernels.LANES == 0
+
+
+def conv1d_applies(x: mx.array) -> bool:
+    """Whether `conv1d` runs a (stride 1, groups 1) conv of x: CPU device, float32, any length (a chunked 1-D
+    conv must round each frame as the whole-signal conv does, so short chunks take the kernel too)."""
+    return _kernels is not None and mx.default_device() == mx.cpu and x.dtype == mx.float32
 
 
 def conv2d(module, x: mx.array, padding: tuple[int, int], bn=None, relu: bool = False,
@@ -64,8 +69,21 @@ def conv2d(module, x: mx.array, padding: tuple[int, int], bn=None, relu: bool = 
     return mx.array(y if y.shape[3] == o else y[..., :o])
 
 
+def conv1d(module, x: mx.array, padding: int, dilation: int) -> mx.array:
+    """`module`'s conv (weight (O, k, C), optional bias) of NLC x, zero padding `padding`, dilation `dilation`:
+    a 1 x k conv2d over one row of L pixels (the kernel tiles long rows across cores)."""
+    o, k, _ = module.weight.shape
+    weight, bias = _packed(module, "conv1d", lambda w: w[:, None]), _bias(module)
+    b, length, c = x.shape
+    lo = length + 2 * padding - dilation * (k - 1)
+    y = np.empty((b, 1, lo, weight.shape[3]), dtype=np.float32)
+    xn = _host(x).reshape(b, 1, length, c)
+    _kernels.conv2d_nhwc(xn, weight, bias, y, (0, padding), (1, lo), (0, 0), (1, 1), None, None, False, None, dilation)
+    return mx.array(y[:, 0] if y.shape[3] == o else y[:, 0, :, :o])
+
+
 def conv_transpose2d_applies(x: mx.array) -> bool:
-    return _kernels is not None and mx.default_device() == mx.cpu and x.dtype == mx.float32
+    return conv1d_applies(x)
 
 
 def conv_transpose2d(module, x: mx.array, stride, padding, output_padding) -> mx.array:

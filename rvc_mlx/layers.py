@@ -185,6 +185,9 @@ class Conv1d(nn.Conv1d):
             if not pad:
                 raise ValueError(f"Conv1d(groups={self.groups}, stride={self.stride}) has no pad=False path")
             return super().__call__(x)
+        # a pointwise conv is one GEMM already (and OpenBLAS's blocked sum keeps the attention logits' rounding)
+        if k > 1 and not depthwise and self.stride == 1 and self.groups == 1 and cpu_kernels.conv1d_applies(x):
+            return cpu_kernels.conv1d(self, x, self.padding if pad else 0, self.dilation)
         if self.padding and pad:
             x = pad_time(x, self.padding, self.padding)
         if self.stride != 1:
@@ -305,7 +308,7 @@ class Conv2d(nn.Conv2d):
         if _pair(self.stride) != (1, 1) or self.groups != 1 or _pair(self.dilation) != (1, 1):
             return super().__call__(x)
         ph, pw = _pair(self.padding)
-        if cpu_kernels.conv2d_applies(x, (kh, kw), (ph, pw)):
+        if (kh, kw) != (1, 1) and cpu_kernels.conv2d_applies(x, (kh, kw), (ph, pw)):  # 1 x 1: one GEMM already
             return cpu_kernels.conv2d(self, x, (ph, pw))
         if _native_conv2d(c, x.shape[1] * x.shape[2]):
             return super().__call__(x)
