@@ -148,3 +148,24 @@ def test_layers_fall_back_to_their_mlx_paths_without_the_kernel(monkeypatch):
     without = [np.array(conv(x)), np.array(tconv(x)), np.array(block(x))]
     for a, b in zip(with_kernel, without):
         np.testing.assert_allclose(a, b, rtol=0, atol=2e-5 * np.abs(b).max())
+
+
+# (C, O, k, dilation, length): the synthesizer's dilated resblock convs over rows tiled across cores (> 512
+# frames), a row shorter than one vector block, and O not a multiple of the vector width.
+CONV1D_CASES = [(32, 32, 11, 5, 1300), (64, 48, 3, 1, 7), (16, 16, 7, 3, 600), (8, 3, 5, 1, 40)]
+
+
+@needs_kernel
+@pytest.mark.parametrize("c_in,c_out,k,dilation,length", CONV1D_CASES)
+def test_conv1d_kernel_matches_torch_float64(c_in, c_out, k, dilation, length):
+    x, w, b = _randn(2, c_in, length), _randn(c_out, c_in, k, scale=0.3), _randn(c_out)
+    pad = dilation * (k - 1) // 2
+    conv = layers.Conv1d(c_in, c_out, k, dilation=dilation, padding=pad)
+    conv.weight, conv.bias = mx.array(w.transpose(0, 2, 1)), mx.array(b)
+    y = cpu_kernels.conv1d(conv, mx.array(x.transpose(0, 2, 1)), pad, dilation)
+    args = dict(padding=pad, dilation=dilation)
+    ref = F.conv1d(torch.from_numpy(x).double(), torch.from_numpy(w).double(), torch.from_numpy(b).double(), **args)
+    err, err_torch = _errors(np.array(y).transpose(0, 2, 1), ref,
+                             F.conv1d(torch.from_numpy(x), torch.from_numpy(w), torch.from_numpy(b), **args))
+    assert err <= 3 * err_torch + 2.4e-7, f"kernel error {err:.2e} vs torch float32 {err_torch:.2e}"
+    np.testing.assert_array_equal(np.array(conv(mx.array(x.transpose(0, 2, 1)))), np.array(y))  # the layer uses it
