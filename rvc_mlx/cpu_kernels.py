@@ -1,6 +1,7 @@
-"""MLX front end of rvc_mlx._kernels (csrc/conv2d.cpp): a direct NHWC conv2d for MLX's CPU device.
+"""MLX front end of rvc_mlx._kernels (csrc/conv2d.cpp): direct NHWC conv2d, transposed conv2d (one conv per
+output phase) and dilated conv1d (a 1 x k conv2d over one row) for MLX's CPU device.
 
-MLX has no fast CPU conv for 16-128 channels (its im2col + GEMM, and the shifted-GEMM sums in layers.py, run
+MLX has no fast CPU conv for 16-256 channels (its im2col + GEMM, and the shifted-GEMM sums in layers.py, run
 2-3x slower than torch's oneDNN on RMVPE). The kernel is built by `pip install -e .` on Linux. It reads the
 evaluated input in place (numpy view of the MLX buffer), writes a numpy buffer, and MLX copies that once.
 """
@@ -20,7 +21,7 @@ except ImportError as exc:  # macOS (Metal / Accelerate convs), or a build witho
     _MISSING = str(exc)
 
 # Output rows narrower than this reuse each weight for too few pixels (RMVPE's 256/512 channels on 8/4 mel
-# columns: 5.4 / 23 ms vs MLX's native 3.2 / 3.2 ms); MLX's conv keeps those.
+# columns: 3.3 / 4.0 ms vs MLX's native 3.1 / 3.0 ms); MLX's conv keeps those 2-D convs.
 MIN_WIDTH = 16
 
 
