@@ -330,20 +330,20 @@ class Conv2d(nn.Conv2d):
         y = folded_tap_sum(flat, groups, b * per_image, self.get("bias"), fold=conv2d_fold(c, o))
         return y.reshape(b, per_image, o)[:, :ho * wp].reshape(b, ho, wp, o)[:, :, :wo]
 
-
     def conv_bn_relu(self, x: mx.array, bn: "BatchNorm", residual: mx.array | None = None) -> mx.array:
-        """relu(bn(self(x))) (+ residual); on the CPU kernel in one pass (its epilogue rounds each op as MLX does)."""
+        """relu(bn(self(x))) (+ residual): on the CPU kernel in one pass (its epilogue rounds each op as MLX does),
+        else the conv and then one compiled pass for BN, ReLU and the add (the same ops, the same values)."""
+        if bn.training or "running_mean" not in bn:
+            y = nn.relu(bn(self(x)))
+            return y if residual is None else y + residual
         ph, pw = _pair(self.padding)
         o, kh, kw, _ = self.weight.shape
-        if (bn.training or "running_mean" not in bn or _pair(self.stride) != (1, 1) or self.groups != 1
-                or _pair(self.dilation) != (1, 1) or not cpu_kernels.conv2d_applies(x, (kh, kw), (ph, pw), o)):
-            if bn.training or "running_mean" not in bn:
-                y = nn.relu(bn(self(x)))
-                return y if residual is None else y + residual
-            alpha, beta = bn.affine()  # one compiled pass for BN, ReLU and the add: the same ops, the same values
-            y = self(x)
-            return _affine_relu(y, alpha, beta) if residual is None else _affine_relu_add(y, alpha, beta, residual)
-        return cpu_kernels.conv2d(self, x, (ph, pw), bn, relu=True, residual=residual)
+        if (_pair(self.stride) == (1, 1) and self.groups == 1 and _pair(self.dilation) == (1, 1)
+                and cpu_kernels.conv2d_applies(x, (kh, kw), (ph, pw), o)):
+            return cpu_kernels.conv2d(self, x, (ph, pw), bn, relu=True, residual=residual)
+        alpha, beta = bn.affine()
+        y = self(x)
+        return _affine_relu(y, alpha, beta) if residual is None else _affine_relu_add(y, alpha, beta, residual)
 
 
 class ConvTranspose2d(nn.ConvTranspose2d):
