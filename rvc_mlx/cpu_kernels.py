@@ -39,52 +39,50 @@ def warn_if_missing() -> None:
                       f"and a C++ compiler (g++)", RuntimeWarning, stacklevel=3)
 
 
-def conv2d_applies(x: mx.array, kernel: tuple[int, int], padding: tuple[int, int], out_channels: int = 0) -> bool:
-    """Whether `conv2d` runs this (stride 1, dilation 1, groups 1) conv: CPU device, float32, wide enough rows
-    (and, for an epilogue, output channels in whole vectors)."""
-    width = x.shape[2] + 2 * padding[1] - kernel[1] + 1
-    return conv1d_applies(x) and width >= MIN_WIDTH and out_channels % _kernels.LANES == 0
-
-
-def conv1d_applies(x: mx.array) -> bool:
-    """Whether `conv1d` runs a (stride 1, groups 1) conv of x: CPU device, float32, any length (a chunked 1-D
-    conv must round each frame as the whole-signal conv does, so short chunks take the kernel too)."""
+def usable(x: mx.array) -> bool:
+    """Whether the kernel can run a conv of x: built, CPU device, float32. Any size: a chunked 1-D conv must
+    round each frame as the whole-signal conv does, so short chunks take the kernel too."""
     return _kernels is not None and mx.default_device() == mx.cpu and x.dtype == mx.float32
+
+
+def conv2d_applies(x: mx.array, kernel: tuple[int, int], padding: tuple[int, int], out_channels: int = 0) -> bool:
+    """Whether `conv2d` runs this (stride 1, dilation 1, groups 1) conv: `usable`, wide enough rows (and, for an
+    epilogue, output channels in whole vectors)."""
+    width = x.shape[2] + 2 * padding[1] - kernel[1] + 1
+    return usable(x) and width >= MIN_WIDTH and out_channels % _kernels.LANES == 0
 
 
 def conv2d(module, x: mx.array, padding: tuple[int, int], bn=None, relu: bool = False,
            residual: mx.array | None = None) -> mx.array:
     """`module`'s conv (weight (O, kh, kw, C), optional bias) of NHWC x, with zero padding (ph, pw); then, in the
     kernel's epilogue, y * alpha + beta (`bn`: an eval BatchNorm), ReLU, + residual, each as MLX rounds it."""
-    o, kh, kw, _ = module.weight.shape
-    weight, bias = _packed(module, "conv", lambda w: w), _bias(module)
-    b, h, w, _ = x.shape
-    ph, pw = padding
-    ho, wo = h + 2 * ph - kh + 1, w + 2 * pw - kw + 1
-    y = np.empty((b, ho, wo, weight.shape[3]), dtype=np.float32)
-    post = [None, None] if bn is None else list(_affine(bn))
-    if (bn is not None or residual is not None) and y.shape[3] != o:
+    o = module.weight.shape[0]
+    if (bn is not None or residual is not None) and o % _kernels.LANES:
         raise ValueError(f"conv2d epilogue needs output channels in multiples of {_kernels.LANES}, got {o}")
+    post = [None, None] if bn is None else list(_affine(bn))
     post += [relu, None if residual is None else _host(residual)]
-    _kernels.conv2d_nhwc(_host(x), weight, bias, y, (ph, pw), (ho, wo), (0, 0), (1, 1), *post)
-    return mx.array(y if y.shape[3] == o else y[..., :o])
+    return _conv(module, "conv", lambda w: w, _host(x), padding, 1, post)
 
 
 def conv1d(module, x: mx.array, padding: int, dilation: int) -> mx.array:
     """`module`'s conv (weight (O, k, C), optional bias) of NLC x, zero padding `padding`, dilation `dilation`:
     a 1 x k conv2d over one row of L pixels (the kernel tiles long rows across cores)."""
-    o, k, _ = module.weight.shape
-    weight, bias = _packed(module, "conv1d", lambda w: w[:, None]), _bias(module)
     b, length, c = x.shape
-    lo = length + 2 * padding - dilation * (k - 1)
-    y = np.empty((b, 1, lo, weight.shape[3]), dtype=np.float32)
-    xn = _host(x).reshape(b, 1, length, c)
-    _kernels.conv2d_nhwc(xn, weight, bias, y, (0, padding), (1, lo), (0, 0), (1, 1), None, None, False, None, dilation)
-    return mx.array(y[:, 0] if y.shape[3] == o else y[:, 0, :, :o])
+    y = _conv(module, "conv1d", lambda w: w[:, None], _host(x).reshape(b, 1, length, c), (0, padding), dilation)
+    return y[:, 0]
 
 
-def conv_transpose2d_applies(x: mx.array) -> bool:
-    return conv1d_applies(x)
+def _conv(module, key, select, x: np.ndarray, padding: tuple[int, int], dilation: int,
+          post: list | None = None) -> mx.array:
+    """The kernel's conv of host NHWC x by select(module.weight) (kh', kw' taps), plus the module's bias."""
+    weight = _packed(module, key, select)
+    kh, kw, _, wide = weight.shape
+    b, h, w, _ = x.shape
+    ho, wo = h + 2 * padding[0] - kh + 1, w + 2 * padding[1] - dilation * (kw - 1)
+    y = np.empty((b, ho, wo, wide), dtype=np.float32)
+    post = post or [None, None, False, None]
+    _kernels.conv2d_nhwc(x, weight, _bias(module), y, padding, (ho, wo), (0, 0), (1, 1), *post, dilation)
+    return _to_mlx(y, module.weight.shape[0])
 
 
 def conv_transpose2d(module, x: mx.array, stride, padding, output_padding) -> mx.array:
@@ -109,7 +107,12 @@ def conv_transpose2d(module, x: mx.array, stride, padding, output_padding) -> mx
                 continue
             weight = _packed(module, (ri, rj), lambda w: w[:, taps_h][:, :, taps_w])
             _kernels.conv2d_nhwc(xn, weight, bias, y, (pt, pl), (rows, cols), (ri, rj), stride)
-    return mx.array(y if y.shape[3] == o else y[..., :o])
+    return _to_mlx(y, o)
+
+
+def _to_mlx(y: np.ndarray, out_channels: int) -> mx.array:
+    """MLX's copy of y without the zero channels that rounded O up to the vector width."""
+    return mx.array(y if y.shape[-1] == out_channels else y[..., :out_channels])
 
 
 def _phase(k: int, s: int, p: int, r: int, length: int) -> tuple[list[int], int, int]:

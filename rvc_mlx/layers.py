@@ -186,7 +186,7 @@ class Conv1d(nn.Conv1d):
                 raise ValueError(f"Conv1d(groups={self.groups}, stride={self.stride}) has no pad=False path")
             return super().__call__(x)
         # a pointwise conv is one GEMM already (and OpenBLAS's blocked sum keeps the attention logits' rounding)
-        if k > 1 and not depthwise and self.stride == 1 and self.groups == 1 and cpu_kernels.conv1d_applies(x):
+        if k > 1 and not depthwise and self.stride == 1 and self.groups == 1 and cpu_kernels.usable(x):
             return cpu_kernels.conv1d(self, x, self.padding if pad else 0, self.dilation)
         if self.padding and pad:
             x = pad_time(x, self.padding, self.padding)
@@ -358,7 +358,7 @@ class ConvTranspose2d(nn.ConvTranspose2d):
             return super().__call__(x)
         o, kh, kw, c = self.weight.shape
         (sh, sw), (ph, pw), (oh, ow) = _pair(self.stride), _pair(self.padding), _pair(self.output_padding)
-        if cpu_kernels.conv_transpose2d_applies(x):
+        if cpu_kernels.usable(x):
             return cpu_kernels.conv_transpose2d(self, x, (sh, sw), (ph, pw), (oh, ow))
         b, h, w, _ = x.shape
         z = (x @ self.weight.transpose(3, 1, 2, 0).reshape(c, kh * kw * o)).reshape(b, h, w, kh, kw, o)
