@@ -8,13 +8,19 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from rvc_mlx import layers
+from rvc_mlx import cpu_kernels, layers
 
 RNG = np.random.default_rng(0)
 
 
 def _randn(*shape, scale=1.0):
     return (RNG.standard_normal(shape) * scale).astype(np.float32)
+
+
+@pytest.fixture
+def mlx_path(monkeypatch):
+    """The layer's own MLX path: without the CPU kernel (tested in test_cpu_kernels), which would take the call."""
+    monkeypatch.setattr(cpu_kernels, "_kernels", None)
 
 
 def _check(mlx_out, ref64: torch.Tensor, torch32: torch.Tensor):
@@ -27,7 +33,7 @@ def _check(mlx_out, ref64: torch.Tensor, torch32: torch.Tensor):
 
 
 @pytest.mark.parametrize("c_in,c_out,k,dilation,length", [(8, 6, 3, 1, 50), (16, 16, 11, 5, 300), (4, 3, 7, 3, 40)])
-def test_conv1d_shifted_gemms_match_torch(c_in, c_out, k, dilation, length):
+def test_conv1d_shifted_gemms_match_torch(c_in, c_out, k, dilation, length, mlx_path):
     x, w, b = _randn(2, c_in, length), _randn(c_out, c_in, k, scale=0.3), _randn(c_out)
     pad = dilation * (k - 1) // 2
     conv = layers.Conv1d(c_in, c_out, k, dilation=dilation, padding=pad)
@@ -80,7 +86,7 @@ def test_conv_transpose1d_overlap_add_matches_torch(c_in, c_out, k, stride, pad,
 @pytest.mark.parametrize("c_in,c_out,k,pad,hw", [(16, 16, 3, 1, (40, 32)), (3, 5, 3, 1, (7, 5)), (4, 6, 1, 0, (9, 6)),
                                                  (2, 3, 3, 0, (6, 8)), (64, 8, 3, 1, (6, 5)), (1, 8, 3, 1, (7, 6)),
                                                  (64, 8, 3, 1, (48, 50))])
-def test_conv2d_flat_row_gemms_match_torch(c_in, c_out, k, pad, hw):
+def test_conv2d_flat_row_gemms_match_torch(c_in, c_out, k, pad, hw, mlx_path):
     x, w, b = _randn(2, c_in, *hw), _randn(c_out, c_in, k, k, scale=0.3), _randn(c_out)
     conv = layers.Conv2d(c_in, c_out, k, padding=pad)
     conv.weight, conv.bias = mx.array(w.transpose(0, 2, 3, 1)), mx.array(b)
@@ -93,7 +99,7 @@ def test_conv2d_flat_row_gemms_match_torch(c_in, c_out, k, pad, hw):
 
 @pytest.mark.parametrize("stride,out_pad,hw", [((2, 2), (1, 1), (9, 8)), ((1, 2), (0, 1), (5, 4)),
                                                ((2, 2), (0, 0), (3, 3))])
-def test_conv_transpose2d_overlap_add_matches_torch(stride, out_pad, hw):
+def test_conv_transpose2d_overlap_add_matches_torch(stride, out_pad, hw, mlx_path):
     x, w = _randn(2, 6, *hw), _randn(6, 4, 3, 3, scale=0.3)
     conv = layers.ConvTranspose2d(6, 4, 3, stride=stride, padding=1, output_padding=out_pad, bias=False)
     conv.weight = mx.array(w.transpose(1, 2, 3, 0))
