@@ -105,7 +105,7 @@ def conv_transpose2d(module, x: mx.array, stride, padding, output_padding) -> mx
             if not taps_h or not taps_w:  # no tap reaches this phase: the bias alone, as torch
                 y[:, ri::stride[0], rj::stride[1]] = 0.0 if bias is None else bias
                 continue
-            weight = _packed(module, (ri, rj), lambda w: w[:, taps_h][:, :, taps_w])
+            weight = _packed(module, (ri, rj), lambda w, th=taps_h, tw=taps_w: w[:, th][:, :, tw])
             _kernels.conv2d_nhwc(xn, weight, bias, y, (pt, pl), (rows, cols), (ri, rj), stride)
     return _to_mlx(y, o)
 
@@ -154,7 +154,7 @@ def _affine(bn) -> tuple[np.ndarray, np.ndarray]:
     """bn.affine() on the host, kept on the module while its parameter arrays are the same objects."""
     params = tuple(bn.get(k) for k in ("weight", "bias", "running_mean", "running_var"))
     cached = bn.__dict__.get("_kernel_affine")
-    if cached is None or any(a is not b for a, b in zip(cached[0], params)):
+    if cached is None or any(a is not b for a, b in zip(cached[0], params, strict=True)):
         cached = (params, tuple(_host(a) for a in bn.affine()))
         object.__setattr__(bn, "_kernel_affine", cached)  # not a parameter
     return cached[1]

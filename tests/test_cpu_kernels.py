@@ -146,7 +146,7 @@ def test_layers_fall_back_to_their_mlx_paths_without_the_kernel(monkeypatch):
     monkeypatch.setattr(cpu_kernels, "_kernels", None)
     assert not cpu_kernels.conv2d_applies(x, (3, 3), (1, 1), 16) and not cpu_kernels.usable(x)
     without = [np.array(conv(x)), np.array(tconv(x)), np.array(block(x))]
-    for a, b in zip(with_kernel, without):
+    for a, b in zip(with_kernel, without, strict=True):
         np.testing.assert_allclose(a, b, rtol=0, atol=2e-5 * np.abs(b).max())
 
 
