@@ -11,6 +11,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <climits>
 #include <cstdlib>
 #include <new>
 #include <system_error>
@@ -42,11 +43,21 @@ struct Epilogue {
   const float* residual = nullptr;  // laid out as y, or null
 };
 
+// What happens to each input value as it is copied into a window: leaky ReLU max(v, v * slope) (MLX's form, so
+// that a fused resblock conv rounds as leaky_relu then conv), and which input columns are read (the others as
+// zeros: a time chunk's frames beyond the signal).
+struct Prologue {
+  bool leaky = false;
+  float slope = 0;
+  int v0 = 0, v1 = 0;  // input columns [v0, v1) are read
+};
+
 struct Shape {
   int C, O, kh, kw, dw;  // dw: dilation along rows (1-D convs)
   size_t rowlen;   // floats per padded input row in the window buffer: window columns * C
   size_t ostride;  // floats from one output pixel of a row to the next: sx * O
   Epilogue post;
+  Prologue pre;
   const float* y0;  // start of y, for the residual's matching offset
   int c0 = 0, c1 = 0;  // the input channels this pass sums; c0 > 0 continues from the partial sums in y
 };
@@ -204,7 +215,7 @@ void conv2d(const float* x, int B, int H, int W, const float* w, const float* bi
     for (long g; (g = next.fetch_add(1, std::memory_order_relaxed)) < total;) {
       const int tile = g % tiles, b = g / tiles / groups, h0 = (g / tiles % groups) * R;
       const int rows = std::min(R, q.ho - h0), t0 = tile * tw, cols = std::min(tw, q.wo - t0);
-      const int lo = std::clamp(q.pl - t0, 0, wb), hi = std::clamp(q.pl - t0 + W, lo, wb);
+      const int lo = std::clamp(q.pl - t0 + s.pre.v0, 0, wb), hi = std::clamp(q.pl - t0 + s.pre.v1, lo, wb);
       for (int i = 0; i < rows + s.kh - 1; ++i) {
         float* dst = buf + i * s.rowlen;
         const int row_in = h0 + i - q.pt;
@@ -213,8 +224,16 @@ void conv2d(const float* x, int B, int H, int W, const float* w, const float* bi
           continue;
         }
         std::memset(dst, 0, sizeof(float) * lo * s.C);
-        std::memcpy(dst + (size_t)lo * s.C, x + ((size_t)(b * H + row_in) * W + t0 + lo - q.pl) * s.C,
-                    sizeof(float) * (hi - lo) * s.C);
+        const float* src = x + ((size_t)(b * H + row_in) * W + t0 + lo - q.pl) * s.C;
+        if (s.pre.leaky) {
+          const float slope = s.pre.slope;
+          for (size_t k = 0, n = (size_t)(hi - lo) * s.C; k < n; ++k) {
+            const float v = src[k], v_slope = v * slope;
+            dst[(size_t)lo * s.C + k] = v > v_slope ? v : v_slope;
+          }
+        } else {
+          std::memcpy(dst + (size_t)lo * s.C, src, sizeof(float) * (hi - lo) * s.C);
+        }
         std::memset(dst + (size_t)hi * s.C, 0, sizeof(float) * (wb - hi) * s.C);
       }
       float* out = y + ((size_t)(b * q.Yh + q.oy + h0 * q.sy) * q.Yw + q.ox) * s.O + t0 * s.ostride;
@@ -264,10 +283,17 @@ struct Buffer {
 PyObject* py_conv2d(PyObject*, PyObject* args) {
   PyObject *xo, *wo, *bo, *yo, *so = Py_None, *ho = Py_None, *ro = Py_None;
   int relu = 0, dilation = 1;
+  PyObject* slope_o = Py_None;
   Placement q;
-  if (!PyArg_ParseTuple(args, "OOOO(ii)(ii)(ii)(ii)|OOpOi", &xo, &wo, &bo, &yo, &q.pt, &q.pl, &q.ho, &q.wo, &q.oy,
-                        &q.ox, &q.sy, &q.sx, &so, &ho, &relu, &ro, &dilation))
+  Prologue pre{false, 0, INT_MIN, INT_MAX};
+  if (!PyArg_ParseTuple(args, "OOOO(ii)(ii)(ii)(ii)|OOpOiO(ii)", &xo, &wo, &bo, &yo, &q.pt, &q.pl, &q.ho, &q.wo, &q.oy,
+                        &q.ox, &q.sy, &q.sx, &so, &ho, &relu, &ro, &dilation, &slope_o, &pre.v0, &pre.v1))
     return nullptr;
+  if (slope_o != Py_None) {
+    pre.leaky = true;
+    pre.slope = (float)PyFloat_AsDouble(slope_o);
+    if (PyErr_Occurred()) return nullptr;
+  }
   Buffer xb, wb, bb, yb, sb, hb, rb;
   if (!xb.get(xo, PyBUF_SIMPLE, "x", 4) || !wb.get(wo, PyBUF_SIMPLE, "w", 4) ||
       (bo != Py_None && !bb.get(bo, PyBUF_SIMPLE, "bias", 1)) || !yb.get(yo, PyBUF_WRITABLE, "y", 4) ||
@@ -299,7 +325,9 @@ PyObject* py_conv2d(PyObject*, PyObject* args) {
   }
   Epilogue post{so == Py_None ? nullptr : sb.data(), ho == Py_None ? nullptr : hb.data(), relu != 0,
                 ro == Py_None ? nullptr : rb.data()};
-  Shape s{C, O, kh, kw, dilation, 0, (size_t)q.sx * O, post, static_cast<float*>(yb.view.buf)};
+  pre.v0 = std::clamp(pre.v0, 0, W);
+  pre.v1 = std::clamp(pre.v1, pre.v0, W);
+  Shape s{C, O, kh, kw, dilation, 0, (size_t)q.sx * O, post, pre, static_cast<float*>(yb.view.buf)};
   const float* bias = bo == Py_None ? nullptr : bb.data();
   bool out_of_memory = false;
   Py_BEGIN_ALLOW_THREADS
@@ -319,7 +347,8 @@ PyMethodDef methods[] = {
      "sum over i, j of x[b, h + i - pt, w + j - pl] @ w[i, j] (zero outside x), h < ho, w < wo; x (B, H, W, C), "
      "w (kh, kw, C, O), y (B, Yh, Yw, O), float32 C-contiguous, O a multiple of LANES. Optional scale, shift, "
      "relu, residual: y = relu(y * scale + shift) + residual, as MLX computes BatchNorm -> ReLU -> add; dilation: "
-     "along rows, tap j reads column w + j * dilation - pl."},
+     "along rows, tap j reads column w + j * dilation - pl; slope: x is read as max(x, x * slope) (leaky ReLU); "
+     "(v0, v1): only input columns v0 <= w < v1 are read, the others as zeros."},
     {nullptr, nullptr, 0, nullptr}};
 
 PyModuleDef module = {PyModuleDef_HEAD_INIT, "_kernels", "CPU kernels MLX lacks a fast form of.", -1, methods};

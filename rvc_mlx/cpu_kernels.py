@@ -60,29 +60,50 @@ def conv2d(module, x: mx.array, padding: tuple[int, int], bn=None, relu: bool = 
     if (bn is not None or residual is not None) and o % _kernels.LANES:
         raise ValueError(f"conv2d epilogue needs output channels in multiples of {_kernels.LANES}, got {o}")
     post = [None, None] if bn is None else list(_affine(bn))
-    post += [relu, None if residual is None else _host(residual)]
-    return _conv(module, "conv", lambda w: w, _host(x), padding, 1, post)
+    post += [relu, None if residual is None else host(residual)]
+    return _to_mlx(_conv(module, "conv", lambda w: w, host(x), padding, 1, post), o)
 
 
 def conv1d(module, x: mx.array, padding: int, dilation: int) -> mx.array:
     """`module`'s conv (weight (O, k, C), optional bias) of NLC x, zero padding `padding`, dilation `dilation`:
     a 1 x k conv2d over one row of L pixels (the kernel tiles long rows across cores)."""
     b, length, c = x.shape
-    y = _conv(module, "conv1d", lambda w: w[:, None], _host(x).reshape(b, 1, length, c), (0, padding), dilation)
+    y = _conv(module, "conv1d", lambda w: w[:, None], host(x).reshape(b, 1, length, c), (0, padding), dilation)
+    return _to_mlx(y[:, 0], module.weight.shape[0])
+
+
+def leaky_conv1d_applies(x: mx.array, out_channels: int) -> bool:
+    """Whether `leaky_conv1d` can run convs of x to `out_channels` (its residual needs whole vectors)."""
+    return usable(x) and out_channels % _kernels.LANES == 0
+
+
+def leaky_conv1d(module, x: np.ndarray, slope: float, valid: tuple[int, int],
+                 residual: np.ndarray | None = None) -> np.ndarray:
+    """`module`'s unpadded conv (weight (O, k, C), O a multiple of the vector width) of host NLC x read as
+    leaky_relu(x, slope), its frames outside [valid[0], valid[1]) as zeros; + residual (shaped as the output).
+    Host in, host out: a resblock's chain of convs never copies into MLX (each value rounds as MLX's ops)."""
+    b, length, c = x.shape
+    if residual is not None:
+        residual = np.ascontiguousarray(residual)[:, None]
+    x = np.ascontiguousarray(x).reshape(b, 1, length, c)
+    y = _conv(module, "conv1d", lambda w: w[:, None], x, (0, 0), module.dilation,
+              [None, None, False, residual, float(slope), valid])
     return y[:, 0]
 
 
 def _conv(module, key, select, x: np.ndarray, padding: tuple[int, int], dilation: int,
-          post: list | None = None) -> mx.array:
-    """The kernel's conv of host NHWC x by select(module.weight) (kh', kw' taps), plus the module's bias."""
+          post: list | None = None) -> np.ndarray:
+    """The kernel's conv of host NHWC x by select(module.weight) (kh', kw' taps), plus the module's bias: host
+    (B, H', W', O') with O' = O rounded up to the vector width."""
     weight = _packed(module, key, select)
     kh, kw, _, wide = weight.shape
     b, h, w, _ = x.shape
     ho, wo = h + 2 * padding[0] - kh + 1, w + 2 * padding[1] - dilation * (kw - 1)
     y = np.empty((b, ho, wo, wide), dtype=np.float32)
     post = post or [None, None, False, None]
-    _kernels.conv2d_nhwc(x, weight, _bias(module), y, padding, (ho, wo), (0, 0), (1, 1), *post, dilation)
-    return _to_mlx(y, module.weight.shape[0])
+    _kernels.conv2d_nhwc(x, weight, _bias(module), y, padding, (ho, wo), (0, 0), (1, 1), *post[:4], dilation,
+                         *post[4:])
+    return y
 
 
 def conv_transpose2d(module, x: mx.array, stride, padding, output_padding) -> mx.array:
@@ -95,7 +116,7 @@ def conv_transpose2d(module, x: mx.array, stride, padding, output_padding) -> mx
     bias = _bias(module)
     lanes = _kernels.LANES
     y = np.empty((b, lh, lw, o + -o % lanes), dtype=np.float32)
-    xn = _host(x)
+    xn = host(x)
     for ri in range(stride[0]):
         taps_h, pt, rows = _phase(kh, stride[0], padding[0], ri, lh)
         for rj in range(stride[1]):
@@ -125,7 +146,8 @@ def _phase(k: int, s: int, p: int, r: int, length: int) -> tuple[list[int], int,
     return taps, len(taps) - 1 - d, count
 
 
-def _host(x: mx.array) -> np.ndarray:
+def host(x: mx.array) -> np.ndarray:
+    """x evaluated, as a C-contiguous numpy array: a view of MLX's buffer when x is contiguous."""
     return np.ascontiguousarray(np.asarray(x))  # evaluates x; a view of MLX's buffer when x is contiguous
 
 
@@ -155,6 +177,6 @@ def _affine(bn) -> tuple[np.ndarray, np.ndarray]:
     params = tuple(bn.get(k) for k in ("weight", "bias", "running_mean", "running_var"))
     cached = bn.__dict__.get("_kernel_affine")
     if cached is None or any(a is not b for a, b in zip(cached[0], params, strict=True)):
-        cached = (params, tuple(_host(a) for a in bn.affine()))
+        cached = (params, tuple(host(a) for a in bn.affine()))
         object.__setattr__(bn, "_kernel_affine", cached)  # not a parameter
     return cached[1]

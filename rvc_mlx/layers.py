@@ -10,6 +10,7 @@ import numpy as np
 from threadpoolctl import threadpool_limits
 
 from rvc_mlx import cpu_kernels
+from rvc_mlx.testing.profile import profiled
 
 
 class GRU(nn.Module):
@@ -207,6 +208,13 @@ class Conv1d(nn.Conv1d):
             y = mx.addmm(y, x[:, j * d:j * d + n], self.weight[:, j, :].T)
         return y
 
+    @profiled
+    def leaky_host(self, x: np.ndarray, slope: float, valid: tuple[int, int],
+                   residual: np.ndarray | None = None) -> np.ndarray:
+        """Unpadded conv of host x read as leaky_relu(x, slope), frames outside `valid` as zeros, + residual, in
+        one kernel pass (`cpu_kernels.leaky_conv1d`); host (B, L', O) out."""
+        return cpu_kernels.leaky_conv1d(self, x, slope, valid, residual)
+
     def _strided(self, x: mx.array) -> mx.array:
         """Stride s as a stride-1 conv over frames folded s at a time: (B, L, C) -> (B, L/s, s*C) is a free reshape,
         and output t reads folded frames t .. t + ceil(k/s) - 1 (of the last one, only its first k mod s frames)."""
@@ -330,6 +338,7 @@ class Conv2d(nn.Conv2d):
         y = folded_tap_sum(flat, groups, b * per_image, self.get("bias"), fold=conv2d_fold(c, o))
         return y.reshape(b, per_image, o)[:, :ho * wp].reshape(b, ho, wp, o)[:, :, :wo]
 
+    @profiled
     def conv_bn_relu(self, x: mx.array, bn: "BatchNorm", residual: mx.array | None = None) -> mx.array:
         """relu(bn(self(x))) (+ residual): on the CPU kernel in one pass (its epilogue rounds each op as MLX does),
         else the conv and then one compiled pass for BN, ReLU and the add (the same ops, the same values)."""

@@ -42,3 +42,24 @@ def test_profiles_report_every_class_and_self_times_within_the_wall_time():
     tprof = profile_torch(tnet, lambda: tnet(torch.randn(1, 8, 2000)))
     assert tprof["conv"] > 0 and tprof["recurrent"] > 0 and tprof["gemm"] == 0
     assert sum(tprof[c] for c in OP_CLASSES) <= tprof["total"] * 1.05
+
+
+class _FusedCaller(nn.Module):
+    """Calls its conv through a @profiled method (as the synthesizer's fused resblocks do), not __call__."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = layers.Conv2d(16, 16, 3, padding=1)
+        self.bn = layers.BatchNorm(16)
+
+    def __call__(self, x):
+        return self.conv.conv_bn_relu(x, self.bn)
+
+
+def test_profiled_methods_are_charged_to_their_module_class_not_to_the_caller():
+    net = _FusedCaller()
+    net.eval()
+    x = mx.random.normal((1, 64, 64, 16))
+    prof = profile_mlx(net, lambda: net(x))
+    assert prof["conv"] > 0  # the kernel path never calls Conv2d.__call__: only the marked method is timed
+    assert layers.Conv2d.__dict__["conv_bn_relu"].profiled  # the patch is undone: the marked original is back

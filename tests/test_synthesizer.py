@@ -1,6 +1,8 @@
 """MLX synthesizer vs the float64 twin for every variant, with injected noise (end-to-end audio check), and the
 generator's chunked resblock stages against the original call path."""
 
+import sys
+
 import numpy as np
 import pytest
 import torch
@@ -66,18 +68,26 @@ def _stage_blocks(channels=8):
 
 
 @pytest.mark.parametrize("length", [1000, 241, 30])
-def test_resblock_stage_in_padded_time_chunks_equals_the_original_call_path_bit_for_bit(monkeypatch, length):
+@pytest.mark.parametrize("channels", [8, 32])  # 32: the fused kernel path on Linux (whole 16-lane vectors)
+def test_resblock_stage_in_padded_time_chunks_equals_the_original_call_path_bit_for_bit(monkeypatch, length,
+                                                                                       channels):
     import mlx.core as mx
+    from rvc_mlx import cpu_kernels
     from rvc_mlx.synthesizer import nsf_hifigan
 
-    blocks = _stage_blocks()
-    x = mx.random.normal((1, length, 8))
+    blocks = _stage_blocks(channels)
+    x = mx.random.normal((1, length, channels))
     original = [b(x) for b in blocks]
     expected = np.array(sum(original[1:], original[0]) / 3)
-    monkeypatch.setattr(nsf_hifigan, "CHUNK_BYTES", 4 * 8 * 100)  # 240-frame chunks (the floor: 4 x margin 60)
+    monkeypatch.setattr(nsf_hifigan, "CHUNK_BYTES", 4 * channels * 100)  # 240-frame chunks (floor: 4 x margin 60)
+    fused = []
+    monkeypatch.setattr(nsf_hifigan.ResBlock, "fused", lambda self, *a, __f=nsf_hifigan.ResBlock.fused:
+                        fused.append(1) or __f(self, *a))
     got = np.array(nsf_hifigan.resblock_stage(blocks, x))
-    assert got.shape == expected.shape == (1, length, 8)
+    assert got.shape == expected.shape == (1, length, channels)
     np.testing.assert_array_equal(got, expected)
+    assert bool(fused) == (channels == 32 and sys.platform.startswith("linux")) == cpu_kernels.leaky_conv1d_applies(
+        x, channels)
 
 
 def test_resblock_stage_takes_the_tapped_call_path_while_recording():

@@ -12,6 +12,7 @@ import mlx.core as mx
 import mlx.nn as nn
 import numpy as np
 
+from rvc_mlx import cpu_kernels
 from rvc_mlx.config import SynthConfig
 from rvc_mlx.layers import Conv1d, ConvTranspose1d, pad_time
 from rvc_mlx.testing.taps import recording, tap
@@ -76,6 +77,25 @@ class ResBlock(nn.Module):
             margin -= conv2.padding
         return x
 
+    def fused(self, x: np.ndarray, beyond: tuple[int, int]) -> np.ndarray:
+        """The `margin` path on host arrays, each conv in one kernel pass: leaky ReLU and the zeroed margins as
+        it reads its input, the residual add as it writes (`cpu_kernels.leaky_conv1d_applies`); same values."""
+        margin = self.margin
+        for conv1, conv2 in zip(self.convs1, self.convs2, strict=True):
+            xt = conv1.leaky_host(x, self.slope, _signal(x.shape[1], margin, beyond))
+            margin -= conv1.padding
+            crop = conv1.padding + conv2.padding
+            x = conv2.leaky_host(xt, self.slope, _signal(xt.shape[1], margin, beyond),
+                                 residual=x[:, crop:x.shape[1] - crop])
+            margin -= conv2.padding
+        return x
+
+
+def _signal(length: int, width: int, beyond: tuple[int, int]) -> tuple[int, int]:
+    """The frames of a `length`-frame chunk with `width`-frame margins that lie inside the signal (as
+    `_zero_margins`): [start, stop)."""
+    return max(0, width - beyond[0]), length - max(0, width - beyond[1])
+
 
 CHUNK_BYTES = 4 << 20  # per activation in a time chunk: small enough to stay in cache across a chunk's GEMMs
 
@@ -92,6 +112,14 @@ def resblock_stage(blocks: list[ResBlock], x: mx.array) -> mx.array:
     padded = pad_time(x, widest, widest)
     length = x.shape[1]
     rows = max(CHUNK_BYTES // (4 * x.shape[0] * x.shape[2]), 4 * widest)
+    if cpu_kernels.leaky_conv1d_applies(x, x.shape[2]):  # the whole stage on the host, one MLX copy at the end
+        padded, out = cpu_kernels.host(padded), np.empty(x.shape, dtype=np.float32)
+        for start in range(0, length, rows):
+            stop = min(start + rows, length)
+            outs = [block.fused(padded[:, widest - block.margin + start:widest + stop + block.margin],
+                                (start, length - stop)) for block in blocks]
+            out[:, start:stop] = _mean(outs)
+        return mx.array(out)
     chunks = []
     for start in range(0, length, rows):
         stop = min(start + rows, length)

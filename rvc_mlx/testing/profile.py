@@ -21,6 +21,13 @@ _RULES = (  # first match on the lower-cased class name
 )
 
 
+def profiled(method: Callable) -> Callable:
+    """Marks a module method besides __call__ that the MLX profiler times as its module's op class: a fused
+    kernel path that bypasses __call__ (its time would otherwise be charged to the caller's class)."""
+    method.profiled = True
+    return method
+
+
 def _depthwise(module: Any) -> bool:
     groups = getattr(module, "groups", 1)
     if not isinstance(groups, int) or groups <= 1:
@@ -85,27 +92,29 @@ def _patched_mlx(root, clock: _Clock) -> Iterator[None]:
     import mlx.core as mx
 
     classes = {type(m) for m in _mlx_modules(root)}
-    saved = {c: c.__dict__.get("__call__") for c in classes}
-    for c in classes:
-        original = c.__call__
+    names = {c: ["__call__"] + [n for n in dir(c) if getattr(getattr(c, n, None), "profiled", False)]
+             for c in classes}
+    saved = {(c, n): c.__dict__.get(n) for c in classes for n in names[c]}
+    for c, name in saved:
+        original = getattr(c, name)
 
         def timed(self, *args, __original=original, **kwargs):
             mx.eval([a for a in list(args) + list(kwargs.values()) if isinstance(a, mx.array)])
             clock.enter(op_class(self))
             out = __original(self, *args, **kwargs)
-            mx.eval(out)
+            mx.eval([o for o in (out if isinstance(out, tuple) else (out,)) if isinstance(o, mx.array)])
             clock.exit()
             return out
 
-        c.__call__ = timed
+        setattr(c, name, timed)
     try:
         yield
     finally:
-        for c, fn in saved.items():
+        for (c, name), fn in saved.items():
             if fn is None:
-                del c.__call__
+                delattr(c, name)
             else:
-                c.__call__ = fn
+                setattr(c, name, fn)
 
 
 def profile_mlx(root, run: Callable[[], Any]) -> dict[str, float]:
