@@ -20,10 +20,6 @@ except ImportError as exc:  # macOS (Metal / Accelerate convs), or a build witho
     _kernels = None
     _MISSING = str(exc)
 
-# Output rows narrower than this reuse each weight for too few pixels (RMVPE's 256/512 channels on 8/4 mel
-# columns: 3.3 / 4.0 ms vs MLX's native 3.1 / 3.0 ms); MLX's conv keeps those 2-D convs.
-MIN_WIDTH = 16
-
 
 def status() -> str:
     """One line: whether the CPU conv kernel is in use."""
@@ -46,10 +42,11 @@ def usable(x: mx.array) -> bool:
 
 
 def conv2d_applies(x: mx.array, kernel: tuple[int, int], padding: tuple[int, int], out_channels: int = 0) -> bool:
-    """Whether `conv2d` runs this (stride 1, dilation 1, groups 1) conv: `usable`, wide enough rows (and, for an
-    epilogue, output channels in whole vectors)."""
+    """Whether `conv2d` runs this (stride 1, dilation 1, groups 1) conv: `usable`, a non-empty output (and, for
+    an epilogue, output channels in whole vectors)."""
     width = x.shape[2] + 2 * padding[1] - kernel[1] + 1
-    return usable(x) and width >= MIN_WIDTH and out_channels % _kernels.LANES == 0
+    height = x.shape[1] + 2 * padding[0] - kernel[0] + 1
+    return usable(x) and width >= 1 and height >= 1 and out_channels % _kernels.LANES == 0
 
 
 def conv2d(module, x: mx.array, padding: tuple[int, int], bn=None, relu: bool = False,

@@ -154,6 +154,13 @@ class GLU(nn.Module):
         return a * sigmoid(b)
 
 
+class Sigmoid(nn.Module):
+    """torch.nn.Sigmoid(); any layout."""
+
+    def __call__(self, x: mx.array) -> mx.array:
+        return sigmoid(x)
+
+
 class Tanh(nn.Module):
     """torch.nn.Tanh(); any layout."""
 

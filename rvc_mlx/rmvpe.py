@@ -15,6 +15,7 @@ from rvc_mlx.config import RMVPE as CFG
 from rvc_mlx.audio import check_mono
 from rvc_mlx.config import RMVPEConfig
 from rvc_mlx.dsp import log_mel, mel_filterbank
+from rvc_mlx.fastmath import Sigmoid
 from rvc_mlx.layers import GRU, BatchNorm, Conv2d, ConvTranspose2d
 from rvc_mlx.testing.taps import recording, tap
 
@@ -178,7 +179,7 @@ class E2E(nn.Module):
             BiGRU(3 * cfg.n_mels, cfg.gru_hidden),
             nn.Linear(2 * cfg.gru_hidden, cfg.n_class),
             nn.Dropout(0.25),
-            nn.Sigmoid(),
+            Sigmoid(),
         ]
 
     def __call__(self, mel: mx.array) -> mx.array:

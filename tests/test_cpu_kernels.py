@@ -40,8 +40,10 @@ def test_the_kernel_is_built_and_used_on_linux():
 
 # (batch, C, O, kernel, padding, (H, W)): wide rows (one row per block), narrow rows (a window of rows per block),
 # C = 1, O not a multiple of the vector width (zero-padded channels), more channels than one pass sums (chunks),
-# an asymmetric kernel, padding 2 and none.
+# an asymmetric kernel, padding 2 and none; narrow images split into several windows of rows, and into work
+# items of 64 output channels with a narrower last one (160 = 64 + 64 + 32).
 CONV_CASES = [(2, 16, 16, 3, 1, (9, 40)), (1, 1, 16, 3, 1, (12, 17)), (1, 32, 3, 3, 1, (10, 19)),
+              (1, 96, 160, 3, 1, (6, 5)), (2, 16, 64, 3, 1, (70, 8)), (1, 48, 80, 3, 1, (40, 4)),
               (1, 96, 48, 3, 1, (6, 5)), (2, 8, 32, (2, 3), (0, 2), (7, 30)), (1, 128, 128, 3, 1, (5, 16)),
               (1, 16, 32, 5, 2, (8, 21)), (1, 24, 16, 3, 0, (9, 20)), (3, 40, 16, 1, 0, (4, 3))]
 

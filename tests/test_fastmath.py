@@ -58,6 +58,7 @@ def test_activation_modules_are_the_functions():
     assert np.array_equal(np.array(fastmath.GELU()(x)), np.array(fastmath.gelu(x)))
     assert np.array_equal(np.array(fastmath.SiLU()(x)), np.array(fastmath.silu(x)))
     assert np.array_equal(np.array(fastmath.Tanh()(x)), np.array(fastmath.tanh(x)))
+    assert np.array_equal(np.array(fastmath.Sigmoid()(x)), np.array(fastmath.sigmoid(x)))
     a, b = np.split(np.array(x), 2, axis=-1)
     glu = np.array(fastmath.GLU(axis=-1)(x))
     assert np.abs(glu - a / (1 + np.exp(-b))).max() < 1e-6
