@@ -9,7 +9,7 @@ REFERENCE_PACKAGES := torchcrepe==0.0.24 torchfcpe==0.0.4
 
 .PHONY: test parity golden bench install clean
 
-$(STAMP): pyproject.toml setup.py $(wildcard csrc/*.cpp)
+$(STAMP): pyproject.toml setup.py $(wildcard csrc/*.cpp csrc/*.h)
 	@sh tools/ensure-openblas.sh
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --disable-pip-version-check -e '.[dev]'

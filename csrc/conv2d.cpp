@@ -6,31 +6,17 @@
 // 2 AVX-512 cores, near torch's oneDNN). Summation per output: for each pass over 32 input channels
 // (CHANNEL_STEP), taps (i, j) row-major and the pass's channels in order with fused multiply-adds (the first
 // pass starts from the bias, the others from zero), each pass's sum added to the running total.
-#define PY_SSIZE_T_CLEAN
-#include <Python.h>
+#include "kernels.h"
 
 #include <algorithm>
 #include <atomic>
 #include <climits>
-#include <cstdlib>
+#include <cstring>
 #include <new>
 #include <system_error>
-#include <cstring>
-#include <type_traits>
 #include <thread>
-#ifdef __linux__
-#include <sched.h>
-#endif
+#include <type_traits>
 #include <vector>
-
-#if defined(__AVX512F__)
-constexpr int LANES = 16;
-#elif defined(__AVX__)
-constexpr int LANES = 8;
-#else
-constexpr int LANES = 4;
-#endif
-typedef float vf __attribute__((vector_size(LANES * 4), aligned(4)));  // aligned(4): unaligned loads/stores
 
 namespace {
 
@@ -178,15 +164,6 @@ struct Placement {
   int pt, pl, ho, wo, oy, ox, sy, sx, Yh, Yw;
 };
 
-// Cores this process may run on (its affinity mask: a container's limit, not the host's count).
-long cores() {
-#ifdef __linux__
-  cpu_set_t set;
-  if (sched_getaffinity(0, sizeof(set), &set) == 0) return std::max(1, CPU_COUNT(&set));
-#endif
-  return std::max(1u, std::thread::hardware_concurrency());
-}
-
 // Rows narrower than this are computed a window of rows at a time (List addressing); rows wider than TILE (1-D
 // convs: one row of thousands of frames) in tiles of TILE pixels, so that every core gets work.
 constexpr int NARROW = 32;
@@ -273,23 +250,7 @@ void conv2d(const float* x, int B, int H, int W, const float* w, const float* bi
   for (auto& t : threads) t.join();
 }
 
-struct Buffer {
-  Py_buffer view{};
-  bool held = false;
-  ~Buffer() {
-    if (held) PyBuffer_Release(&view);
-  }
-  bool get(PyObject* obj, int flags, const char* name, int ndim) {
-    if (PyObject_GetBuffer(obj, &view, flags | PyBUF_C_CONTIGUOUS | PyBUF_FORMAT) != 0) return false;
-    held = true;
-    if (view.itemsize != 4 || !view.format || std::strcmp(view.format, "f") != 0 || view.ndim != ndim) {
-      PyErr_Format(PyExc_ValueError, "conv2d_nhwc: %s must be a C-contiguous float32 array of %d dims", name, ndim);
-      return false;
-    }
-    return true;
-  }
-  const float* data() const { return static_cast<const float*>(view.buf); }
-};
+}  // namespace
 
 PyObject* py_conv2d(PyObject*, PyObject* args) {
   PyObject *xo, *wo, *bo, *yo, *so = Py_None, *ho = Py_None, *ro = Py_None;
@@ -305,7 +266,8 @@ PyObject* py_conv2d(PyObject*, PyObject* args) {
     pre.slope = (float)PyFloat_AsDouble(slope_o);
     if (PyErr_Occurred()) return nullptr;
   }
-  Buffer xb, wb, bb, yb, sb, hb, rb;
+  Buffer xb("conv2d_nhwc"), wb("conv2d_nhwc"), bb("conv2d_nhwc"), yb("conv2d_nhwc"), sb("conv2d_nhwc"),
+      hb("conv2d_nhwc"), rb("conv2d_nhwc");
   if (!xb.get(xo, PyBUF_SIMPLE, "x", 4) || !wb.get(wo, PyBUF_SIMPLE, "w", 4) ||
       (bo != Py_None && !bb.get(bo, PyBUF_SIMPLE, "bias", 1)) || !yb.get(yo, PyBUF_WRITABLE, "y", 4) ||
       (so != Py_None && !sb.get(so, PyBUF_SIMPLE, "scale", 1)) ||
@@ -352,25 +314,3 @@ PyObject* py_conv2d(PyObject*, PyObject* args) {
   Py_RETURN_NONE;
 }
 
-PyMethodDef methods[] = {
-    {"conv2d_nhwc", py_conv2d, METH_VARARGS,
-     "conv2d_nhwc(x, w, bias, y, (pt, pl), (ho, wo), (oy, ox), (sy, sx)): y[b, oy + h*sy, ox + w*sx] = bias + "
-     "sum over i, j of x[b, h + i - pt, w + j - pl] @ w[i, j] (zero outside x), h < ho, w < wo; x (B, H, W, C), "
-     "w (kh, kw, C, O), y (B, Yh, Yw, O), float32 C-contiguous, O a multiple of LANES. Optional scale, shift, "
-     "relu, residual: y = relu(y * scale + shift) + residual, as MLX computes BatchNorm -> ReLU -> add; dilation: "
-     "along rows, tap j reads column w + j * dilation - pl; slope: x is read as max(x, x * slope) (leaky ReLU); "
-     "(v0, v1): only input columns v0 <= w < v1 are read, the others as zeros."},
-    {nullptr, nullptr, 0, nullptr}};
-
-PyModuleDef module = {PyModuleDef_HEAD_INIT, "_kernels", "CPU kernels MLX lacks a fast form of.", -1, methods};
-
-}  // namespace
-
-PyMODINIT_FUNC PyInit__kernels() {
-  PyObject* m = PyModule_Create(&module);
-  if (m && PyModule_AddIntConstant(m, "LANES", LANES) != 0) {
-    Py_DECREF(m);
-    return nullptr;
-  }
-  return m;
-}

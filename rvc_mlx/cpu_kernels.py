@@ -128,6 +128,21 @@ def conv_transpose2d(module, x: mx.array, stride, padding, output_padding) -> mx
     return _to_mlx(y, o)
 
 
+def gru_scan(gis: list[mx.array], w_hh: list[mx.array], b_hh: list[mx.array]) -> tuple[list, list]:
+    """torch's GRU recurrence per direction (the first forward, a second reversed), the directions in parallel:
+    input projections gi (B, T, 3H), w_hh (3H, H), b_hh (3H) -> outputs (B, T, H) and last states (B, H)."""
+    b, t, h3 = gis[0].shape
+    outs = [np.empty((b, t, h3 // 3), dtype=np.float32) for _ in gis]
+    last = [np.empty((b, h3 // 3), dtype=np.float32) for _ in gis]
+    _kernels.gru_scan([(host(gi), _transposed(w), host(bias), out, h, i == 1)
+                       for i, (gi, w, bias, out, h) in enumerate(zip(gis, w_hh, b_hh, outs, last, strict=True))])
+    return [mx.array(o) for o in outs], [mx.array(h) for h in last]
+
+
+def _transposed(w: mx.array) -> np.ndarray:
+    return np.ascontiguousarray(np.asarray(w).T)
+
+
 def _to_mlx(y: np.ndarray, out_channels: int) -> mx.array:
     """MLX's copy of y without the zero channels that rounded O up to the vector width."""
     return mx.array(y if y.shape[-1] == out_channels else y[..., :out_channels])

@@ -18,6 +18,8 @@ class GRU(nn.Module):
 
     Parameter names and gate order (r, z, n) are torch's, so checkpoints load without renaming:
     n = tanh(W_in x + b_in + r * (W_hn h + b_hn)), h' = n + z * (h - n)  (torch's CPU cell form).
+    On the CPU the recurrence runs in the kernel (`cpu_kernels.gru_scan`, both directions in parallel), else in
+    numpy (`_gru_scan_host`) or as compiled MLX steps (other devices).
     """
 
     def __init__(self, input_size: int, hidden_size: int, bidirectional: bool = False):
@@ -48,6 +50,12 @@ class GRU(nn.Module):
         return mx.stack(outs, axis=1), h
 
     def __call__(self, x: mx.array) -> tuple[mx.array, mx.array]:
+        suffixes = ("_l0", "_l0_reverse") if self.bidirectional else ("_l0",)
+        if cpu_kernels.usable(x):  # the CPU kernel's scan: both directions at once, on a core each
+            gis = [x @ getattr(self, "weight_ih" + s).T + getattr(self, "bias_ih" + s) for s in suffixes]
+            outs, hs = cpu_kernels.gru_scan(gis, [getattr(self, "weight_hh" + s) for s in suffixes],
+                                            [getattr(self, "bias_hh" + s) for s in suffixes])
+            return mx.concatenate(outs, axis=-1) if len(outs) > 1 else outs[0], mx.stack(hs)
         out, h = self._direction(x, "_l0", reverse=False)
         if not self.bidirectional:
             return out, h[None]

@@ -1,6 +1,8 @@
 """The fast MLX building blocks compute what torch computes: each layer against torch in float64 on random
 weights, with an error no worse than 2x torch's own float32 error (plus a floor of a few float32 ulps)."""
 
+import sys
+
 import mlx.core as mx
 import mlx.nn as nn
 import numpy as np
@@ -137,9 +139,17 @@ def test_batchnorm_eval_matches_torch():
 
 
 @pytest.mark.parametrize("bidirectional", [False, True])
-def test_gru_matches_torch_over_a_long_sequence(bidirectional):
-    g_t = torch.nn.GRU(12, 16, batch_first=True, bidirectional=bidirectional)
-    g_m = layers.GRU(12, 16, bidirectional=bidirectional)
+@pytest.mark.parametrize("hidden", [16, 48])  # 3H = 48: scalar columns only; 144: vector blocks + a scalar tail
+@pytest.mark.parametrize("kernel", [True, False])  # the CPU kernel's scan, or the numpy/MLX scan without it
+def test_gru_matches_torch_over_a_long_sequence(bidirectional, hidden, kernel, monkeypatch):
+    if not kernel:
+        monkeypatch.setattr(cpu_kernels, "_kernels", None)
+    elif not sys.platform.startswith("linux"):
+        pytest.skip("the CPU kernel is built on Linux only")
+    else:
+        assert cpu_kernels._kernels is not None, f"{cpu_kernels.status()}: run `make test`, which builds it"
+    g_t = torch.nn.GRU(12, hidden, batch_first=True, bidirectional=bidirectional)
+    g_m = layers.GRU(12, hidden, bidirectional=bidirectional)
     g_m.load_weights([(k, mx.array(v.detach().numpy())) for k, v in g_t.state_dict().items()])
     x = _randn(2, 300, 12)
     out, h = g_m(mx.array(x))

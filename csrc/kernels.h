@@ -1,0 +1,56 @@
+// Shared by the rvc_mlx._kernels sources: vector type, Python buffer access, core count, entry points.
+#pragma once
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+
+#include <algorithm>
+#include <cstring>
+#include <thread>
+#ifdef __linux__
+#include <sched.h>
+#endif
+
+#if defined(__AVX512F__)
+constexpr int LANES = 16;
+#elif defined(__AVX__)
+constexpr int LANES = 8;
+#else
+constexpr int LANES = 4;
+#endif
+typedef float vf __attribute__((vector_size(LANES * 4), aligned(4)));  // aligned(4): unaligned loads/stores
+
+// A held Python buffer of a C-contiguous float32 array; errors name the calling function and the argument.
+struct Buffer {
+  const char* fn;
+  Py_buffer view{};
+  bool held = false;
+  explicit Buffer(const char* function) : fn(function) {}
+  Buffer(const Buffer&) = delete;
+  Buffer& operator=(const Buffer&) = delete;
+  ~Buffer() {
+    if (held) PyBuffer_Release(&view);
+  }
+  bool get(PyObject* obj, int flags, const char* name, int ndim) {
+    if (PyObject_GetBuffer(obj, &view, flags | PyBUF_C_CONTIGUOUS | PyBUF_FORMAT) != 0) return false;
+    held = true;
+    if (view.itemsize != 4 || !view.format || std::strcmp(view.format, "f") != 0 || view.ndim != ndim) {
+      PyErr_Format(PyExc_ValueError, "%s: %s must be a C-contiguous float32 array of %d dims", fn, name, ndim);
+      return false;
+    }
+    return true;
+  }
+  const float* data() const { return static_cast<const float*>(view.buf); }
+  float* mutable_data() const { return static_cast<float*>(view.buf); }
+};
+
+// Cores this process may run on (its affinity mask: a container's limit, not the host's count).
+inline long cores() {
+#ifdef __linux__
+  cpu_set_t set;
+  if (sched_getaffinity(0, sizeof(set), &set) == 0) return std::max(1, CPU_COUNT(&set));
+#endif
+  return std::max(1u, std::thread::hardware_concurrency());
+}
+
+PyObject* py_conv2d(PyObject*, PyObject* args);
+PyObject* py_gru_scan(PyObject*, PyObject* args);

@@ -1,0 +1,31 @@
+// rvc_mlx._kernels: CPU kernels MLX's Linux build lacks a fast form of (conv2d.cpp, gru.cpp).
+#include "kernels.h"
+
+namespace {
+
+PyMethodDef methods[] = {
+    {"conv2d_nhwc", py_conv2d, METH_VARARGS,
+     "conv2d_nhwc(x, w, bias, y, (pt, pl), (ho, wo), (oy, ox), (sy, sx)): y[b, oy + h*sy, ox + w*sx] = bias + "
+     "sum over i, j of x[b, h + i - pt, w + j - pl] @ w[i, j] (zero outside x), h < ho, w < wo; x (B, H, W, C), "
+     "w (kh, kw, C, O), y (B, Yh, Yw, O), float32 C-contiguous, O a multiple of LANES. Optional scale, shift, "
+     "relu, residual: y = relu(y * scale + shift) + residual, as MLX computes BatchNorm -> ReLU -> add; dilation: "
+     "along rows, tap j reads column w + j * dilation - pl; slope: x is read as max(x, x * slope) (leaky ReLU); "
+     "(v0, v1): only input columns v0 <= w < v1 are read, the others as zeros."},
+    {"gru_scan", py_gru_scan, METH_VARARGS,
+     "gru_scan(directions): for each (gi, w_hh, b_hh, out, h, reverse), gi (B, T, 3H) the input projections, "
+     "w_hh (H, 3H), b_hh (3H): torch's GRU recurrence (gates r, z, n) from h = 0 over t (descending if reverse), "
+     "out[b, t] = h_t (B, T, H), h = the last state (B, H); the directions run on threads of their own."},
+    {nullptr, nullptr, 0, nullptr}};
+
+PyModuleDef module = {PyModuleDef_HEAD_INIT, "_kernels", "CPU kernels MLX lacks a fast form of.", -1, methods};
+
+}  // namespace
+
+PyMODINIT_FUNC PyInit__kernels() {
+  PyObject* m = PyModule_Create(&module);
+  if (m && PyModule_AddIntConstant(m, "LANES", LANES) != 0) {
+    Py_DECREF(m);
+    return nullptr;
+  }
+  return m;
+}
