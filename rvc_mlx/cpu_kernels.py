@@ -103,10 +103,14 @@ def _conv(module, key, select, x: np.ndarray, padding: tuple[int, int], dilation
     return y
 
 
-def conv_transpose2d(module, x: mx.array, stride, padding, output_padding) -> mx.array:
+def conv_transpose2d(module, x: mx.array, stride, padding, output_padding, bn=None, relu: bool = False) -> mx.array:
     """`module`'s transposed conv (weight (O, kh, kw, C): tap (i, j) of input pixel a lands on a * s - p + (i, j))
-    as one direct conv per output phase (y[r::s] reads only the taps i = r + p mod s), written in place."""
+    as one direct conv per output phase (y[r::s] reads only the taps i = r + p mod s), written in place; then,
+    in each phase's epilogue, y * alpha + beta (`bn`, eval; O a multiple of the vector width) and ReLU."""
     o, kh, kw, _ = module.weight.shape
+    if bn is not None and o % _kernels.LANES:
+        raise ValueError(f"conv_transpose2d epilogue needs output channels in multiples of {_kernels.LANES}, got {o}")
+    scale, shift = (None, None) if bn is None else _affine(bn)
     b, h, w, _ = x.shape
     lh = (h - 1) * stride[0] - 2 * padding[0] + kh + output_padding[0]
     lw = (w - 1) * stride[1] - 2 * padding[1] + kw + output_padding[1]
@@ -121,10 +125,11 @@ def conv_transpose2d(module, x: mx.array, stride, padding, output_padding) -> mx
             if not rows or not cols:
                 continue
             if not taps_h or not taps_w:  # no tap reaches this phase: the bias alone, as torch
-                y[:, ri::stride[0], rj::stride[1]] = 0.0 if bias is None else bias
+                y[:, ri::stride[0], rj::stride[1]] = _epilogue(np.zeros(y.shape[-1], np.float32) if bias is None
+                                                               else bias, scale, shift, relu)
                 continue
             weight = _packed(module, (ri, rj), lambda w, th=taps_h, tw=taps_w: w[:, th][:, :, tw])
-            _kernels.conv2d_nhwc(xn, weight, bias, y, (pt, pl), (rows, cols), (ri, rj), stride)
+            _kernels.conv2d_nhwc(xn, weight, bias, y, (pt, pl), (rows, cols), (ri, rj), stride, scale, shift, relu)
     return _to_mlx(y, o)
 
 
@@ -141,6 +146,13 @@ def gru_scan(gis: list[mx.array], w_hh: list[mx.array], b_hh: list[mx.array]) ->
 
 def _transposed(w: mx.array) -> np.ndarray:
     return np.ascontiguousarray(np.asarray(w).T)
+
+
+def _epilogue(v: np.ndarray, scale, shift, relu: bool) -> np.ndarray:
+    """The kernel's epilogue on host values: v * scale + shift (two roundings), then ReLU."""
+    if scale is not None:
+        v = v * scale + shift
+    return np.maximum(v, np.float32(0)) if relu else v
 
 
 def _to_mlx(y: np.ndarray, out_channels: int) -> mx.array:

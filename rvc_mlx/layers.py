@@ -297,6 +297,7 @@ def _pair(v) -> tuple[int, int]:
 # small images (RMVPE's bottom: 2048 pixels or fewer; e.g. 512 ch on 32x4: 3.0 vs 7.4 ms); the shifted-GEMM sum
 # wins everywhere else (64 -> 32 ch on 512x64: 11.6 vs 28 ms). Errors of both stay below torch's.
 NATIVE_CONV2D_CHANNELS = 64
+THIN_GEMM_OUTPUTS = 32
 NATIVE_CONV2D_MAX_PIXELS = 2048
 
 
@@ -324,7 +325,9 @@ class Conv2d(nn.Conv2d):
         if _pair(self.stride) != (1, 1) or self.groups != 1 or _pair(self.dilation) != (1, 1):
             return super().__call__(x)
         ph, pw = _pair(self.padding)
-        if (kh, kw) != (1, 1) and cpu_kernels.conv2d_applies(x, (kh, kw), (ph, pw)):  # 1 x 1: one GEMM already
+        # a 1 x 1 conv is one GEMM, as fast as the kernel unless it is thin: OpenBLAS runs (N, C) x (C, <= 32) at
+        # half the kernel's speed (RMVPE's shortcuts: 32 -> 16 ch on 1024 x 128, 4.9 vs 2.8 ms)
+        if ((kh, kw) != (1, 1) or o <= THIN_GEMM_OUTPUTS) and cpu_kernels.conv2d_applies(x, (kh, kw), (ph, pw)):
             return cpu_kernels.conv2d(self, x, (ph, pw))
         if _native_conv2d(c, x.shape[1] * x.shape[2]):
             return super().__call__(x)
@@ -399,6 +402,17 @@ class ConvTranspose2d(nn.ConvTranspose2d):
             full = mx.pad(full, [(0, 0), (0, extra_h), (0, extra_w), (0, 0)])
         y = full[:, ph:ph + lh, pw:pw + lw]
         return y + self.bias if "bias" in self else y
+
+    @profiled
+    def conv_bn_relu(self, x: mx.array, bn: "BatchNorm") -> mx.array:
+        """relu(bn(self(x))): on the CPU kernel, BN and ReLU are each phase conv's epilogue (rounded as MLX's ops
+        round them); otherwise the three layers in turn."""
+        o = self.weight.shape[0]
+        if (_pair(self.dilation) == (1, 1) and not bn.training and "running_mean" in bn
+                and cpu_kernels.conv2d_applies(x, (1, 1), (0, 0), o)):
+            return cpu_kernels.conv_transpose2d(self, x, _pair(self.stride), _pair(self.padding),
+                                                _pair(self.output_padding), bn=bn, relu=True)
+        return nn.relu(bn(self(x)))
 
 
 class BatchNorm(nn.BatchNorm):

@@ -117,8 +117,11 @@ class ResDecoderBlock(nn.Module):
         self.conv2 += [ConvBlockRes(out_channels, out_channels) for _ in range(cfg.n_blocks - 1)]
 
     def __call__(self, x: mx.array, concat_tensor: mx.array) -> mx.array:
-        for layer in self.conv1:
-            x = layer(x)
+        if recording():  # layer by layer, so that each one is tapped
+            for layer in self.conv1:
+                x = layer(x)
+        else:  # transposed conv -> BN -> ReLU in one pass: the same values
+            x = self.conv1[0].conv_bn_relu(x, self.conv1[1])
         x = mx.concatenate([x, concat_tensor], axis=-1)
         for block in self.conv2:
             x = block(x)

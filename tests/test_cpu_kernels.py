@@ -5,6 +5,7 @@ bit; and the layers fall back to their MLX paths when it is missing."""
 import sys
 
 import mlx.core as mx
+import mlx.nn as nn
 import numpy as np
 import pytest
 import torch
@@ -108,6 +109,24 @@ def test_fused_conv_bn_relu_residual_equals_the_layer_by_layer_ops_bit_for_bit(c
     block = _block(c_in, c_out)
     x = mx.random.normal((2, *hw, c_in))
     np.testing.assert_array_equal(np.array(block(x)), np.array(_layer_by_layer(block, x)))
+
+
+# (C, O, kernel, stride, padding, output padding, (H, W)): RMVPE's decoder step, asymmetric strides, phases no tap
+# reaches (kernel 2 < stride 3: the bias alone, through the epilogue), and O not a multiple of the vector width
+# (the layers in turn).
+@pytest.mark.parametrize("c_in,c_out,k,stride,pad,out_pad,hw", [
+    (64, 32, 3, (2, 2), 1, (1, 1), (32, 4)), (16, 16, 3, (1, 2), (1, 0), (0, 1), (8, 5)),
+    (16, 32, 2, 3, 0, 0, (5, 5)), (16, 8, 3, 2, 1, 1, (6, 6))])
+def test_fused_transposed_conv_bn_relu_equals_the_layer_by_layer_ops_bit_for_bit(c_in, c_out, k, stride, pad, out_pad,
+                                                                                  hw):
+    mx.random.seed(c_in + c_out)
+    tconv = layers.ConvTranspose2d(c_in, c_out, k, stride=stride, padding=pad, output_padding=out_pad)
+    bn = layers.BatchNorm(c_out)
+    bn.running_mean, bn.running_var = mx.random.normal((c_out,)), mx.random.uniform(0.5, 2.0, (c_out,))
+    bn.weight, bn.bias = mx.random.normal((c_out,)), mx.random.normal((c_out,))
+    bn.eval()
+    x = mx.random.normal((2, *hw, c_in))
+    np.testing.assert_array_equal(np.array(tconv.conv_bn_relu(x, bn)), np.array(nn.relu(bn(tconv(x)))))
 
 
 def test_conv_block_takes_the_tapped_layer_by_layer_path_while_recording():
