@@ -1,4 +1,4 @@
-"""Builds rvc_mlx._kernels, the CPU conv and GRU kernels (csrc/), on Linux; everything else is in pyproject.toml.
+"""Builds rvc_mlx._kernels (csrc/: conv, depthwise conv, GRU) on Linux; everything else is in pyproject.toml.
 
 -march=native: the kernel is built by `pip install -e .` on the machine that runs it, and uses its widest
 vectors (AVX-512 here). macOS runs MLX's native convs on Metal / Accelerate and builds no extension."""
@@ -11,7 +11,7 @@ ext_modules = []
 if sys.platform.startswith("linux"):
     ext_modules.append(Extension(
         "rvc_mlx._kernels",
-        sources=["csrc/module.cpp", "csrc/conv2d.cpp", "csrc/gru.cpp"],
+        sources=["csrc/module.cpp", "csrc/conv2d.cpp", "csrc/depthwise.cpp", "csrc/gru.cpp"],
         depends=["csrc/kernels.h"],
         language="c++",
         extra_compile_args=["-O3", "-march=native", "-std=c++17", "-pthread"],

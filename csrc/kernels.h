@@ -53,4 +53,5 @@ inline long cores() {
 }
 
 PyObject* py_conv2d(PyObject*, PyObject* args);
+PyObject* py_depthwise_conv1d(PyObject*, PyObject* args);
 PyObject* py_gru_scan(PyObject*, PyObject* args);

@@ -133,6 +133,32 @@ def conv_transpose2d(module, x: mx.array, stride, padding, output_padding, bn=No
     return _to_mlx(y, o)
 
 
+def depthwise_applies(x: mx.array, channels: int) -> bool:
+    """Whether `depthwise_conv1d` runs a depthwise conv of x over `channels` (whole vectors of channels)."""
+    return usable(x) and channels % _kernels.LANES == 0
+
+
+def depthwise_conv1d(module, x: mx.array, padding: int, glu: bool = False, silu: bool = False) -> mx.array:
+    """`module`'s depthwise conv (weight (C, k, 1), optional bias, stride 1, dilation 1) of NLC x with zero padding:
+    read as GLU(x) (a * sigmoid(b) of x's channel halves) if `glu`, written as SiLU(y) if `silu`."""
+    c, k, _ = module.weight.shape
+    b, length, _ = x.shape
+    weight = _packed_depthwise(module)
+    y = np.empty((b, length + 2 * padding - k + 1, c), dtype=np.float32)
+    bias = np.asarray(module.bias, dtype=np.float32) if "bias" in module else None
+    _kernels.depthwise_conv1d(host(x), weight, bias, y, padding, glu, silu)
+    return mx.array(y)
+
+
+def _packed_depthwise(module) -> np.ndarray:
+    """weight (C, k, 1) as (k, C), kept on the module until its weight array is replaced."""
+    cache = module.__dict__.get("_kernel_depthwise")
+    if cache is None or cache[0] is not module.weight:
+        cache = (module.weight, np.ascontiguousarray(np.asarray(module.weight, dtype=np.float32)[:, :, 0].T))
+        object.__setattr__(module, "_kernel_depthwise", cache)  # not a parameter
+    return cache[1]
+
+
 def gru_scan(gis: list[mx.array], w_hh: list[mx.array], b_hh: list[mx.array]) -> tuple[list, list]:
     """torch's GRU recurrence per direction (the first forward, a second reversed), the directions in parallel:
     input projections gi (B, T, 3H), w_hh (3H, H), b_hh (3H) -> outputs (B, T, H) and last states (B, H)."""

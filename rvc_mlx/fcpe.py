@@ -16,7 +16,7 @@ from rvc_mlx.audio import check_mono
 from rvc_mlx.checkpoints import check_fcpe_checkpoint
 from rvc_mlx.config import FCPE_CFG, FCPEConfig
 from rvc_mlx.dsp import hann_window, mel_filterbank
-from rvc_mlx.testing.taps import tap
+from rvc_mlx.testing.taps import recording, tap
 from rvc_mlx.fastmath import GLU, SiLU, sigmoid
 from rvc_mlx.layers import Conv1d
 
@@ -86,9 +86,13 @@ class ConformerConvModule(nn.Module):
         ]
 
     def __call__(self, x: mx.array) -> mx.array:
-        for layer in self.net:
-            x = layer(x)
-        return x
+        if recording():  # layer by layer, so that each one is tapped
+            for layer in self.net:
+                x = layer(x)
+            return x
+        norm, _, conv_in, _, depthwise, _, conv_out, _, _ = self.net
+        # GLU -> depthwise conv -> SiLU in one pass on the CPU kernel (fastmath's GLU and SiLU elsewhere)
+        return conv_out(depthwise.conv.glu_depthwise_silu(conv_in(norm(x))))
 
 
 class CFNEncoderLayer(nn.Module):

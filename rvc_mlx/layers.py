@@ -9,7 +9,7 @@ import mlx.nn as nn
 import numpy as np
 from threadpoolctl import threadpool_limits
 
-from rvc_mlx import cpu_kernels
+from rvc_mlx import cpu_kernels, fastmath
 from rvc_mlx.testing.profile import profiled
 
 
@@ -197,6 +197,8 @@ class Conv1d(nn.Conv1d):
         # a pointwise conv is one GEMM already (and OpenBLAS's blocked sum keeps the attention logits' rounding)
         if k > 1 and not depthwise and self.stride == 1 and self.groups == 1 and cpu_kernels.usable(x):
             return cpu_kernels.conv1d(self, x, self.padding if pad else 0, self.dilation)
+        if depthwise and self.stride == 1 and self.dilation == 1 and cpu_kernels.depthwise_applies(x, o):
+            return cpu_kernels.depthwise_conv1d(self, x, self.padding if pad else 0)
         if self.padding and pad:
             x = pad_time(x, self.padding, self.padding)
         if self.stride != 1:
@@ -215,6 +217,17 @@ class Conv1d(nn.Conv1d):
         for j in range(1, k):
             y = mx.addmm(y, x[:, j * d:j * d + n], self.weight[:, j, :].T)
         return y
+
+    @profiled
+    def glu_depthwise_silu(self, x: mx.array) -> mx.array:
+        """silu(self(glu(x))) for a depthwise conv (stride 1, dilation 1) of x's GLU (a * sigmoid(b) of its channel
+        halves): one kernel pass on the CPU (the GLU as it reads, the SiLU as it writes), else the three ops."""
+        o = self.weight.shape[0]
+        if (self.groups == o and self.weight.shape[2] == 1 and self.stride == 1 and self.dilation == 1
+                and cpu_kernels.depthwise_applies(x, o)):
+            return cpu_kernels.depthwise_conv1d(self, x, self.padding, glu=True, silu=True)
+        a, b = mx.split(x, 2, axis=-1)
+        return fastmath.silu(self(a * fastmath.sigmoid(b)))
 
     @profiled
     def leaky_host(self, x: np.ndarray, slope: float, valid: tuple[int, int],

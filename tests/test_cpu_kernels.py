@@ -11,7 +11,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from rvc_mlx import cpu_kernels, layers
+from rvc_mlx import cpu_kernels, fastmath, layers
 from rvc_mlx.rmvpe import ConvBlockRes
 from rvc_mlx.testing.taps import LayoutMap, LayoutRule, MLXRecorder
 
@@ -190,3 +190,51 @@ def test_conv1d_kernel_matches_torch_float64(c_in, c_out, k, dilation, length):
                              F.conv1d(torch.from_numpy(x), torch.from_numpy(w), torch.from_numpy(b), **args))
     assert err <= 3 * err_torch + 2.4e-7, f"kernel error {err:.2e} vs torch float32 {err_torch:.2e}"
     np.testing.assert_array_equal(np.array(conv(mx.array(x.transpose(0, 2, 1)))), np.array(y))  # the layer uses it
+
+
+# (C, k, padding, length): FCPE's conformer conv (k 31, "same"), a tail of frames under one register block, no
+# padding, and a sequence longer than one work tile (256 frames).
+DEPTHWISE_CASES = [(64, 31, 15, 100), (32, 5, 2, 13), (16, 3, 0, 40), (32, 7, 3, 700)]
+
+
+@needs_kernel
+@pytest.mark.parametrize("channels,k,pad,length", DEPTHWISE_CASES)
+def test_depthwise_conv1d_kernel_matches_torch_float64(channels, k, pad, length):
+    x, w, b = _randn(2, length, channels), _randn(channels, 1, k, scale=0.3), _randn(channels)
+    conv = layers.Conv1d(channels, channels, k, padding=pad, groups=channels)
+    conv.weight, conv.bias = mx.array(w.transpose(0, 2, 1)), mx.array(b)
+    assert cpu_kernels.depthwise_applies(mx.array(x), channels)
+    y = np.array(conv(mx.array(x)))
+    args = dict(padding=pad, groups=channels)
+    xt = torch.from_numpy(x).permute(0, 2, 1)
+    ref = F.conv1d(xt.double(), torch.from_numpy(w).double(), torch.from_numpy(b).double(), **args)
+    err, err_torch = _errors(y.transpose(0, 2, 1), ref, F.conv1d(xt, torch.from_numpy(w), torch.from_numpy(b), **args))
+    assert err <= 2 * err_torch + 2.4e-7, (err, err_torch)
+
+
+@needs_kernel
+@pytest.mark.parametrize("channels,k,pad,length", DEPTHWISE_CASES)
+def test_fused_glu_depthwise_silu_matches_torch_float64_and_the_ops_in_turn(channels, k, pad, length):
+    x, w, b = _randn(1, length, 2 * channels), _randn(channels, 1, k, scale=0.3), _randn(channels)
+    conv = layers.Conv1d(channels, channels, k, padding=pad, groups=channels)
+    conv.weight, conv.bias = mx.array(w.transpose(0, 2, 1)), mx.array(b)
+    fused = np.array(conv.glu_depthwise_silu(mx.array(x)))
+
+    def ref(dtype):
+        xt = torch.from_numpy(x).to(dtype).permute(0, 2, 1)
+        y = F.conv1d(F.glu(xt, dim=1), torch.from_numpy(w).to(dtype), torch.from_numpy(b).to(dtype), padding=pad,
+                     groups=channels)
+        return F.silu(y)
+
+    err, err_torch = _errors(fused.transpose(0, 2, 1), ref(torch.float64), ref(torch.float32))
+    assert err <= 2 * err_torch + 4.8e-7, (err, err_torch)
+    a, g = np.split(x, 2, axis=-1)  # the unfused MLX ops (fastmath's GLU and SiLU) agree to float32 rounding
+    in_turn = np.array(fastmath.silu(nn.Conv1d.__call__(conv, mx.array(a) * fastmath.sigmoid(mx.array(g)))))
+    np.testing.assert_allclose(fused, in_turn, rtol=0, atol=1e-6 * np.abs(in_turn).max())
+
+
+@needs_kernel
+def test_depthwise_kernel_refuses_mismatched_buffers_with_the_shapes_named():
+    x, w = np.zeros((1, 20, 32), np.float32), np.zeros((5, 16), np.float32)
+    with pytest.raises(ValueError, match=r"x \(1, 20, 32\), w \(5, 16\).*do not fit"):
+        cpu_kernels._kernels.depthwise_conv1d(x, w, None, np.zeros((1, 20, 16), np.float32), 2, False, False)

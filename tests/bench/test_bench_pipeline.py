@@ -34,6 +34,6 @@ def test_bench_pipeline(benchmark, parity, impl, seconds):
     profiler = profile_mlx if impl == "mlx" else profile_torch
     warm = (lambda: run(model, {**inputs, "audio": bench.speech(1)})) if seconds >= 60 else None
     out = bench.run(benchmark, impl, seconds, f"pipeline v2-40k-f0 rmvpe {seconds}s", fn,
-                    rounds=1 if seconds >= 10 else 3, profile=lambda: profiler(_roots(model, impl), fn), warm=warm)
+                    rounds=1 if seconds >= 60 else 3, profile=lambda: profiler(_roots(model, impl), fn), warm=warm)
     sr = model.synth.cfg.sr  # the original trims up to a window at the end
     assert 0.95 * seconds * sr <= out.size <= seconds * sr and np.isfinite(out).all()

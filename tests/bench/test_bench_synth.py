@@ -29,6 +29,6 @@ def test_bench_synth(benchmark, parity, variant, impl, seconds):
     if seconds >= 60:
         short, _ = comp.load_input(CaseSpec(frames=100, **spec))
         warm = (lambda: np.asarray(run(model, short)))
-    out = bench.run(benchmark, impl, seconds, f"synth {variant} {seconds}s", fn, rounds=1 if seconds >= 10 else 3,
+    out = bench.run(benchmark, impl, seconds, f"synth {variant} {seconds}s", fn, rounds=1 if seconds >= 60 else 3,
                     profile=prof, warm=warm)
     assert out.size == 100 * seconds * model.cfg.sr // 100 and np.isfinite(out).all()
