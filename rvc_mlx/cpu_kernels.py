@@ -35,6 +35,11 @@ def warn_if_missing() -> None:
                       f"and a C++ compiler (g++)", RuntimeWarning, stacklevel=3)
 
 
+def lanes() -> int:
+    """Floats per vector of the kernel (output channels come in multiples of it for epilogues); 0 if not built."""
+    return _kernels.LANES if _kernels is not None else 0
+
+
 def usable(x: mx.array) -> bool:
     """Whether the kernel can run a conv of x: built, CPU device, float32. Any size: a chunked 1-D conv must
     round each frame as the whole-signal conv does, so short chunks take the kernel too."""
@@ -103,21 +108,25 @@ def _conv(module, key, select, x: np.ndarray, padding: tuple[int, int], dilation
     return y
 
 
-def conv_transpose2d(module, x: mx.array, stride, padding, output_padding, bn=None, relu: bool = False) -> mx.array:
-    """`module`'s transposed conv (weight (O, kh, kw, C): tap (i, j) of input pixel a lands on a * s - p + (i, j))
-    as one direct conv per output phase (y[r::s] reads only the taps i = r + p mod s), written in place; then,
-    in each phase's epilogue, y * alpha + beta (`bn`, eval; O a multiple of the vector width) and ReLU."""
-    o, kh, kw, _ = module.weight.shape
-    if bn is not None and o % _kernels.LANES:
+def conv_transpose2d(module, x: mx.array, stride, padding, output_padding, bn=None, relu: bool = False,
+                     slope: float | None = None, residual: mx.array | None = None) -> mx.array:
+    """`module`'s transposed conv (weight (O, kh, kw, C): tap (i, j) of input pixel a lands on a * s - p + (i, j);
+    or (O, k, C) over NLC x: one row) as one direct conv per output phase (y[r::s] reads only the taps
+    i = r + p mod s), written in place. Fused, as MLX's ops round them: x read as leaky_relu(x, slope); in each
+    phase's epilogue y * alpha + beta (`bn`, eval), ReLU, + residual (shaped as y; both need O in whole vectors)."""
+    one_d = module.weight.ndim == 3
+    o, kh, kw = (module.weight.shape[0], 1, module.weight.shape[1]) if one_d else module.weight.shape[:3]
+    if (bn is not None or residual is not None) and o % _kernels.LANES:
         raise ValueError(f"conv_transpose2d epilogue needs output channels in multiples of {_kernels.LANES}, got {o}")
     scale, shift = (None, None) if bn is None else _affine(bn)
-    b, h, w, _ = x.shape
+    xn = host(x)[:, None] if one_d else host(x)
+    b, h, w, _ = xn.shape
     lh = (h - 1) * stride[0] - 2 * padding[0] + kh + output_padding[0]
     lw = (w - 1) * stride[1] - 2 * padding[1] + kw + output_padding[1]
+    res = None if residual is None else (host(residual)[:, None] if one_d else host(residual))
     bias = _bias(module)
     lanes = _kernels.LANES
     y = np.empty((b, lh, lw, o + -o % lanes), dtype=np.float32)
-    xn = host(x)
     for ri in range(stride[0]):
         taps_h, pt, rows = _phase(kh, stride[0], padding[0], ri, lh)
         for rj in range(stride[1]):
@@ -125,12 +134,15 @@ def conv_transpose2d(module, x: mx.array, stride, padding, output_padding, bn=No
             if not rows or not cols:
                 continue
             if not taps_h or not taps_w:  # no tap reaches this phase: the bias alone, as torch
-                y[:, ri::stride[0], rj::stride[1]] = _epilogue(np.zeros(y.shape[-1], np.float32) if bias is None
-                                                               else bias, scale, shift, relu)
+                v = _epilogue(np.zeros(y.shape[-1], np.float32) if bias is None else bias, scale, shift, relu)
+                y[:, ri::stride[0], rj::stride[1]] = v if res is None else v + res[:, ri::stride[0], rj::stride[1]]
                 continue
-            weight = _packed(module, (ri, rj), lambda w, th=taps_h, tw=taps_w: w[:, th][:, :, tw])
-            _kernels.conv2d_nhwc(xn, weight, bias, y, (pt, pl), (rows, cols), (ri, rj), stride, scale, shift, relu)
-    return _to_mlx(y, o)
+            weight = _packed(module, (ri, rj), lambda w, th=taps_h, tw=taps_w: (w[:, None] if one_d else w)[:, th][
+                :, :, tw])
+            _kernels.conv2d_nhwc(xn, weight, bias, y, (pt, pl), (rows, cols), (ri, rj), stride, scale, shift, relu,
+                                 res, 1, slope)
+    out = _to_mlx(y, o)
+    return out[:, 0] if one_d else out
 
 
 def depthwise_applies(x: mx.array, channels: int) -> bool:

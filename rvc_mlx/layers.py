@@ -267,6 +267,8 @@ class ConvTranspose1d(nn.ConvTranspose1d):
     def __call__(self, x: mx.array) -> mx.array:
         if self.dilation != 1:
             return super().__call__(x)
+        if cpu_kernels.usable(x):
+            return cpu_kernels.conv_transpose2d(self, x, (1, self.stride), (0, self.padding), (0, self.output_padding))
         o, k, c = self.weight.shape
         s, p = self.stride, self.padding
         b, t, _ = x.shape
@@ -282,6 +284,16 @@ class ConvTranspose1d(nn.ConvTranspose1d):
             full = mx.pad(full, [(0, 0), (0, p + length - full.shape[1]), (0, 0)])
         y = full[:, p:p + length]
         return y + self.bias if "bias" in self else y
+
+    @profiled
+    def leaky_add(self, x: mx.array, slope: float, residual: mx.array) -> mx.array:
+        """self(leaky_relu(x, slope)) + residual: on the CPU kernel in one pass (leaky ReLU as it reads, the add
+        as it writes), else the three ops."""
+        if (self.dilation == 1 and cpu_kernels.usable(x) and self.weight.shape[0] % cpu_kernels.lanes() == 0
+                and residual.dtype == mx.float32):
+            return cpu_kernels.conv_transpose2d(self, x, (1, self.stride), (0, self.padding),
+                                                (0, self.output_padding), slope=slope, residual=residual)
+        return self(mx.maximum(x, x * slope)) + residual
 
 
 def pad_time(x: mx.array, left: int, right: int) -> mx.array:

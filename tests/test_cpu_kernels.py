@@ -238,3 +238,29 @@ def test_depthwise_kernel_refuses_mismatched_buffers_with_the_shapes_named():
     x, w = np.zeros((1, 20, 32), np.float32), np.zeros((5, 16), np.float32)
     with pytest.raises(ValueError, match=r"x \(1, 20, 32\), w \(5, 16\).*do not fit"):
         cpu_kernels._kernels.depthwise_conv1d(x, w, None, np.zeros((1, 20, 16), np.float32), 2, False, False)
+
+
+# (C, O, k, stride, padding, output padding, length): the synthesizer's upsampling steps (40k: k 16 / stride 8;
+# 48k: 24 / 12; 4 / 2), an output padding, phases no tap reaches (k 2 < stride 3), O not a multiple of the vector.
+CONV_T1D_CASES = [(64, 32, 16, 8, 4, 0, 50), (32, 16, 24, 12, 6, 0, 20), (32, 16, 4, 2, 1, 0, 700),
+                  (16, 16, 5, 3, 1, 1, 40), (16, 16, 2, 3, 0, 0, 30), (16, 8, 4, 2, 1, 0, 20)]
+
+
+@needs_kernel
+@pytest.mark.parametrize("c_in,c_out,k,stride,pad,out_pad,length", CONV_T1D_CASES)
+def test_conv_transpose1d_phases_match_torch_float64_and_fuse_leaky_relu_and_an_add(c_in, c_out, k, stride, pad,
+                                                                                     out_pad, length):
+    x, w, b = _randn(2, c_in, length), _randn(c_in, c_out, k, scale=0.3), _randn(c_out)
+    conv = layers.ConvTranspose1d(c_in, c_out, k, stride=stride, padding=pad, output_padding=out_pad)
+    conv.weight, conv.bias = mx.array(w.transpose(1, 2, 0)), mx.array(b)
+    xm = mx.array(x.transpose(0, 2, 1))
+    y = np.array(conv(xm))
+    args = dict(stride=stride, padding=pad, output_padding=out_pad)
+    ref = F.conv_transpose1d(torch.from_numpy(x).double(), torch.from_numpy(w).double(), torch.from_numpy(b).double(),
+                             **args)
+    err, err_torch = _errors(y.transpose(0, 2, 1), ref, F.conv_transpose1d(torch.from_numpy(x), torch.from_numpy(w),
+                                                                            torch.from_numpy(b), **args))
+    assert err <= 3 * err_torch + 2.4e-7, (err, err_torch)
+    residual = mx.array(_randn(*y.shape))
+    fused = np.array(conv.leaky_add(xm, 0.1, residual))  # the kernel's prologue and epilogue when O fits vectors
+    np.testing.assert_array_equal(fused, np.array(conv(mx.maximum(xm, xm * 0.1)) + residual))

@@ -73,7 +73,7 @@ def test_depthwise_conv1d_taps_match_torch():
 
 
 @pytest.mark.parametrize("c_in,c_out,k,stride,pad,out_pad", [(8, 4, 16, 8, 4, 0), (6, 3, 4, 2, 1, 1), (5, 2, 3, 2, 1, 1)])
-def test_conv_transpose1d_overlap_add_matches_torch(c_in, c_out, k, stride, pad, out_pad):
+def test_conv_transpose1d_overlap_add_matches_torch(c_in, c_out, k, stride, pad, out_pad, mlx_path):
     x, w, b = _randn(2, c_in, 30), _randn(c_in, c_out, k, scale=0.3), _randn(c_out)
     conv = layers.ConvTranspose1d(c_in, c_out, k, stride=stride, padding=pad, output_padding=out_pad)
     conv.weight, conv.bias = mx.array(w.transpose(1, 2, 0)), mx.array(b)

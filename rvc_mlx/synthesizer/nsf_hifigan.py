@@ -215,7 +215,10 @@ class HiFiGANNSFGenerator(nn.Module):
         har, _, _ = self.m_source(f0, self.upp, eps_sine)
         x = self.conv_pre(x) + self.cond(g)
         for i, (up, noise_conv) in enumerate(zip(self.ups, self.noise_convs, strict=True)):
-            x = up(leaky_relu(x, self.slope)) + noise_conv(har)
+            if recording():  # each layer called as the original does, so that each one is tapped
+                x = up(leaky_relu(x, self.slope)) + noise_conv(har)
+            else:  # leaky ReLU, upsampling and the source's add in one kernel pass on the CPU: the same values
+                x = up.leaky_add(x, self.slope, noise_conv(har))
             blocks = self.resblocks[i * self.num_kernels:(i + 1) * self.num_kernels]
             x = tap(f"synth.stage{i}", resblock_stage(blocks, x), layout="NLC")
         return tanh(self.conv_post(leaky_relu(x, 0.01)))
