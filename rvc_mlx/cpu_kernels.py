@@ -40,10 +40,12 @@ def lanes() -> int:
     return _kernels.LANES if _kernels is not None else 0
 
 
-def usable(x: mx.array) -> bool:
-    """Whether the kernel can run a conv of x: built, CPU device, float32. Any size: a chunked 1-D conv must
-    round each frame as the whole-signal conv does, so short chunks take the kernel too."""
-    return _kernels is not None and mx.default_device() == mx.cpu and x.dtype == mx.float32
+def usable(x: mx.array | np.ndarray) -> bool:
+    """Whether the kernel can run a conv of x: built, CPU device, float32 (MLX, or a host array a kernel wrote).
+    Any size: a chunked 1-D conv must round each frame as the whole-signal conv does, so short chunks take the
+    kernel too."""
+    float32 = x.dtype == np.float32 if isinstance(x, np.ndarray) else x.dtype == mx.float32
+    return _kernels is not None and mx.default_device() == mx.cpu and float32
 
 
 def conv2d_applies(x: mx.array, kernel: tuple[int, int], padding: tuple[int, int], out_channels: int = 0) -> bool:
@@ -54,16 +56,19 @@ def conv2d_applies(x: mx.array, kernel: tuple[int, int], padding: tuple[int, int
     return usable(x) and width >= 1 and height >= 1 and out_channels % _kernels.LANES == 0
 
 
-def conv2d(module, x: mx.array, padding: tuple[int, int], bn=None, relu: bool = False,
-           residual: mx.array | None = None) -> mx.array:
+def conv2d(module, x: mx.array | np.ndarray, padding: tuple[int, int], bn=None, relu: bool = False,
+           residual: mx.array | np.ndarray | None = None, host_out: bool = False) -> mx.array | np.ndarray:
     """`module`'s conv (weight (O, kh, kw, C), optional bias) of NHWC x, with zero padding (ph, pw); then, in the
-    kernel's epilogue, y * alpha + beta (`bn`: an eval BatchNorm), ReLU, + residual, each as MLX rounds it."""
+    kernel's epilogue, y * alpha + beta (`bn`: an eval BatchNorm), ReLU, + residual, each as MLX rounds it.
+    x and residual may be host arrays; `host_out` returns one (O a multiple of the vector width): a chain of
+    kernel convs then copies into MLX once, at its end."""
     o = module.weight.shape[0]
-    if (bn is not None or residual is not None) and o % _kernels.LANES:
+    if (bn is not None or residual is not None or host_out) and o % _kernels.LANES:
         raise ValueError(f"conv2d epilogue needs output channels in multiples of {_kernels.LANES}, got {o}")
     post = [None, None] if bn is None else list(_affine(bn))
     post += [relu, None if residual is None else host(residual)]
-    return _to_mlx(_conv(module, "conv", lambda w: w, host(x), padding, 1, post), o)
+    y = _conv(module, "conv", lambda w: w, host(x), padding, 1, post)
+    return y if host_out else _to_mlx(y, o)
 
 
 def conv1d(module, x: mx.array, padding: int, dilation: int) -> mx.array:
@@ -208,7 +213,7 @@ def _phase(k: int, s: int, p: int, r: int, length: int) -> tuple[list[int], int,
     return taps, len(taps) - 1 - d, count
 
 
-def host(x: mx.array) -> np.ndarray:
+def host(x: mx.array | np.ndarray) -> np.ndarray:
     """x evaluated, as a C-contiguous numpy array: a view of MLX's buffer when x is contiguous."""
     return np.ascontiguousarray(np.asarray(x))  # evaluates x; a view of MLX's buffer when x is contiguous
 

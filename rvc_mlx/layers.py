@@ -375,17 +375,20 @@ class Conv2d(nn.Conv2d):
         return y.reshape(b, per_image, o)[:, :ho * wp].reshape(b, ho, wp, o)[:, :, :wo]
 
     @profiled
-    def conv_bn_relu(self, x: mx.array, bn: "BatchNorm", residual: mx.array | None = None) -> mx.array:
+    def conv_bn_relu(self, x: mx.array, bn: "BatchNorm", residual: mx.array | None = None,
+                     host: bool = False) -> mx.array | np.ndarray:
         """relu(bn(self(x))) (+ residual): on the CPU kernel in one pass (its epilogue rounds each op as MLX does),
-        else the conv and then one compiled pass for BN, ReLU and the add (the same ops, the same values)."""
+        else the conv and then one compiled pass for BN, ReLU and the add (the same ops, the same values).
+        `host`: the kernel's result may stay a host array, for the next kernel conv (x and residual may be ones)."""
+        ph, pw = _pair(self.padding)
+        o, kh, kw, _ = self.weight.shape
+        if (not bn.training and "running_mean" in bn and _pair(self.stride) == (1, 1) and self.groups == 1
+                and _pair(self.dilation) == (1, 1) and cpu_kernels.conv2d_applies(x, (kh, kw), (ph, pw), o)):
+            return cpu_kernels.conv2d(self, x, (ph, pw), bn, relu=True, residual=residual, host_out=host)
+        x, residual = (v if v is None or isinstance(v, mx.array) else mx.array(v) for v in (x, residual))
         if bn.training or "running_mean" not in bn:
             y = nn.relu(bn(self(x)))
             return y if residual is None else y + residual
-        ph, pw = _pair(self.padding)
-        o, kh, kw, _ = self.weight.shape
-        if (_pair(self.stride) == (1, 1) and self.groups == 1 and _pair(self.dilation) == (1, 1)
-                and cpu_kernels.conv2d_applies(x, (kh, kw), (ph, pw), o)):
-            return cpu_kernels.conv2d(self, x, (ph, pw), bn, relu=True, residual=residual)
         alpha, beta = bn.affine()
         y = self(x)
         return _affine_relu(y, alpha, beta) if residual is None else _affine_relu_add(y, alpha, beta, residual)

@@ -36,7 +36,8 @@ class ConvBlockRes(nn.Module):
         if in_channels != out_channels:
             self.shortcut = Conv2d(in_channels, out_channels, 1)
 
-    def __call__(self, x: mx.array) -> mx.array:
+    def __call__(self, x: mx.array, host: bool = False) -> mx.array:
+        """`host`: the result may stay a host array (the CPU kernel's), for the next block (see _blocks)."""
         residual = self.shortcut(x) if "shortcut" in self else x
         if recording():  # layer by layer, so that each one is tapped
             y = x
@@ -45,7 +46,15 @@ class ConvBlockRes(nn.Module):
             return y + residual
         # conv -> BN -> ReLU (-> + residual) in one pass each: the same values, without the elementwise passes
         conv1, bn1, _, conv2, bn2, _ = self.conv
-        return conv2.conv_bn_relu(conv1.conv_bn_relu(x, bn1), bn2, residual)
+        return conv2.conv_bn_relu(conv1.conv_bn_relu(x, bn1, host=True), bn2, residual, host=host)
+
+
+def _blocks(blocks: list[ConvBlockRes], x: mx.array) -> mx.array:
+    """The blocks in turn; on the CPU kernel, their activations stay host arrays until the last block's output
+    (one copy into MLX per stack instead of one per conv). A 1x1 shortcut (first block) reads the MLX input."""
+    for i, block in enumerate(blocks):
+        x = block(x, host=i < len(blocks) - 1 and "shortcut" not in blocks[i + 1])
+    return x
 
 
 class ResEncoderBlock(nn.Module):
@@ -59,8 +68,7 @@ class ResEncoderBlock(nn.Module):
             self.pool = nn.AvgPool2d(pool, stride=pool)
 
     def __call__(self, x: mx.array):
-        for block in self.conv:
-            x = block(x)
+        x = _blocks(self.conv, x)
         return (x, self.pool(x)) if "pool" in self else x
 
 
@@ -122,10 +130,7 @@ class ResDecoderBlock(nn.Module):
                 x = layer(x)
         else:  # transposed conv -> BN -> ReLU in one pass: the same values
             x = self.conv1[0].conv_bn_relu(x, self.conv1[1])
-        x = mx.concatenate([x, concat_tensor], axis=-1)
-        for block in self.conv2:
-            x = block(x)
-        return x
+        return _blocks(self.conv2, mx.concatenate([x, concat_tensor], axis=-1))
 
 
 class Decoder(nn.Module):
