@@ -11,7 +11,7 @@ ext_modules = []
 if sys.platform.startswith("linux"):
     ext_modules.append(Extension(
         "rvc_mlx._kernels",
-        sources=["csrc/module.cpp", "csrc/conv2d.cpp", "csrc/depthwise.cpp", "csrc/gru.cpp"],
+        sources=["csrc/module.cpp", "csrc/conv2d.cpp", "csrc/depthwise.cpp", "csrc/gru.cpp", "csrc/pool.cpp"],
         depends=["csrc/kernels.h"],
         language="c++",
         extra_compile_args=["-O3", "-march=native", "-std=c++17", "-pthread"],

@@ -13,7 +13,6 @@
 #include <climits>
 #include <cstring>
 #include <new>
-#include <system_error>
 #include <thread>
 #include <type_traits>
 #include <vector>
@@ -182,9 +181,8 @@ void conv2d(const float* x, int B, int H, int W, const float* w, const float* bi
   const int groups = (q.ho + R - 1) / R, tiles = (q.wo + tw - 1) / tw;
   const int wb = tw + (s.kw - 1) * s.dw;  // window columns; column u of tile t holds input column t*tw + u - pl
   s.rowlen = (size_t)wb * s.C;
-  // One worker per core. Workers take windows from a shared counter, so that a core busy with another thread
-  // (OpenBLAS's or torch's spinning workers) only slows its own share. Threads are started per call (~50 us)
-  // rather than kept by OpenMP, whose idle workers would spin and take the cores from MLX's next ops.
+  // One worker per core (pool.cpp). Workers take windows from a shared counter, so that a core busy with another
+  // thread (OpenBLAS's or torch's spinning workers) only slows its own share.
   const int chunk = R == 1 ? s.O : 4 * LANES, chunks = (s.O + chunk - 1) / chunk;
   const long total = (long)B * groups * tiles * chunks;  // work items: (window, chunk of output channels)
   const int n = (int)std::max(1L, std::min<long>(total, cores()));
@@ -238,16 +236,7 @@ void conv2d(const float* x, int B, int H, int W, const float* w, const float* bi
       channels(buf, s, w, bias, out, List{ioff, ooff}, rows * cols, o0, o1);
     }
   };
-  std::vector<std::thread> threads;
-  for (int t = 1; t < n; ++t) {
-    try {
-      threads.emplace_back(work, t);
-    } catch (const std::system_error&) {  // no thread to be had: the others take its windows
-      break;
-    }
-  }
-  work(0);
-  for (auto& t : threads) t.join();
+  parallel(n, work);
 }
 
 }  // namespace

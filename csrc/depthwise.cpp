@@ -10,7 +10,6 @@
 #include <atomic>
 #include <cmath>
 #include <new>
-#include <system_error>
 #include <vector>
 
 namespace {
@@ -130,16 +129,7 @@ PyObject* py_depthwise_conv1d(PyObject*, PyObject* args) {
       tile(j, (int)(g / tiles), t0, std::min(j.To, t0 + TILE), bufs[worker].data());
     }
   };
-  std::vector<std::thread> threads;
-  for (int t = 1; t < n; ++t) {
-    try {
-      threads.emplace_back(work, t);
-    } catch (const std::system_error&) {  // no thread to be had: the others take its tiles
-      break;
-    }
-  }
-  work(0);
-  for (auto& t : threads) t.join();
+  parallel(n, work);
   Py_END_ALLOW_THREADS
   Py_RETURN_NONE;
 }

@@ -5,10 +5,10 @@
 // step is one vectorised GEMV (W_hh, 768 KB, stays in L2) and the gates; the two directions run on two cores.
 #include "kernels.h"
 
+#include <atomic>
 #include <cmath>
 #include <memory>
 #include <new>
-#include <system_error>
 #include <vector>
 
 namespace {
@@ -109,18 +109,10 @@ PyObject* py_gru_scan(PyObject*, PyObject* args) {
   Py_DECREF(fast);  // the held buffers keep the arrays alive
   if (!ok) return nullptr;
   Py_BEGIN_ALLOW_THREADS
-  std::vector<std::thread> threads;
-  size_t spawned = 1;
-  for (; spawned < dirs.size(); ++spawned) {
-    try {
-      threads.emplace_back(scan, std::cref(dirs[spawned]), B, T, H);
-    } catch (const std::system_error&) {  // no thread to be had: this caller runs the rest
-      break;
-    }
-  }
-  if (!dirs.empty()) scan(dirs[0], B, T, H);
-  for (size_t i = spawned; i < dirs.size(); ++i) scan(dirs[i], B, T, H);
-  for (auto& t : threads) t.join();
+  std::atomic<size_t> next{0};
+  parallel((int)dirs.size(), [&](int) {
+    for (size_t d; (d = next.fetch_add(1, std::memory_order_relaxed)) < dirs.size();) scan(dirs[d], B, T, H);
+  });
   Py_END_ALLOW_THREADS
   Py_RETURN_NONE;
 }

@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <cstring>
+#include <functional>
 #include <thread>
 #ifdef __linux__
 #include <sched.h>
@@ -51,6 +52,10 @@ inline long cores() {
 #endif
   return std::max(1u, std::thread::hardware_concurrency());
 }
+
+// Runs work(0) .. work(n - 1) at once (pool.cpp): work(0) on the calling thread, the others on the kernels' kept
+// worker threads (fewer if no thread can be had: work must share out its items, e.g. by an atomic counter).
+void parallel(int n, const std::function<void(int)>& work);
 
 PyObject* py_conv2d(PyObject*, PyObject* args);
 PyObject* py_depthwise_conv1d(PyObject*, PyObject* args);

@@ -1,4 +1,4 @@
-// rvc_mlx._kernels: CPU kernels MLX's Linux build lacks a fast form of (conv2d.cpp, depthwise.cpp, gru.cpp).
+// rvc_mlx._kernels: CPU kernels MLX's Linux build lacks a fast form of (conv2d.cpp, depthwise.cpp, gru.cpp; worker threads: pool.cpp).
 #include "kernels.h"
 
 namespace {
@@ -14,7 +14,7 @@ PyMethodDef methods[] = {
     {"gru_scan", py_gru_scan, METH_VARARGS,
      "gru_scan(directions): for each (gi, w_hh, b_hh, out, h, reverse), gi (B, T, 3H) the input projections, "
      "w_hh (H, 3H), b_hh (3H): torch's GRU recurrence (gates r, z, n) from h = 0 over t (descending if reverse), "
-     "out[b, t] = h_t (B, T, H), h = the last state (B, H); the directions run on threads of their own."},
+     "out[b, t] = h_t (B, T, H), h = the last state (B, H); the directions run in parallel."},
     {"depthwise_conv1d", py_depthwise_conv1d, METH_VARARGS,
      "depthwise_conv1d(x, w, bias, y, padding, glu, silu): y[b, t, c] = bias[c] + sum over q of g[b, t + q - padding, "
      "c] * w[q, c] (zero outside x), g = x, or a * sigmoid(b) of x's channel halves if glu; then y * sigmoid(y) if "
