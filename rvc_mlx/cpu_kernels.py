@@ -1,9 +1,11 @@
-"""MLX front end of rvc_mlx._kernels (csrc/conv2d.cpp): direct NHWC conv2d, transposed conv2d (one conv per
-output phase) and dilated conv1d (a 1 x k conv2d over one row) for MLX's CPU device.
+"""MLX front end of rvc_mlx._kernels (csrc/) for MLX's CPU device: direct NHWC conv2d, transposed conv2d and
+conv1d (one conv per output phase), dilated conv1d (a 1 x k conv2d over one row), depthwise conv1d, and the GRU
+recurrence; with fused neighbours (BatchNorm, ReLU, leaky ReLU, residual adds, GLU, SiLU) rounded as MLX's ops.
 
 MLX has no fast CPU conv for 16-256 channels (its im2col + GEMM, and the shifted-GEMM sums in layers.py, run
-2-3x slower than torch's oneDNN on RMVPE). The kernel is built by `pip install -e .` on Linux. It reads the
-evaluated input in place (numpy view of the MLX buffer), writes a numpy buffer, and MLX copies that once.
+2-3x slower than torch's oneDNN on RMVPE), and runs depthwise convs and per-step recurrences as chains of
+scalar elementwise ops. The kernels are built by `pip install -e .` on Linux. They read the evaluated input in
+place (numpy view of the MLX buffer) and write a numpy buffer, which MLX copies once (or the next kernel reads).
 """
 
 from __future__ import annotations
