@@ -264,3 +264,53 @@ def test_conv_transpose1d_phases_match_torch_float64_and_fuse_leaky_relu_and_an_
     residual = mx.array(_randn(*y.shape))
     fused = np.array(conv.leaky_add(xm, 0.1, residual))  # the kernel's prologue and epilogue when O fits vectors
     np.testing.assert_array_equal(fused, np.array(conv(mx.maximum(xm, xm * 0.1)) + residual))
+
+
+def _numpy_conv_case(seed):
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((1, 40, 64, 16)).astype(np.float32)
+    w = rng.standard_normal((3, 3, 16, 32)).astype(np.float32)
+    return x, w
+
+
+def _kernel_conv(x, w):
+    y = np.empty((*x.shape[:3], w.shape[3]), np.float32)
+    cpu_kernels._kernels.conv2d_nhwc(x, w, None, y, (1, 1), x.shape[1:3], (0, 0), (1, 1))
+    return y
+
+
+@needs_kernel
+def test_kernel_calls_from_concurrent_threads_each_get_their_own_result():
+    import threading
+
+    cases = [_numpy_conv_case(seed) for seed in range(4)]
+    expected = [_kernel_conv(x, w) for x, w in cases]
+    got = [[] for _ in cases]
+
+    def run(i):  # the kernel releases the GIL: calls overlap, and one of them finds the worker pool busy
+        for _ in range(20):
+            got[i].append(_kernel_conv(*cases[i]))
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(len(cases))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    assert not any(t.is_alive() for t in threads), "kernel calls from concurrent threads did not finish"
+    for outs, ref in zip(got, expected, strict=True):
+        assert len(outs) == 20 and all(np.array_equal(o, ref) for o in outs)
+
+
+@needs_kernel
+def test_a_forked_child_runs_the_kernel_with_a_pool_of_its_own():
+    import os
+    import signal
+
+    x, w = _numpy_conv_case(7)
+    expected = _kernel_conv(x, w)  # the parent's pool threads exist now; a child has none of them
+    pid = os.fork()
+    if pid == 0:  # child: exit 0 only with the right result, killed by the alarm if it hangs on the parent's pool
+        signal.alarm(30)
+        os._exit(0 if np.array_equal(_kernel_conv(x, w), expected) else 1)
+    _, status = os.waitpid(pid, 0)
+    assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0, f"forked child: wait status {status}"
