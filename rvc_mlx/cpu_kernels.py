@@ -37,11 +37,6 @@ def warn_if_missing() -> None:
                       f"and a C++ compiler (g++)", RuntimeWarning, stacklevel=3)
 
 
-def lanes() -> int:
-    """Floats per vector of the kernel (output channels come in multiples of it for epilogues); 0 if not built."""
-    return _kernels.LANES if _kernels is not None else 0
-
-
 def usable(x: mx.array | np.ndarray) -> bool:
     """Whether the kernel can run a conv of x: built, CPU device, float32 (MLX, or a host array a kernel wrote).
     Any size: a chunked 1-D conv must round each frame as the whole-signal conv does, so short chunks take the
@@ -50,12 +45,18 @@ def usable(x: mx.array | np.ndarray) -> bool:
     return _kernels is not None and mx.default_device() == mx.cpu and float32
 
 
+def fits(x: mx.array | np.ndarray, out_channels: int) -> bool:
+    """`usable`, with `out_channels` in whole vectors: what an epilogue (BatchNorm, residual), a host-array output
+    and the depthwise kernel need."""
+    return usable(x) and out_channels % _kernels.LANES == 0
+
+
 def conv2d_applies(x: mx.array, kernel: tuple[int, int], padding: tuple[int, int], out_channels: int = 0) -> bool:
-    """Whether `conv2d` runs this (stride 1, dilation 1, groups 1) conv: `usable`, a non-empty output (and, for
-    an epilogue, output channels in whole vectors)."""
+    """Whether `conv2d` runs this (stride 1, dilation 1, groups 1) conv: a non-empty output and `fits` (pass
+    out_channels for an epilogue)."""
     width = x.shape[2] + 2 * padding[1] - kernel[1] + 1
     height = x.shape[1] + 2 * padding[0] - kernel[0] + 1
-    return usable(x) and width >= 1 and height >= 1 and out_channels % _kernels.LANES == 0
+    return width >= 1 and height >= 1 and fits(x, out_channels)
 
 
 def conv2d(module, x: mx.array | np.ndarray, padding: tuple[int, int], bn=None, relu: bool = False,
@@ -67,9 +68,9 @@ def conv2d(module, x: mx.array | np.ndarray, padding: tuple[int, int], bn=None, 
     o = module.weight.shape[0]
     if (bn is not None or residual is not None or host_out) and o % _kernels.LANES:
         raise ValueError(f"conv2d epilogue needs output channels in multiples of {_kernels.LANES}, got {o}")
-    post = [None, None] if bn is None else list(_affine(bn))
-    post += [relu, None if residual is None else host(residual)]
-    y = _conv(module, "conv", lambda w: w, host(x), padding, 1, post)
+    scale, shift = (None, None) if bn is None else _affine(bn)
+    y = _conv(module, "conv", lambda w: w, host(x), padding, 1, scale=scale, shift=shift, relu=relu,
+              residual=None if residual is None else host(residual))
     return y if host_out else _to_mlx(y, o)
 
 
@@ -81,11 +82,6 @@ def conv1d(module, x: mx.array, padding: int, dilation: int) -> mx.array:
     return _to_mlx(y[:, 0], module.weight.shape[0])
 
 
-def leaky_conv1d_applies(x: mx.array, out_channels: int) -> bool:
-    """Whether `leaky_conv1d` can run convs of x to `out_channels` (its residual needs whole vectors)."""
-    return usable(x) and out_channels % _kernels.LANES == 0
-
-
 def leaky_conv1d(module, x: np.ndarray, slope: float, valid: tuple[int, int],
                  residual: np.ndarray | None = None) -> np.ndarray:
     """`module`'s unpadded conv (weight (O, k, C), O a multiple of the vector width) of host NLC x read as
@@ -95,23 +91,24 @@ def leaky_conv1d(module, x: np.ndarray, slope: float, valid: tuple[int, int],
     if residual is not None:
         residual = np.ascontiguousarray(residual)[:, None]
     x = np.ascontiguousarray(x).reshape(b, 1, length, c)
-    y = _conv(module, "conv1d", lambda w: w[:, None], x, (0, 0), module.dilation,
-              [None, None, False, residual, float(slope), valid])
+    y = _conv(module, "conv1d", lambda w: w[:, None], x, (0, 0), module.dilation, residual=residual,
+              slope=float(slope), valid=valid)
     return y[:, 0]
 
 
-def _conv(module, key, select, x: np.ndarray, padding: tuple[int, int], dilation: int,
-          post: list | None = None) -> np.ndarray:
-    """The kernel's conv of host NHWC x by select(module.weight) (kh', kw' taps), plus the module's bias: host
-    (B, H', W', O') with O' = O rounded up to the vector width."""
+def _conv(module, key, select, x: np.ndarray, padding: tuple[int, int], dilation: int, scale=None, shift=None,
+          relu: bool = False, residual: np.ndarray | None = None, slope: float | None = None,
+          valid: tuple[int, int] | None = None) -> np.ndarray:
+    """The kernel's conv of host NHWC x by select(module.weight) (kh', kw' taps), plus the module's bias, with
+    the kernel's prologue (`slope`, `valid` input columns) and epilogue: host (B, H', W', O') with O' = O rounded
+    up to the vector width."""
     weight = _packed(module, key, select)
     kh, kw, _, wide = weight.shape
     b, h, w, _ = x.shape
     ho, wo = h + 2 * padding[0] - kh + 1, w + 2 * padding[1] - dilation * (kw - 1)
     y = np.empty((b, ho, wo, wide), dtype=np.float32)
-    post = post or [None, None, False, None]
-    _kernels.conv2d_nhwc(x, weight, _bias(module), y, padding, (ho, wo), (0, 0), (1, 1), *post[:4], dilation,
-                         *post[4:])
+    _kernels.conv2d_nhwc(x, weight, _bias(module), y, padding, (ho, wo), (0, 0), (1, 1), scale, shift, relu,
+                         residual, dilation, slope, (0, w) if valid is None else valid)
     return y
 
 
@@ -152,30 +149,16 @@ def conv_transpose2d(module, x: mx.array, stride, padding, output_padding, bn=No
     return out[:, 0] if one_d else out
 
 
-def depthwise_applies(x: mx.array, channels: int) -> bool:
-    """Whether `depthwise_conv1d` runs a depthwise conv of x over `channels` (whole vectors of channels)."""
-    return usable(x) and channels % _kernels.LANES == 0
-
-
 def depthwise_conv1d(module, x: mx.array, padding: int, glu: bool = False, silu: bool = False) -> mx.array:
     """`module`'s depthwise conv (weight (C, k, 1), optional bias, stride 1, dilation 1) of NLC x with zero padding:
     read as GLU(x) (a * sigmoid(b) of x's channel halves) if `glu`, written as SiLU(y) if `silu`."""
     c, k, _ = module.weight.shape
     b, length, _ = x.shape
-    weight = _packed_depthwise(module)
+    weight = _packed(module, "depthwise", lambda w: w[:, None])[0, :, 0]  # (C, k, 1) as (k, C)
     y = np.empty((b, length + 2 * padding - k + 1, c), dtype=np.float32)
     bias = np.asarray(module.bias, dtype=np.float32) if "bias" in module else None
     _kernels.depthwise_conv1d(host(x), weight, bias, y, padding, glu, silu)
     return mx.array(y)
-
-
-def _packed_depthwise(module) -> np.ndarray:
-    """weight (C, k, 1) as (k, C), kept on the module until its weight array is replaced."""
-    cache = module.__dict__.get("_kernel_depthwise")
-    if cache is None or cache[0] is not module.weight:
-        cache = (module.weight, np.ascontiguousarray(np.asarray(module.weight, dtype=np.float32)[:, :, 0].T))
-        object.__setattr__(module, "_kernel_depthwise", cache)  # not a parameter
-    return cache[1]
 
 
 def gru_scan(gis: list[mx.array], w_hh: list[mx.array], b_hh: list[mx.array]) -> tuple[list, list]:

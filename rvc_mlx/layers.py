@@ -33,11 +33,14 @@ class GRU(nn.Module):
             setattr(self, "bias_ih" + suffix, mx.random.uniform(-scale, scale, (3 * hidden_size,)))
             setattr(self, "bias_hh" + suffix, mx.random.uniform(-scale, scale, (3 * hidden_size,)))
 
+    def _input_projection(self, x: mx.array, suffix: str) -> mx.array:
+        return x @ getattr(self, "weight_ih" + suffix).T + getattr(self, "bias_ih" + suffix)  # (B, T, 3H)
+
     def _direction(self, x: mx.array, suffix: str, reverse: bool) -> tuple[mx.array, mx.array]:
         H = self.hidden_size
         w_hh = getattr(self, "weight_hh" + suffix).T
         b_hh = getattr(self, "bias_hh" + suffix)
-        gi = x @ getattr(self, "weight_ih" + suffix).T + getattr(self, "bias_ih" + suffix)  # (B, T, 3H)
+        gi = self._input_projection(x, suffix)
         steps = range(x.shape[1] - 1, -1, -1) if reverse else range(x.shape[1])
         if mx.default_device() == mx.cpu:
             out, h = _gru_scan_host(np.array(gi), np.array(w_hh), np.array(b_hh), steps)
@@ -52,7 +55,7 @@ class GRU(nn.Module):
     def __call__(self, x: mx.array) -> tuple[mx.array, mx.array]:
         suffixes = ("_l0", "_l0_reverse") if self.bidirectional else ("_l0",)
         if cpu_kernels.usable(x):  # the CPU kernel's scan: both directions at once, on a core each
-            gis = [x @ getattr(self, "weight_ih" + s).T + getattr(self, "bias_ih" + s) for s in suffixes]
+            gis = [self._input_projection(x, s) for s in suffixes]
             outs, hs = cpu_kernels.gru_scan(gis, [getattr(self, "weight_hh" + s) for s in suffixes],
                                             [getattr(self, "bias_hh" + s) for s in suffixes])
             return mx.concatenate(outs, axis=-1) if len(outs) > 1 else outs[0], mx.stack(hs)
@@ -197,7 +200,7 @@ class Conv1d(nn.Conv1d):
         # a pointwise conv is one GEMM already (and OpenBLAS's blocked sum keeps the attention logits' rounding)
         if k > 1 and not depthwise and self.stride == 1 and self.groups == 1 and cpu_kernels.usable(x):
             return cpu_kernels.conv1d(self, x, self.padding if pad else 0, self.dilation)
-        if depthwise and self.stride == 1 and self.dilation == 1 and cpu_kernels.depthwise_applies(x, o):
+        if depthwise and self._depthwise_kernel(x):
             return cpu_kernels.depthwise_conv1d(self, x, self.padding if pad else 0)
         if self.padding and pad:
             x = pad_time(x, self.padding, self.padding)
@@ -222,12 +225,14 @@ class Conv1d(nn.Conv1d):
     def glu_depthwise_silu(self, x: mx.array) -> mx.array:
         """silu(self(glu(x))) for a depthwise conv (stride 1, dilation 1) of x's GLU (a * sigmoid(b) of its channel
         halves): one kernel pass on the CPU (the GLU as it reads, the SiLU as it writes), else the three ops."""
-        o = self.weight.shape[0]
-        if (self.groups == o and self.weight.shape[2] == 1 and self.stride == 1 and self.dilation == 1
-                and cpu_kernels.depthwise_applies(x, o)):
+        if self.groups == self.weight.shape[0] and self.weight.shape[2] == 1 and self._depthwise_kernel(x):
             return cpu_kernels.depthwise_conv1d(self, x, self.padding, glu=True, silu=True)
         a, b = mx.split(x, 2, axis=-1)
         return fastmath.silu(self(a * fastmath.sigmoid(b)))
+
+    def _depthwise_kernel(self, x: mx.array) -> bool:
+        """Whether the depthwise kernel runs this (depthwise) conv of x: stride 1, dilation 1, whole vectors."""
+        return self.stride == 1 and self.dilation == 1 and cpu_kernels.fits(x, self.weight.shape[0])
 
     @profiled
     def leaky_host(self, x: np.ndarray, slope: float, valid: tuple[int, int],
@@ -289,8 +294,7 @@ class ConvTranspose1d(nn.ConvTranspose1d):
     def leaky_add(self, x: mx.array, slope: float, residual: mx.array) -> mx.array:
         """self(leaky_relu(x, slope)) + residual: on the CPU kernel in one pass (leaky ReLU as it reads, the add
         as it writes), else the three ops."""
-        if (self.dilation == 1 and cpu_kernels.usable(x) and self.weight.shape[0] % cpu_kernels.lanes() == 0
-                and residual.dtype == mx.float32):
+        if self.dilation == 1 and cpu_kernels.fits(x, self.weight.shape[0]) and residual.dtype == mx.float32:
             return cpu_kernels.conv_transpose2d(self, x, (1, self.stride), (0, self.padding),
                                                 (0, self.output_padding), slope=slope, residual=residual)
         return self(mx.maximum(x, x * slope)) + residual
@@ -338,7 +342,7 @@ def _native_conv2d(channels: int, pixels: int) -> bool:
 
 class Conv2d(nn.Conv2d):
     """nn.Conv2d (stride 1, groups 1, dilation 1) on NHWC (B, H, W, C): on the CPU, the direct conv kernel
-    (`cpu_kernels`, rows >= 16 wide); otherwise kh*kw shifted GEMMs on flat rows, or MLX's conv.
+    (`cpu_kernels`; 1 x 1 only for thin outputs); otherwise kh*kw shifted GEMMs on flat rows, or MLX's conv.
 
     MLX's CPU conv2d is 4-8x slower than torch for RMVPE's 16- and 32-channel 3x3 convs. With the padded image
     flattened to rows of width W + 2p, tap (i, j) is the contiguous row slice at offset i*(W+2p) + j, so every
@@ -382,11 +386,11 @@ class Conv2d(nn.Conv2d):
         `host`: the kernel's result may stay a host array, for the next kernel conv (x and residual may be ones)."""
         ph, pw = _pair(self.padding)
         o, kh, kw, _ = self.weight.shape
-        if (not bn.training and "running_mean" in bn and _pair(self.stride) == (1, 1) and self.groups == 1
+        if (bn.frozen() and _pair(self.stride) == (1, 1) and self.groups == 1
                 and _pair(self.dilation) == (1, 1) and cpu_kernels.conv2d_applies(x, (kh, kw), (ph, pw), o)):
             return cpu_kernels.conv2d(self, x, (ph, pw), bn, relu=True, residual=residual, host_out=host)
         x, residual = (v if v is None or isinstance(v, mx.array) else mx.array(v) for v in (x, residual))
-        if bn.training or "running_mean" not in bn:
+        if not bn.frozen():
             y = nn.relu(bn(self(x)))
             return y if residual is None else y + residual
         alpha, beta = bn.affine()
@@ -435,9 +439,7 @@ class ConvTranspose2d(nn.ConvTranspose2d):
     def conv_bn_relu(self, x: mx.array, bn: "BatchNorm") -> mx.array:
         """relu(bn(self(x))): on the CPU kernel, BN and ReLU are each phase conv's epilogue (rounded as MLX's ops
         round them); otherwise the three layers in turn."""
-        o = self.weight.shape[0]
-        if (_pair(self.dilation) == (1, 1) and not bn.training and "running_mean" in bn
-                and cpu_kernels.conv2d_applies(x, (1, 1), (0, 0), o)):
+        if _pair(self.dilation) == (1, 1) and bn.frozen() and cpu_kernels.fits(x, self.weight.shape[0]):
             return cpu_kernels.conv_transpose2d(self, x, _pair(self.stride), _pair(self.padding),
                                                 _pair(self.output_padding), bn=bn, relu=True)
         return nn.relu(bn(self(x)))
@@ -450,9 +452,13 @@ class BatchNorm(nn.BatchNorm):
     the big tensor sees one fused multiply-add instead of MLX's four passes."""
 
     def __call__(self, x: mx.array) -> mx.array:
-        if self.training or "running_mean" not in self:
+        if not self.frozen():
             return super().__call__(x)
         return _scale_shift(x, *self.affine())
+
+    def frozen(self) -> bool:
+        """Eval mode with running statistics: the transform is the per-channel affine x * alpha + beta."""
+        return not self.training and "running_mean" in self
 
     def affine(self) -> tuple[mx.array, mx.array]:
         """(alpha, beta) of the eval transform x * alpha + beta."""

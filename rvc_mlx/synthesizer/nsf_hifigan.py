@@ -79,7 +79,7 @@ class ResBlock(nn.Module):
 
     def fused(self, x: np.ndarray, beyond: tuple[int, int]) -> np.ndarray:
         """The `margin` path on host arrays, each conv in one kernel pass: leaky ReLU and the zeroed margins as
-        it reads its input, the residual add as it writes (`cpu_kernels.leaky_conv1d_applies`); same values."""
+        it reads its input, the residual add as it writes (`cpu_kernels.fits`); same values."""
         margin = self.margin
         for conv1, conv2 in zip(self.convs1, self.convs2, strict=True):
             xt = conv1.leaky_host(x, self.slope, _signal(x.shape[1], margin, beyond))
@@ -112,7 +112,7 @@ def resblock_stage(blocks: list[ResBlock], x: mx.array) -> mx.array:
     padded = pad_time(x, widest, widest)
     length = x.shape[1]
     rows = max(CHUNK_BYTES // (4 * x.shape[0] * x.shape[2]), 4 * widest)
-    if cpu_kernels.leaky_conv1d_applies(x, x.shape[2]):  # the whole stage on the host, one MLX copy at the end
+    if cpu_kernels.fits(x, x.shape[2]):  # the whole stage on the host, one MLX copy at the end
         padded, out = cpu_kernels.host(padded), np.empty(x.shape, dtype=np.float32)
         for start in range(0, length, rows):
             stop = min(start + rows, length)
