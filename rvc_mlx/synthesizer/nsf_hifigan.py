@@ -6,7 +6,6 @@ The sine-source noise is an input (`eps_sine`), as in the twin.
 from __future__ import annotations
 
 import math
-from functools import lru_cache
 
 import mlx.core as mx
 import mlx.nn as nn
@@ -14,30 +13,19 @@ import numpy as np
 
 from rvc_mlx import cpu_kernels
 from rvc_mlx.config import SynthConfig
-from rvc_mlx.layers import Conv1d, ConvTranspose1d, pad_time
+from rvc_mlx.layers import Conv1d, ConvTranspose1d, leaky_relu, pad_time
 from rvc_mlx.testing.taps import recording, tap
 from rvc_mlx.fastmath import Tanh, tanh
-
-
-@lru_cache(maxsize=None)
-def _leaky_relu_fn(slope: float):
-    # max(x, slope*x) == leaky_relu for 0 < slope < 1, bit for bit; MLX's CPU `where` is ~10x slower than maximum,
-    # and compiled the two ops are one pass over memory
-    return mx.compile(lambda x: mx.maximum(x, x * slope), shapeless=True)
-
-
-def leaky_relu(x: mx.array, slope: float) -> mx.array:
-    return _leaky_relu_fn(float(slope))(x)
 
 
 def _zero_margins(x: mx.array, width: int, beyond: tuple[int, int]) -> mx.array:
     """Zero the frames of x's `width`-frame margins that lie outside the signal, which has beyond[0] (beyond[1])
     more frames to the left (right) of x's middle; in place when x is not shared (slice updates are donated)."""
-    left, right = width - beyond[0], width - beyond[1]
-    if left > 0:
-        x[:, :left] = 0
-    if right > 0:
-        x[:, x.shape[1] - right:] = 0
+    start, stop = _signal(x.shape[1], width, beyond)
+    if start:
+        x[:, :start] = 0
+    if stop < x.shape[1]:
+        x[:, stop:] = 0
     return x
 
 
@@ -112,21 +100,21 @@ def resblock_stage(blocks: list[ResBlock], x: mx.array) -> mx.array:
     padded = pad_time(x, widest, widest)
     length = x.shape[1]
     rows = max(CHUNK_BYTES // (4 * x.shape[0] * x.shape[2]), 4 * widest)
-    if cpu_kernels.fits(x, x.shape[2]):  # the whole stage on the host, one MLX copy at the end
+    fused = cpu_kernels.fits(x, x.shape[2])  # the whole stage on the host, one copy into MLX at the end
+    if fused:
         padded, out = cpu_kernels.host(padded), np.empty(x.shape, dtype=np.float32)
-        for start in range(0, length, rows):
-            stop = min(start + rows, length)
-            outs = [block.fused(padded[:, widest - block.margin + start:widest + stop + block.margin],
-                                (start, length - stop)) for block in blocks]
-            out[:, start:stop] = _mean(outs)
-        return mx.array(out)
     chunks = []
     for start in range(0, length, rows):
         stop = min(start + rows, length)
         beyond = (start, length - stop)
-        outs = [block(padded[:, widest - block.margin + start:widest + stop + block.margin], block.margin, beyond)
-                for block in blocks]
-        chunks.append(_mean(outs))
+        pieces = [(b, padded[:, widest - b.margin + start:widest + stop + b.margin]) for b in blocks]
+        mean = _mean([b.fused(piece, beyond) if fused else b(piece, b.margin, beyond) for b, piece in pieces])
+        if fused:
+            out[:, start:stop] = mean
+        else:
+            chunks.append(mean)
+    if fused:
+        return mx.array(out)
     return mx.concatenate(chunks, axis=1) if len(chunks) > 1 else chunks[0]
 
 
