@@ -46,6 +46,21 @@ struct Job {
 constexpr int TILE = 256;  // output frames per work item
 constexpr int TB = 8;      // output frames per register block
 
+// Output frames t .. t + N - 1 (of the tile) for channels [c, c + LANES), in registers over the taps: tap 0's
+// product, then taps 1 .. k - 1 by fused multiply-adds, then + bias.
+template <int N>
+inline void frames(const Job& j, const float* buf, float* out, int t, int c, vf bias) {
+  const size_t C = j.C;
+  vf acc[N];
+  const vf w0 = *(const vf*)(j.w + c);
+  for (int i = 0; i < N; ++i) acc[i] = *(const vf*)(buf + (t + i) * C + c) * w0;
+  for (int q = 1; q < j.k; ++q) {
+    const vf wq = *(const vf*)(j.w + q * C + c);
+    for (int i = 0; i < N; ++i) acc[i] += *(const vf*)(buf + (t + i + q) * C + c) * wq;
+  }
+  for (int i = 0; i < N; ++i) *(vf*)(out + (t + i) * C + c) = acc[i] + bias;
+}
+
 // Output frames [t0, t1) of batch b; buf holds the (GLU of the) input frames t0 - pad .. t1 - pad + k - 1.
 void tile(const Job& j, int b, int t0, int t1, float* buf) {
   const int C = j.C, rows = t1 - t0 + j.k - 1;
@@ -68,21 +83,8 @@ void tile(const Job& j, int b, int t0, int t1, float* buf) {
   for (int c = 0; c + LANES <= C; c += LANES) {
     const vf bias = j.bias ? *(const vf*)(j.bias + c) : vf{};
     int t = 0;
-    for (; t + TB <= t1 - t0; t += TB) {
-      vf acc[TB];
-      const vf w0 = *(const vf*)(j.w + c);
-      for (int i = 0; i < TB; ++i) acc[i] = *(const vf*)(buf + (size_t)(t + i) * C + c) * w0;
-      for (int q = 1; q < j.k; ++q) {
-        const vf wq = *(const vf*)(j.w + (size_t)q * C + c);
-        for (int i = 0; i < TB; ++i) acc[i] += *(const vf*)(buf + (size_t)(t + i + q) * C + c) * wq;
-      }
-      for (int i = 0; i < TB; ++i) *(vf*)(out + (size_t)(t + i) * C + c) = acc[i] + bias;
-    }
-    for (; t < t1 - t0; ++t) {
-      vf acc = *(const vf*)(buf + (size_t)t * C + c) * *(const vf*)(j.w + c);
-      for (int q = 1; q < j.k; ++q) acc += *(const vf*)(buf + (size_t)(t + q) * C + c) * *(const vf*)(j.w + (size_t)q * C + c);
-      *(vf*)(out + (size_t)t * C + c) = acc + bias;
-    }
+    for (; t + TB <= t1 - t0; t += TB) frames<TB>(j, buf, out, t, c, bias);
+    for (; t < t1 - t0; ++t) frames<1>(j, buf, out, t, c, bias);
   }
   if (j.silu)
     for (size_t e = 0, n = (size_t)(t1 - t0) * C; e < n; e += LANES) {
