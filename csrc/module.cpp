@@ -1,4 +1,6 @@
-// rvc_mlx._kernels: CPU kernels MLX's Linux build lacks a fast form of (conv2d.cpp, depthwise.cpp, gru.cpp; worker threads: pool.cpp).
+// rvc_mlx._kernels_<isa>: CPU kernels MLX's Linux build lacks a fast form of (conv2d.cpp, depthwise.cpp, gru.cpp;
+// worker threads: pool.cpp). setup.py compiles these sources once per ISA (avx512, avx2, generic) and names each
+// build with -DRVC_KERNELS_ISA=<isa>; rvc_mlx.dispatch imports one only after rvc_mlx._cpu says the CPU runs it.
 #include "kernels.h"
 
 namespace {
@@ -22,13 +24,23 @@ PyMethodDef methods[] = {
      "of LANES."},
     {nullptr, nullptr, 0, nullptr}};
 
-PyModuleDef module = {PyModuleDef_HEAD_INIT, "_kernels", "CPU kernels MLX lacks a fast form of.", -1, methods};
+#ifndef RVC_KERNELS_ISA
+#error "compile with -DRVC_KERNELS_ISA=<isa> (setup.py does)"
+#endif
+#define RVC_STR2(x) #x
+#define RVC_STR(x) RVC_STR2(x)
+#define RVC_CAT2(a, b) a##b
+#define RVC_CAT(a, b) RVC_CAT2(a, b)
+
+PyModuleDef module = {PyModuleDef_HEAD_INIT, "_kernels_" RVC_STR(RVC_KERNELS_ISA),
+                      "CPU kernels MLX lacks a fast form of.", -1, methods};
 
 }  // namespace
 
-PyMODINIT_FUNC PyInit__kernels() {
+PyMODINIT_FUNC RVC_CAT(PyInit__kernels_, RVC_KERNELS_ISA)() {
   PyObject* m = PyModule_Create(&module);
-  if (m && PyModule_AddIntConstant(m, "LANES", LANES) != 0) {
+  if (m && (PyModule_AddIntConstant(m, "LANES", LANES) != 0 ||
+            PyModule_AddStringConstant(m, "ISA", RVC_STR(RVC_KERNELS_ISA)) != 0)) {
     Py_DECREF(m);
     return nullptr;
   }

@@ -18,7 +18,7 @@ from rvc_mlx.audio import check_mono
 from rvc_mlx.config import CREPE as CREPE_CFG
 from rvc_mlx.config import CREPEConfig
 from rvc_mlx.pitch import crepe_dither
-from rvc_mlx.testing.taps import tap
+from rvc_mlx.instrument import tap
 
 
 class Crepe(nn.Module):

@@ -17,7 +17,7 @@ from rvc_mlx.audio import check_mono
 from rvc_mlx.dsp import mel_filterbank
 from rvc_mlx.checkpoints import check_fcpe_checkpoint
 from rvc_mlx.config import FCPE_CFG, FCPEConfig
-from rvc_mlx.testing.taps import tap
+from rvc_mlx.instrument import tap
 
 
 class Transpose(nn.Module):

@@ -15,7 +15,7 @@ from scipy import signal
 
 from rvc_mlx.config import PIPELINE, PipelineConfig
 from rvc_mlx.synthesizer.inputs import make_noise
-from rvc_mlx.testing.taps import tap
+from rvc_mlx.instrument import tap
 
 
 class Pipeline:
@@ -26,14 +26,18 @@ class Pipeline:
         self.hubert, self.synth, self.cfg = hubert, synth, cfg
         self.pitch_models = dict(pitch_models or {})  # method -> twin predictor
         self.index_path = index_path
-        self.window = cfg.window
-        self.t_pad = cfg.t_pad
-        self.t_pad2 = 2 * cfg.t_pad
-        self.t_pad_tgt = synth.cfg.sr * cfg.x_pad
-        self.t_query, self.t_center, self.t_max = cfg.t_query, cfg.t_center, cfg.t_max
         self.f0_mel_min = 1127 * np.log(1 + 50 / 700)
         self.f0_mel_max = 1127 * np.log(1 + 1100 / 700)
         self.bh, self.ah = signal.butter(N=cfg.hp_order, Wn=cfg.hp_cutoff, btype="high", fs=cfg.sample_rate)
+
+    # the original's attributes, read from `cfg` at call time (a test case may change the split constants)
+    window = property(lambda self: self.cfg.window)
+    t_pad = property(lambda self: self.cfg.t_pad)
+    t_pad2 = property(lambda self: 2 * self.cfg.t_pad)
+    t_pad_tgt = property(lambda self: self.cfg.t_pad_at(self.synth.cfg.sr))
+    t_query = property(lambda self: self.cfg.t_query)
+    t_center = property(lambda self: self.cfg.t_center)
+    t_max = property(lambda self: self.cfg.t_max)
 
     # ---------------------------------------------------------------------------------------- get_f0
     def get_f0(self, x, p_len, f0_method, pitch, seed):
@@ -113,7 +117,7 @@ class Pipeline:
             except RuntimeError:  # IVF indexes reconstruct only with a direct map
                 index.make_direct_map()
                 big_npy = index.reconstruct_n(0, index.ntotal)
-        audio = signal.filtfilt(self.bh, self.ah, audio)
+        audio = tap("pipeline.input", signal.filtfilt(self.bh, self.ah, audio))
         opt_ts = self.split_points(audio)
         s = 0
         audio_opt = []

@@ -17,7 +17,7 @@ from rvc_mlx.config import RMVPE as CFG
 from rvc_mlx.audio import check_mono
 from rvc_mlx.config import RMVPEConfig
 from rvc_mlx.dsp import mel_filterbank
-from rvc_mlx.testing.taps import tap
+from rvc_mlx.instrument import tap
 
 
 class ConvBlockRes(nn.Module):

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 from rvc_mlx.checkpoints import CheckpointError, convert_checkpoint
+from rvc_mlx.dispatch import KernelError
 
 
 COMPONENTS = ["rmvpe", "crepe", "fcpe"]
@@ -105,6 +106,8 @@ def cmd_info(a: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="rvc-mlx", description="RVC inference on MLX")
+    p.add_argument("--mlx-device", choices=["cpu", "gpu"], default="cpu",
+                   help="MLX device (gpu: Metal, or CUDA with mlx[cuda]; the C++ CPU kernels then sit out)")
     sub = p.add_subparsers(dest="command", required=True)
     v = sub.add_parser("convert", help="convert a voice with an RVC model")
     v.add_argument("input", type=Path, help="audio file (any rate, mono or multi-channel)")
@@ -135,8 +138,12 @@ def main(argv: list[str] | None = None) -> int:
     c.set_defaults(func=cmd_convert_weights)
     a = p.parse_args(argv)
     try:
+        from rvc_mlx import dispatch
+
+        dispatch.use_device(a.mlx_device)
+        dispatch.check()  # RVC_MLX_KERNELS / RVC_MLX_ISA / RVC_MLX_MATH this machine cannot honour: one line now
         return a.func(a)
-    except (CheckpointError, ValueError, FileNotFoundError) as e:  # AudioError, ConfigError, IndexFileError too
+    except (CheckpointError, KernelError, ValueError, FileNotFoundError) as e:  # AudioError, ConfigError, ... too
         print(f"rvc-mlx: {str(e).splitlines()[0] if str(e) else type(e).__name__}", file=sys.stderr)
         return 2
 

@@ -155,10 +155,11 @@ class PipelineConfig:
 
     sample_rate: int = 16000
     window: int = 160  # samples per F0 / feature frame at 16 kHz
-    x_pad: int = 1  # seconds of reflect padding per side (and trimmed per segment at the output rate)
-    x_query: int = 6  # seconds searched either side of a split point for the quietest window
-    x_center: int = 38  # seconds between split points
-    x_max: int = 41  # inputs longer than this (plus 10 ms) are split
+    # whole seconds in the original; a test case may set fractions (a short input split into short segments)
+    x_pad: float = 1  # seconds of reflect padding per side (and trimmed per segment at the output rate)
+    x_query: float = 6  # seconds searched either side of a split point for the quietest window
+    x_center: float = 38  # seconds between split points
+    x_max: float = 41  # inputs longer than this (plus 10 ms) are split
     hp_order: int = 5  # Butterworth high-pass, applied forward-backward (filtfilt)
     hp_cutoff: float = 48.0
     input_peak: float = 0.95  # input is scaled down if max|x| > 0.95
@@ -167,19 +168,23 @@ class PipelineConfig:
 
     @property
     def t_pad(self) -> int:
-        return self.sample_rate * self.x_pad
+        return round(self.sample_rate * self.x_pad)
+
+    def t_pad_at(self, rate: int) -> int:
+        """The padding in samples at `rate` (the output's: each segment is trimmed by it)."""
+        return round(rate * self.x_pad)
 
     @property
     def t_query(self) -> int:
-        return self.sample_rate * self.x_query
+        return round(self.sample_rate * self.x_query)
 
     @property
     def t_center(self) -> int:
-        return self.sample_rate * self.x_center
+        return round(self.sample_rate * self.x_center)
 
     @property
     def t_max(self) -> int:
-        return self.sample_rate * self.x_max
+        return round(self.sample_rate * self.x_max)
 
 
 PIPELINE = PipelineConfig()

@@ -1,11 +1,12 @@
-"""MLX front end of rvc_mlx._kernels (csrc/) for MLX's CPU device: direct NHWC conv2d, transposed conv2d and
-conv1d (one conv per output phase), dilated conv1d (a 1 x k conv2d over one row), depthwise conv1d, and the GRU
-recurrence; with fused neighbours (BatchNorm, ReLU, leaky ReLU, residual adds, GLU, SiLU) rounded as MLX's ops.
+"""MLX front end of the C++ kernels (csrc/, one build per ISA: `rvc_mlx.dispatch` picks it) for MLX's CPU device:
+direct NHWC conv2d, transposed conv2d and conv1d (one conv per output phase), dilated conv1d (a 1 x k conv2d over
+one row), depthwise conv1d, and the GRU recurrence; with fused neighbours (BatchNorm, ReLU, leaky ReLU, residual
+adds, GLU, SiLU) rounded as MLX's ops.
 
 MLX has no fast CPU conv for 16-256 channels (its im2col + GEMM, and the shifted-GEMM sums in layers.py, run
 2-3x slower than torch's oneDNN on RMVPE), and runs depthwise convs and per-step recurrences as chains of
-scalar elementwise ops. The kernels are built by `pip install -e .` on Linux. They read the evaluated input in
-place (numpy view of the MLX buffer) and write a numpy buffer, which MLX copies once (or the next kernel reads).
+scalar elementwise ops. The kernels read the evaluated input in place (numpy view of the MLX buffer) and write a
+numpy buffer, which MLX copies once (or the next kernel reads). Whether a kernel runs is `dispatch`'s choice.
 """
 
 from __future__ import annotations
@@ -16,47 +17,24 @@ import warnings
 import mlx.core as mx
 import numpy as np
 
-try:
-    from rvc_mlx import _kernels
-except ImportError as exc:  # macOS (Metal / Accelerate convs), or a build without a C++ compiler
-    _kernels = None
-    _MISSING = str(exc)
-
-
-def status() -> str:
-    """One line: whether the CPU conv kernel is in use."""
-    if _kernels is not None:
-        return f"rvc_mlx._kernels ({_kernels.LANES}-lane vectors)"
-    return f"not built: {_MISSING}"
+from rvc_mlx import dispatch
 
 
 def warn_if_missing() -> None:
-    """One-line RuntimeWarning on Linux when the kernel did not build (the convs then take the slower GEMM paths)."""
-    if _kernels is None and sys.platform.startswith("linux"):
-        warnings.warn(f"rvc-mlx: the CPU conv kernel is missing ({_MISSING}); reinstall with `pip install -e .` "
-                      f"and a C++ compiler (g++)", RuntimeWarning, stacklevel=3)
+    """One-line RuntimeWarning on Linux when kernels are wanted but none runs here (the convs then take the
+    slower GEMM paths). Settings this machine cannot meet raise at their first use instead (dispatch.check)."""
+    try:
+        s = dispatch.settings()
+        missing = s.kernels and s.isa is None and dispatch.variant() is None
+    except dispatch.KernelError:
+        return
+    if sys.platform.startswith("linux") and missing:
+        warnings.warn(f"rvc-mlx: {dispatch.status()}; reinstall with `pip install -e .` and a C++ compiler (g++)",
+                      RuntimeWarning, stacklevel=3)
 
 
-def usable(x: mx.array | np.ndarray) -> bool:
-    """Whether the kernel can run a conv of x: built, CPU device, float32 (MLX, or a host array a kernel wrote).
-    Any size: a chunked 1-D conv must round each frame as the whole-signal conv does, so short chunks take the
-    kernel too."""
-    float32 = x.dtype == np.float32 if isinstance(x, np.ndarray) else x.dtype == mx.float32
-    return _kernels is not None and mx.default_device() == mx.cpu and float32
-
-
-def fits(x: mx.array | np.ndarray, out_channels: int) -> bool:
-    """`usable`, with `out_channels` in whole vectors: what an epilogue (BatchNorm, residual), a host-array output
-    and the depthwise kernel need."""
-    return usable(x) and out_channels % _kernels.LANES == 0
-
-
-def conv2d_applies(x: mx.array, kernel: tuple[int, int], padding: tuple[int, int], out_channels: int = 0) -> bool:
-    """Whether `conv2d` runs this (stride 1, dilation 1, groups 1) conv: a non-empty output and `fits` (pass
-    out_channels for an epilogue)."""
-    width = x.shape[2] + 2 * padding[1] - kernel[1] + 1
-    height = x.shape[1] + 2 * padding[0] - kernel[0] + 1
-    return width >= 1 and height >= 1 and fits(x, out_channels)
+def _k():
+    return dispatch.kernels()
 
 
 def conv2d(module, x: mx.array | np.ndarray, padding: tuple[int, int], bn=None, relu: bool = False,
@@ -66,8 +44,8 @@ def conv2d(module, x: mx.array | np.ndarray, padding: tuple[int, int], bn=None, 
     x and residual may be host arrays; `host_out` returns one (O a multiple of the vector width): a chain of
     kernel convs then copies into MLX once, at its end."""
     o = module.weight.shape[0]
-    if (bn is not None or residual is not None or host_out) and o % _kernels.LANES:
-        raise ValueError(f"conv2d epilogue needs output channels in multiples of {_kernels.LANES}, got {o}")
+    if (bn is not None or residual is not None or host_out) and o % dispatch.lanes():
+        raise ValueError(f"conv2d epilogue needs output channels in multiples of {dispatch.lanes()}, got {o}")
     scale, shift = (None, None) if bn is None else _affine(bn)
     y = _conv(module, "conv", lambda w: w, host(x), padding, 1, scale=scale, shift=shift, relu=relu,
               residual=None if residual is None else host(residual))
@@ -107,8 +85,8 @@ def _conv(module, key, select, x: np.ndarray, padding: tuple[int, int], dilation
     b, h, w, _ = x.shape
     ho, wo = h + 2 * padding[0] - kh + 1, w + 2 * padding[1] - dilation * (kw - 1)
     y = np.empty((b, ho, wo, wide), dtype=np.float32)
-    _kernels.conv2d_nhwc(x, weight, _bias(module), y, padding, (ho, wo), (0, 0), (1, 1), scale, shift, relu,
-                         residual, dilation, slope, (0, w) if valid is None else valid)
+    _k().conv2d_nhwc(x, weight, _bias(module), y, padding, (ho, wo), (0, 0), (1, 1), scale, shift, relu,
+                     residual, dilation, slope, (0, w) if valid is None else valid)
     return y
 
 
@@ -120,8 +98,9 @@ def conv_transpose2d(module, x: mx.array, stride, padding, output_padding, bn=No
     phase's epilogue y * alpha + beta (`bn`, eval), ReLU, + residual (shaped as y; both need O in whole vectors)."""
     one_d = module.weight.ndim == 3
     o, kh, kw = (module.weight.shape[0], 1, module.weight.shape[1]) if one_d else module.weight.shape[:3]
-    if (bn is not None or residual is not None) and o % _kernels.LANES:
-        raise ValueError(f"conv_transpose2d epilogue needs output channels in multiples of {_kernels.LANES}, got {o}")
+    if (bn is not None or residual is not None) and o % dispatch.lanes():
+        raise ValueError(f"conv_transpose2d epilogue needs output channels in multiples of {dispatch.lanes()}, "
+                         f"got {o}")
     scale, shift = (None, None) if bn is None else _affine(bn)
     xn = host(x)[:, None] if one_d else host(x)
     b, h, w, _ = xn.shape
@@ -129,8 +108,7 @@ def conv_transpose2d(module, x: mx.array, stride, padding, output_padding, bn=No
     lw = (w - 1) * stride[1] - 2 * padding[1] + kw + output_padding[1]
     res = None if residual is None else (host(residual)[:, None] if one_d else host(residual))
     bias = _bias(module)
-    lanes = _kernels.LANES
-    y = np.empty((b, lh, lw, o + -o % lanes), dtype=np.float32)
+    y = np.empty((b, lh, lw, o + -o % dispatch.lanes()), dtype=np.float32)
     for ri in range(stride[0]):
         taps_h, pt, rows = _phase(kh, stride[0], padding[0], ri, lh)
         for rj in range(stride[1]):
@@ -143,8 +121,8 @@ def conv_transpose2d(module, x: mx.array, stride, padding, output_padding, bn=No
                 continue
             weight = _packed(module, (ri, rj), lambda w, th=taps_h, tw=taps_w: (w[:, None] if one_d else w)[:, th][
                 :, :, tw])
-            _kernels.conv2d_nhwc(xn, weight, bias, y, (pt, pl), (rows, cols), (ri, rj), stride, scale, shift, relu,
-                                 res, 1, slope)
+            _k().conv2d_nhwc(xn, weight, bias, y, (pt, pl), (rows, cols), (ri, rj), stride, scale, shift, relu,
+                             res, 1, slope)
     out = _to_mlx(y, o)
     return out[:, 0] if one_d else out
 
@@ -157,7 +135,7 @@ def depthwise_conv1d(module, x: mx.array, padding: int, glu: bool = False, silu:
     weight = _packed(module, "depthwise", lambda w: w[:, None])[0, :, 0]  # (C, k, 1) as (k, C)
     y = np.empty((b, length + 2 * padding - k + 1, c), dtype=np.float32)
     bias = np.asarray(module.bias, dtype=np.float32) if "bias" in module else None
-    _kernels.depthwise_conv1d(host(x), weight, bias, y, padding, glu, silu)
+    _k().depthwise_conv1d(host(x), weight, bias, y, padding, glu, silu)
     return mx.array(y)
 
 
@@ -167,7 +145,7 @@ def gru_scan(gis: list[mx.array], w_hh: list[mx.array], b_hh: list[mx.array]) ->
     b, t, h3 = gis[0].shape
     outs = [np.empty((b, t, h3 // 3), dtype=np.float32) for _ in gis]
     last = [np.empty((b, h3 // 3), dtype=np.float32) for _ in gis]
-    _kernels.gru_scan([(host(gi), _transposed(w), host(bias), out, h, i == 1)
+    _k().gru_scan([(host(gi), _transposed(w), host(bias), out, h, i == 1)
                        for i, (gi, w, bias, out, h) in enumerate(zip(gis, w_hh, b_hh, outs, last, strict=True))])
     return [mx.array(o) for o in outs], [mx.array(h) for h in last]
 
@@ -205,23 +183,24 @@ def host(x: mx.array | np.ndarray) -> np.ndarray:
 
 def _packed(module, key, select) -> np.ndarray:
     """select(weight (O, kh, kw, C)) as (kh', kw', C, O'), O' = O rounded up to the vector width with zero
-    channels; kept on the module, per key, until its weight array is replaced (loading new weights)."""
+    channels; kept on the module, per key and vector width, until its weight array is replaced (new weights)."""
     cache = module.__dict__.get("_kernel_weights")
     if cache is None or cache["weight"] is not module.weight:
         cache = {"weight": module.weight}
         object.__setattr__(module, "_kernel_weights", cache)  # not a parameter
-    if key not in cache:
+    lanes = dispatch.lanes()
+    if (lanes, key) not in cache:
         w = select(np.asarray(module.weight, dtype=np.float32))
-        w = np.pad(w, [(0, -w.shape[0] % _kernels.LANES), (0, 0), (0, 0), (0, 0)])
-        cache[key] = np.ascontiguousarray(w.transpose(1, 2, 3, 0))
-    return cache[key]
+        w = np.pad(w, [(0, -w.shape[0] % lanes), (0, 0), (0, 0), (0, 0)])
+        cache[lanes, key] = np.ascontiguousarray(w.transpose(1, 2, 3, 0))
+    return cache[lanes, key]
 
 
 def _bias(module) -> np.ndarray | None:
     if "bias" not in module:
         return None
     b = np.asarray(module.bias, dtype=np.float32)
-    return np.pad(b, (0, -b.shape[0] % _kernels.LANES))
+    return np.pad(b, (0, -b.shape[0] % dispatch.lanes()))
 
 
 def _affine(bn) -> tuple[np.ndarray, np.ndarray]:

@@ -17,7 +17,7 @@ from rvc_mlx.config import CREPE as CREPE_CFG
 from rvc_mlx.config import CREPEConfig
 from rvc_mlx.layers import BatchNorm, TapConv2d
 from rvc_mlx.pitch import bins_to_frequency, crepe_dither, mean_filter, median_filter, viterbi
-from rvc_mlx.testing.taps import tap
+from rvc_mlx.instrument import split, tap
 from rvc_mlx.fastmath import sigmoid
 
 
@@ -138,6 +138,7 @@ class CREPE:
         mx.eval(soft, masked)
         soft, masked = np.array(soft), np.array(masked)
         pitch, periodicity = [], []
+        split("crepe viterbi batches", -(-soft.shape[0] // cfg.batch_size))
         for s in range(0, soft.shape[0], cfg.batch_size):
             bins = viterbi(soft[s:s + cfg.batch_size])
             pitch.append(bins_to_frequency(bins, dither[s:s + bins.shape[0]], cfg))

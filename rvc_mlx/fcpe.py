@@ -16,7 +16,7 @@ from rvc_mlx.audio import check_mono
 from rvc_mlx.checkpoints import check_fcpe_checkpoint
 from rvc_mlx.config import FCPE_CFG, FCPEConfig
 from rvc_mlx.dsp import hann_window, mel_filterbank
-from rvc_mlx.testing.taps import recording, tap
+from rvc_mlx.instrument import layer_by_layer, tap
 from rvc_mlx.fastmath import GLU, SiLU, sigmoid
 from rvc_mlx.layers import Conv1d
 
@@ -86,7 +86,7 @@ class ConformerConvModule(nn.Module):
         ]
 
     def __call__(self, x: mx.array) -> mx.array:
-        if recording():  # layer by layer, so that each one is tapped
+        if layer_by_layer():  # each original layer in turn (localisation)
             for layer in self.net:
                 x = layer(x)
             return x

@@ -16,7 +16,8 @@ from rvc_mlx.audio import check_mono
 from rvc_mlx.config import HUBERT, HubertConfig
 from rvc_mlx.fastmath import GELU, softmax
 from rvc_mlx.layers import Conv1d
-from rvc_mlx.testing.taps import recording
+from rvc_mlx import dispatch
+from rvc_mlx.instrument import layer_by_layer, split
 
 
 class GroupNormConvLayer(nn.Module):
@@ -101,10 +102,6 @@ class PositionalConvEmbedding(nn.Module):
         return self.activation(self.padding(self.conv(x)))
 
 
-ATTENTION_CHUNK_BYTES = 16 << 20  # attention scores per query chunk (all heads)
-ATTENTION_MIN_ROWS = 64
-
-
 class Attention(nn.Module):
     """Multi-head self-attention (scores = (q k^T) * d^-0.5); returns (out, weights or None when chunked); (B, T, C)."""
 
@@ -125,8 +122,8 @@ class Attention(nn.Module):
         q = self.q_proj(x).reshape(shape).transpose(0, 2, 1, 3)
         k = self.k_proj(x).reshape(shape).transpose(0, 2, 1, 3)
         v = self.v_proj(x).reshape(shape).transpose(0, 2, 1, 3)
-        rows = max(ATTENTION_CHUNK_BYTES // (4 * b * self.num_heads * t), ATTENTION_MIN_ROWS)
-        if rows >= t or recording():
+        rows = dispatch.attention_rows(b, self.num_heads, t)
+        if rows >= t or layer_by_layer():
             weights = softmax((q @ k.transpose(0, 1, 3, 2)) * self.scaling, axis=-1)
             out = weights @ v
         else:  # long inputs: query rows in chunks (softmax is per row), so the scores stay in cache, not 430 MB
@@ -134,6 +131,7 @@ class Attention(nn.Module):
             k_t = k.transpose(0, 1, 3, 2)
             out = mx.concatenate([softmax((q[:, :, s:s + rows] @ k_t) * self.scaling, axis=-1) @ v
                                   for s in range(0, t, rows)], axis=2)
+            split("hubert attention query chunks", -(-t // rows))
         return self.out_proj(out.transpose(0, 2, 1, 3).reshape(b, t, -1)), weights
 
 

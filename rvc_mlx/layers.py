@@ -9,8 +9,9 @@ import mlx.nn as nn
 import numpy as np
 from threadpoolctl import threadpool_limits
 
-from rvc_mlx import cpu_kernels, fastmath
-from rvc_mlx.testing.profile import profiled
+from rvc_mlx import cpu_kernels, dispatch, fastmath
+from rvc_mlx.dispatch import GEMM, KERNEL, MLX
+from rvc_mlx.instrument import profiled
 
 
 class GRU(nn.Module):
@@ -18,8 +19,8 @@ class GRU(nn.Module):
 
     Parameter names and gate order (r, z, n) are torch's, so checkpoints load without renaming:
     n = tanh(W_in x + b_in + r * (W_hn h + b_hn)), h' = n + z * (h - n)  (torch's CPU cell form).
-    On the CPU the recurrence runs in the kernel (`cpu_kernels.gru_scan`, both directions in parallel), else in
-    numpy (`_gru_scan_host`) or as compiled MLX steps (other devices).
+    `dispatch.gru` chooses where the recurrence runs: the kernel (`cpu_kernels.gru_scan`, both directions in
+    parallel), numpy on the host (`_gru_scan_host`, the CPU fallback) or compiled MLX steps (other devices).
     """
 
     def __init__(self, input_size: int, hidden_size: int, bidirectional: bool = False):
@@ -36,13 +37,13 @@ class GRU(nn.Module):
     def _input_projection(self, x: mx.array, suffix: str) -> mx.array:
         return x @ getattr(self, "weight_ih" + suffix).T + getattr(self, "bias_ih" + suffix)  # (B, T, 3H)
 
-    def _direction(self, x: mx.array, suffix: str, reverse: bool) -> tuple[mx.array, mx.array]:
+    def _direction(self, x: mx.array, suffix: str, reverse: bool, impl: str) -> tuple[mx.array, mx.array]:
         H = self.hidden_size
         w_hh = getattr(self, "weight_hh" + suffix).T
         b_hh = getattr(self, "bias_hh" + suffix)
         gi = self._input_projection(x, suffix)
         steps = range(x.shape[1] - 1, -1, -1) if reverse else range(x.shape[1])
-        if mx.default_device() == mx.cpu:
+        if impl == GEMM:
             out, h = _gru_scan_host(np.array(gi), np.array(w_hh), np.array(b_hh), steps)
             return mx.array(out), mx.array(h)
         h = mx.zeros((x.shape[0], H), dtype=x.dtype)
@@ -54,15 +55,16 @@ class GRU(nn.Module):
 
     def __call__(self, x: mx.array) -> tuple[mx.array, mx.array]:
         suffixes = ("_l0", "_l0_reverse") if self.bidirectional else ("_l0",)
-        if cpu_kernels.usable(x):  # the CPU kernel's scan: both directions at once, on a core each
+        impl = dispatch.gru(x)
+        if impl == KERNEL:  # the CPU kernel's scan: both directions at once, on a core each
             gis = [self._input_projection(x, s) for s in suffixes]
             outs, hs = cpu_kernels.gru_scan(gis, [getattr(self, "weight_hh" + s) for s in suffixes],
                                             [getattr(self, "bias_hh" + s) for s in suffixes])
             return mx.concatenate(outs, axis=-1) if len(outs) > 1 else outs[0], mx.stack(hs)
-        out, h = self._direction(x, "_l0", reverse=False)
+        out, h = self._direction(x, "_l0", reverse=False, impl=impl)
         if not self.bidirectional:
             return out, h[None]
-        out_r, h_r = self._direction(x, "_l0_reverse", reverse=True)
+        out_r, h_r = self._direction(x, "_l0_reverse", reverse=True, impl=impl)
         return mx.concatenate([out, out_r], axis=-1), mx.stack([h, h_r])
 
 
@@ -117,7 +119,7 @@ class TapConv2d(nn.Conv2d):
         b, length = x.shape[0], x.shape[1]
         n = length - k + 1
         w = self.weight[:, :, 0, :]
-        if length > 2 * n:  # short outputs: copy each tap's rows (2-D GEMM; a batched GEMM of tiny matrices is slow)
+        if dispatch.tap_conv2d(length, n) == "per-tap":  # copy each tap's rows (2-D GEMMs)
             y = x[:, 0:n, 0].reshape(b * n, c) @ w[:, 0].T
             for j in range(1, k):
                 y = mx.addmm(y, x[:, j:j + n, 0].reshape(b * n, c), w[:, j].T)
@@ -193,15 +195,15 @@ class Conv1d(nn.Conv1d):
         """`pad=False`: the caller's input already carries the zero margins (the output is 2 * padding shorter)."""
         o, k, c = self.weight.shape
         depthwise = self.groups == o == x.shape[-1] and c == 1
-        if self.groups != 1 and not depthwise or self.stride != 1 and (depthwise or self.dilation != 1):
+        impl = dispatch.conv1d(x, self.weight.shape, self.groups, self.stride, self.dilation)
+        if impl == MLX:
             if not pad:
                 raise ValueError(f"Conv1d(groups={self.groups}, stride={self.stride}) has no pad=False path")
             return super().__call__(x)
-        # a pointwise conv is one GEMM already (and OpenBLAS's blocked sum keeps the attention logits' rounding)
-        if k > 1 and not depthwise and self.stride == 1 and self.groups == 1 and cpu_kernels.usable(x):
+        if impl == KERNEL:
+            if depthwise:
+                return cpu_kernels.depthwise_conv1d(self, x, self.padding if pad else 0)
             return cpu_kernels.conv1d(self, x, self.padding if pad else 0, self.dilation)
-        if depthwise and self._depthwise_kernel(x):
-            return cpu_kernels.depthwise_conv1d(self, x, self.padding if pad else 0)
         if self.padding and pad:
             x = pad_time(x, self.padding, self.padding)
         if self.stride != 1:
@@ -225,14 +227,12 @@ class Conv1d(nn.Conv1d):
     def glu_depthwise_silu(self, x: mx.array) -> mx.array:
         """silu(self(glu(x))) for a depthwise conv (stride 1, dilation 1) of x's GLU (a * sigmoid(b) of its channel
         halves): one kernel pass on the CPU (the GLU as it reads, the SiLU as it writes), else the three ops."""
-        if self.groups == self.weight.shape[0] and self.weight.shape[2] == 1 and self._depthwise_kernel(x):
+        o = self.weight.shape[0]
+        if (self.groups == o and self.weight.shape[2] == 1 and self.stride == 1 and self.dilation == 1
+                and dispatch.fused(x, "depthwise1d+glu+silu", o)):
             return cpu_kernels.depthwise_conv1d(self, x, self.padding, glu=True, silu=True)
         a, b = mx.split(x, 2, axis=-1)
         return fastmath.silu(self(a * fastmath.sigmoid(b)))
-
-    def _depthwise_kernel(self, x: mx.array) -> bool:
-        """Whether the depthwise kernel runs this (depthwise) conv of x: stride 1, dilation 1, whole vectors."""
-        return self.stride == 1 and self.dilation == 1 and cpu_kernels.fits(x, self.weight.shape[0])
 
     @profiled
     def leaky_host(self, x: np.ndarray, slope: float, valid: tuple[int, int],
@@ -270,9 +270,10 @@ class ConvTranspose1d(nn.ConvTranspose1d):
     (C_in, K * C_out) kernel once and tap k lands on output phase k % stride, shifted by k // stride frames."""
 
     def __call__(self, x: mx.array) -> mx.array:
-        if self.dilation != 1:
+        impl = dispatch.conv_transpose(x, self.dilation, one_d=True)
+        if impl == MLX:
             return super().__call__(x)
-        if cpu_kernels.usable(x):
+        if impl == KERNEL:
             return cpu_kernels.conv_transpose2d(self, x, (1, self.stride), (0, self.padding), (0, self.output_padding))
         o, k, c = self.weight.shape
         s, p = self.stride, self.padding
@@ -294,7 +295,8 @@ class ConvTranspose1d(nn.ConvTranspose1d):
     def leaky_add(self, x: mx.array, slope: float, residual: mx.array) -> mx.array:
         """self(leaky_relu(x, slope)) + residual: on the CPU kernel in one pass (leaky ReLU as it reads, the add
         as it writes), else the three ops."""
-        if self.dilation == 1 and cpu_kernels.fits(x, self.weight.shape[0]) and residual.dtype == mx.float32:
+        if (self.dilation == 1 and residual.dtype == mx.float32
+                and dispatch.fused(x, "conv_transpose1d+leaky+add", self.weight.shape[0])):
             return cpu_kernels.conv_transpose2d(self, x, (1, self.stride), (0, self.padding),
                                                 (0, self.output_padding), slope=slope, residual=residual)
         return self(leaky_relu(x, slope)) + residual
@@ -334,43 +336,32 @@ def _pair(v) -> tuple[int, int]:
     return (v, v) if isinstance(v, int) else tuple(v)
 
 
-# MLX's native conv2d (im2col + one GEMM) is faster for a single input channel, and from 64 input channels up on
-# small images (RMVPE's bottom: 2048 pixels or fewer; e.g. 512 ch on 32x4: 3.0 vs 7.4 ms); the shifted-GEMM sum
-# wins everywhere else (64 -> 32 ch on 512x64: 11.6 vs 28 ms). Errors of both stay below torch's.
-NATIVE_CONV2D_CHANNELS = 64
-THIN_GEMM_OUTPUTS = 32
-NATIVE_CONV2D_MAX_PIXELS = 2048
-
-
 def conv2d_fold(c: int, o: int) -> int:
     """Pixels per GEMM row for a 3-wide kernel row: 2 (two (2C, 2O) taps instead of three (C, O)) pays for 32
     output channels or fewer (RMVPE 16 -> 16 on 1024x128: 14.2 -> 11.9 ms); 4 and up waste too many FLOPs."""
     return 2 if o <= 32 else 1
 
 
-def _native_conv2d(channels: int, pixels: int) -> bool:
-    return channels == 1 or channels >= NATIVE_CONV2D_CHANNELS and pixels <= NATIVE_CONV2D_MAX_PIXELS
-
-
 class Conv2d(nn.Conv2d):
     """nn.Conv2d (stride 1, groups 1, dilation 1) on NHWC (B, H, W, C): on the CPU, the direct conv kernel
-    (`cpu_kernels`; 1 x 1 only for thin outputs); otherwise kh*kw shifted GEMMs on flat rows, or MLX's conv.
+    (`cpu_kernels`; 1 x 1 only for thin outputs); otherwise kh*kw shifted GEMMs on flat rows, or MLX's conv
+    (`dispatch.conv2d` chooses).
 
     MLX's CPU conv2d is 4-8x slower than torch for RMVPE's 16- and 32-channel 3x3 convs. With the padded image
     flattened to rows of width W + 2p, tap (i, j) is the contiguous row slice at offset i*(W+2p) + j, so every
     tap is one GEMM (inner dimension C) accumulated by addmm; the 2p wrap-around columns are cropped at the end.
     The kernel is 2-4x faster again: it keeps its accumulators in registers over the whole reduction."""
 
+    def _simple(self) -> bool:
+        return _pair(self.stride) == (1, 1) and self.groups == 1 and _pair(self.dilation) == (1, 1)
+
     def __call__(self, x: mx.array) -> mx.array:
         o, kh, kw, c = self.weight.shape
-        if _pair(self.stride) != (1, 1) or self.groups != 1 or _pair(self.dilation) != (1, 1):
-            return super().__call__(x)
         ph, pw = _pair(self.padding)
-        # a 1 x 1 conv is one GEMM, as fast as the kernel unless it is thin: OpenBLAS runs (N, C) x (C, <= 32) at
-        # half the kernel's speed (RMVPE's shortcuts: 32 -> 16 ch on 1024 x 128, 4.9 vs 2.8 ms)
-        if ((kh, kw) != (1, 1) or o <= THIN_GEMM_OUTPUTS) and cpu_kernels.conv2d_applies(x, (kh, kw), (ph, pw)):
+        impl = dispatch.conv2d(x, self.weight.shape, (ph, pw), self._simple())
+        if impl == KERNEL:
             return cpu_kernels.conv2d(self, x, (ph, pw))
-        if _native_conv2d(c, x.shape[1] * x.shape[2]):
+        if impl == MLX:
             return super().__call__(x)
         if (kh, kw) == (1, 1):
             y = (x if (ph, pw) == (0, 0) else mx.pad(x, [(0, 0), (ph, ph), (pw, pw), (0, 0)])) @ self.weight[:, 0, 0].T
@@ -397,9 +388,8 @@ class Conv2d(nn.Conv2d):
         else the conv and then one compiled pass for BN, ReLU and the add (the same ops, the same values).
         `host`: the kernel's result may stay a host array, for the next kernel conv (x and residual may be ones)."""
         ph, pw = _pair(self.padding)
-        o, kh, kw, _ = self.weight.shape
-        if (bn.frozen() and _pair(self.stride) == (1, 1) and self.groups == 1
-                and _pair(self.dilation) == (1, 1) and cpu_kernels.conv2d_applies(x, (kh, kw), (ph, pw), o)):
+        if bn.frozen() and dispatch.conv2d_epilogue(x, self.weight.shape, (ph, pw), self._simple(),
+                                                    "+bn+relu" + ("" if residual is None else "+add")):
             return cpu_kernels.conv2d(self, x, (ph, pw), bn, relu=True, residual=residual, host_out=host)
         x, residual = (v if v is None or isinstance(v, mx.array) else mx.array(v) for v in (x, residual))
         if not bn.frozen():
@@ -418,11 +408,12 @@ class ConvTranspose2d(nn.ConvTranspose2d):
     lands on output phase (i % sh, j % sw), shifted by (i // sh, j // sw) input pixels."""
 
     def __call__(self, x: mx.array) -> mx.array:
-        if _pair(self.dilation) != (1, 1):
+        impl = dispatch.conv_transpose(x, _pair(self.dilation), one_d=False)
+        if impl == MLX:
             return super().__call__(x)
         o, kh, kw, c = self.weight.shape
         (sh, sw), (ph, pw), (oh, ow) = _pair(self.stride), _pair(self.padding), _pair(self.output_padding)
-        if cpu_kernels.usable(x):
+        if impl == KERNEL:
             return cpu_kernels.conv_transpose2d(self, x, (sh, sw), (ph, pw), (oh, ow))
         b, h, w, _ = x.shape
         z = (x @ self.weight.transpose(3, 1, 2, 0).reshape(c, kh * kw * o)).reshape(b, h, w, kh, kw, o)
@@ -451,7 +442,8 @@ class ConvTranspose2d(nn.ConvTranspose2d):
     def conv_bn_relu(self, x: mx.array, bn: "BatchNorm") -> mx.array:
         """relu(bn(self(x))): on the CPU kernel, BN and ReLU are each phase conv's epilogue (rounded as MLX's ops
         round them); otherwise the three layers in turn."""
-        if _pair(self.dilation) == (1, 1) and bn.frozen() and cpu_kernels.fits(x, self.weight.shape[0]):
+        if (_pair(self.dilation) == (1, 1) and bn.frozen()
+                and dispatch.fused(x, "conv_transpose2d+bn+relu", self.weight.shape[0])):
             return cpu_kernels.conv_transpose2d(self, x, _pair(self.stride), _pair(self.padding),
                                                 _pair(self.output_padding), bn=bn, relu=True)
         return nn.relu(bn(self(x)))

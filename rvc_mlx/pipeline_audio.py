@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from rvc_mlx.config import PIPELINE, PipelineConfig
+from rvc_mlx.instrument import split
 
 MIN_SAMPLES_16K = 160  # one 10 ms frame at 16 kHz: nothing shorter carries a single F0/feature frame
 
@@ -44,7 +45,9 @@ def to_16k_mono(audio, sr: int, what: str = "input audio") -> np.ndarray:
         raise AudioError(f"{what}: unsupported sample type {x.dtype}; pass float or integer PCM")
     x = x.astype(np.float64)
     if x.ndim == 2:  # (N, channels) as soundfile returns it
-        x = x.mean(axis=1) if x.shape[1] <= 16 else x.mean(axis=0)
+        axis = 1 if x.shape[1] <= 16 else 0
+        split("input channels mixed", x.shape[axis])
+        x = x.mean(axis=axis)
     if x.ndim != 1:
         raise AudioError(f"{what}: expected (samples,) or (samples, channels), got shape {x.shape}")
     if x.shape[0] == 0:
@@ -54,6 +57,7 @@ def to_16k_mono(audio, sr: int, what: str = "input audio") -> np.ndarray:
     if not isinstance(sr, (int, np.integer)) or not 1000 <= sr <= 384000:
         raise AudioError(f"{what}: unsupported sample rate {sr!r} Hz (expected 1000..384000)")
     if sr != PIPELINE.sample_rate:
+        split(f"input resampled from {sr} Hz", 1)
         x = librosa.resample(x, orig_sr=int(sr), target_sr=PIPELINE.sample_rate, res_type=PIPELINE.resample_quality)
     if x.shape[0] < MIN_SAMPLES_16K:
         raise AudioError(f"{what} is too short: {x.shape[0]} samples at 16 kHz ({x.shape[0] / 16:.1f} ms); need at "

@@ -17,7 +17,7 @@ from rvc_mlx.config import RMVPEConfig
 from rvc_mlx.dsp import log_mel, mel_filterbank
 from rvc_mlx.fastmath import Sigmoid
 from rvc_mlx.layers import GRU, BatchNorm, Conv2d, ConvTranspose2d
-from rvc_mlx.testing.taps import recording, tap
+from rvc_mlx.instrument import layer_by_layer, output, split, tap
 
 
 class ConvBlockRes(nn.Module):
@@ -39,14 +39,16 @@ class ConvBlockRes(nn.Module):
     def __call__(self, x: mx.array, host: bool = False) -> mx.array:
         """`host`: the result may stay a host array (the CPU kernel's), for the next block (see _blocks)."""
         residual = self.shortcut(x) if "shortcut" in self else x
-        if recording():  # layer by layer, so that each one is tapped
+        if layer_by_layer():  # each original layer in turn (localisation)
             y = x
             for layer in self.conv:
                 y = layer(y)
             return y + residual
-        # conv -> BN -> ReLU (-> + residual) in one pass each: the same values, without the elementwise passes
-        conv1, bn1, _, conv2, bn2, _ = self.conv
-        return conv2.conv_bn_relu(conv1.conv_bn_relu(x, bn1, host=True), bn2, residual, host=host)
+        # conv -> BN -> ReLU (-> + residual) in one pass each, without the elementwise passes; the first pass's
+        # result is the first ReLU's output, reported as such
+        conv1, bn1, relu1, conv2, bn2, _ = self.conv
+        y = output(relu1, conv1.conv_bn_relu(x, bn1, host=True))
+        return conv2.conv_bn_relu(y, bn2, residual, host=host)
 
 
 def _blocks(blocks: list[ConvBlockRes], x: mx.array) -> mx.array:
@@ -125,11 +127,11 @@ class ResDecoderBlock(nn.Module):
         self.conv2 += [ConvBlockRes(out_channels, out_channels) for _ in range(cfg.n_blocks - 1)]
 
     def __call__(self, x: mx.array, concat_tensor: mx.array) -> mx.array:
-        if recording():  # layer by layer, so that each one is tapped
+        if layer_by_layer():  # each original layer in turn (localisation)
             for layer in self.conv1:
                 x = layer(x)
-        else:  # transposed conv -> BN -> ReLU in one pass: the same values
-            x = self.conv1[0].conv_bn_relu(x, self.conv1[1])
+        else:  # transposed conv -> BN -> ReLU in one pass: the ReLU's output, reported as such
+            x = output(self.conv1[2], self.conv1[0].conv_bn_relu(x, self.conv1[1]))
         return _blocks(self.conv2, mx.concatenate([x, concat_tensor], axis=-1))
 
 
@@ -250,6 +252,7 @@ class RMVPE:
         n_frames = mel.shape[1]
         mel = mx.pad(mel, [(0, 0), (0, m * ((n_frames - 1) // m + 1) - n_frames), (0, 0)], mode="reflect")
         chunks = [self.model(mel[:, s:s + chunk]) for s in range(0, mel.shape[1], chunk)]
+        split("rmvpe mel chunks", len(chunks))
         return mx.concatenate(chunks, axis=1)[:, :n_frames]
 
     def salience_mx(self, audio_16k: np.ndarray, chunk_frames: int | None = None) -> mx.array:

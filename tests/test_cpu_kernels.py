@@ -1,7 +1,13 @@
-"""The CPU conv kernel (csrc/conv2d.cpp via rvc_mlx.cpu_kernels) computes what torch computes in float64, no worse
-than torch's own float32 error; its fused BatchNorm/ReLU/residual epilogue equals MLX's layer-by-layer ops bit for
-bit; and the layers fall back to their MLX paths when it is missing."""
+"""The CPU kernels (csrc/ via rvc_mlx.cpu_kernels), in every build this CPU runs (the `isa` fixture: avx512, avx2,
+generic), compute what torch computes in float64, no worse than torch's own float32 error. Their fused epilogues
+(BatchNorm, ReLU, residual) equal MLX's ops in turn bit for bit: the same kernel sums the conv in the same order
+either way, and each epilogue step rounds once, as MLX's elementwise ops do (MLX JIT-compiles them for the
+baseline ISA: no FMA contraction). The layers fall back to their MLX paths with the kernels off."""
 
+import importlib.util
+import platform
+import shutil
+import subprocess
 import sys
 
 import mlx.core as mx
@@ -11,12 +17,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from rvc_mlx import cpu_kernels, fastmath, layers
+from rvc_mlx import cpu_kernels, dispatch, fastmath, layers
 from rvc_mlx.rmvpe import ConvBlockRes
 from rvc_mlx.testing.taps import LayoutMap, LayoutRule, MLXRecorder
 
 RNG = np.random.default_rng(7)
-needs_kernel = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="built on Linux only")
 
 
 def _randn(*shape, scale=1.0):
@@ -31,12 +36,47 @@ def _errors(out, ref64: torch.Tensor, t32: torch.Tensor) -> tuple[float, float]:
             np.abs(t32.double().numpy() - ref).max() / scale)
 
 
-@needs_kernel
-def test_the_kernel_is_built_and_used_on_linux():
-    assert cpu_kernels._kernels is not None, f"{cpu_kernels.status()}: run `make test` (pip install -e . builds it)"
-    assert cpu_kernels._kernels.LANES in (4, 8, 16)
-    x = mx.array(_randn(1, 6, 20, 16))
-    assert cpu_kernels.conv2d_applies(x, (3, 3), (1, 1), 16)
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the kernels are built on Linux only")
+def test_every_kernel_build_is_installed_on_linux_and_the_widest_runnable_one_is_used():
+    x86 = platform.machine().lower() in ("x86_64", "amd64")
+    want = ("avx512", "avx2", "generic") if x86 else ("generic",)
+    assert dispatch.built() == want, f"{dispatch.status()}: run `make test` (pip install -e . builds them)"
+    assert dispatch.runnable(), dispatch.status()
+    if dispatch.settings().isa is None:  # (RVC_MLX_ISA unset)
+        assert dispatch.variant() == dispatch.runnable()[0]
+    if x86:  # CPUID (rvc_mlx._cpu) agrees with the kernel's view of this CPU
+        flags = set(next(line for line in open("/proc/cpuinfo") if line.startswith("flags")).split(":")[1].split())
+        for feature in ("avx2", "fma", "avx512f", "avx512dq", "avx512bw", "avx512vl"):
+            assert (feature in dispatch.cpu_features()) == (feature in flags), feature
+        assert dispatch.runnable() == tuple(v for v in want if set(dispatch.NEEDS[v]) <= flags)
+    assert dispatch.kernels().LANES == {"avx512": 16, "avx2": 8, "generic": 4}[dispatch.variant()]
+    assert dispatch.conv2d(mx.array(_randn(1, 6, 20, 16)), (16, 3, 3, 16), (1, 1), True) == dispatch.KERNEL
+
+
+@pytest.mark.skipif(platform.machine().lower() not in ("x86_64", "amd64") or shutil.which("objdump") is None,
+                    reason="inspects x86 machine code with binutils' objdump")
+def test_each_kernel_build_holds_only_its_own_isa_and_the_cpuid_probe_only_the_baseline():
+    """No -march=native: an install copied to another x86 machine runs (rvc_mlx._cpu is probed first)."""
+    def registers(module: str) -> set[str]:
+        asm = subprocess.run(["objdump", "-d", importlib.util.find_spec(module).origin], capture_output=True,
+                             text=True, check=True).stdout
+        return {r for r in ("xmm", "ymm", "zmm") if f"%{r}" in asm}
+
+    widest = {"avx512": "zmm", "avx2": "ymm", "generic": "xmm"}
+    for isa in dispatch.built():
+        found = registers(f"rvc_mlx._kernels_{isa}")
+        assert max(found, key=["xmm", "ymm", "zmm"].index) == widest[isa], (isa, found)
+    assert registers("rvc_mlx._cpu") <= {"xmm"}
+
+
+def test_a_build_this_cpu_cannot_run_is_refused_in_one_line(monkeypatch):
+    monkeypatch.setattr(dispatch, "cpu_features", lambda: frozenset())
+    monkeypatch.setattr(dispatch, "built", lambda: ("avx512", "avx2", "generic"))
+    assert dispatch.runnable() == ("generic",)
+    with pytest.raises(dispatch.KernelError, match=r"^this CPU cannot run the avx2 kernels \(it lacks avx2, fma\)"):
+        dispatch.use_isa("avx2")
+    with pytest.raises(dispatch.KernelError, match="unknown kernel build 'sse9'"):
+        dispatch.use_isa("sse9")
 
 
 # (batch, C, O, kernel, padding, (H, W)): wide rows (one row per block), narrow rows (a window of rows per block),
@@ -49,9 +89,8 @@ CONV_CASES = [(2, 16, 16, 3, 1, (9, 40)), (1, 1, 16, 3, 1, (12, 17)), (1, 32, 3,
               (1, 16, 32, 5, 2, (8, 21)), (1, 24, 16, 3, 0, (9, 20)), (3, 40, 16, 1, 0, (4, 3))]
 
 
-@needs_kernel
 @pytest.mark.parametrize("batch,c_in,c_out,k,pad,hw", CONV_CASES)
-def test_conv2d_kernel_matches_torch_float64(batch, c_in, c_out, k, pad, hw):
+def test_conv2d_kernel_matches_torch_float64(isa, batch, c_in, c_out, k, pad, hw):
     x, w, b = _randn(batch, c_in, *hw), _randn(c_out, c_in, *np.broadcast_to(k, 2), scale=0.3), _randn(c_out)
     conv = layers.Conv2d(c_in, c_out, k, padding=pad)
     conv.weight, conv.bias = mx.array(w.transpose(0, 2, 3, 1)), mx.array(b)
@@ -70,9 +109,8 @@ TRANSPOSED_CASES = [(3, 2, 1, 1, (8, 5)), (4, 2, 1, 0, (5, 7)), (3, (1, 2), (1, 
                     (5, 3, 2, 1, (4, 9)), (2, 3, 0, 0, (5, 5))]
 
 
-@needs_kernel
 @pytest.mark.parametrize("k,stride,pad,out_pad,hw", TRANSPOSED_CASES)
-def test_conv_transpose2d_phases_match_torch_float64(k, stride, pad, out_pad, hw):
+def test_conv_transpose2d_phases_match_torch_float64(isa, k, stride, pad, out_pad, hw):
     x, w, b = _randn(2, 16, *hw), _randn(16, 32, k, k, scale=0.3), _randn(32)
     conv = layers.ConvTranspose2d(16, 32, k, stride=stride, padding=pad, output_padding=out_pad)
     conv.weight, conv.bias = mx.array(w.transpose(1, 2, 3, 0)), mx.array(b)
@@ -105,7 +143,7 @@ def _layer_by_layer(block, x):
 
 @pytest.mark.parametrize("c_in,c_out,hw", [(16, 16, (40, 128)), (16, 32, (20, 64)), (64, 64, (9, 33)),
                                            (32, 32, (6, 4))])
-def test_fused_conv_bn_relu_residual_equals_the_layer_by_layer_ops_bit_for_bit(c_in, c_out, hw):
+def test_fused_conv_bn_relu_residual_equals_the_layer_by_layer_ops_bit_for_bit(isa, c_in, c_out, hw):
     block = _block(c_in, c_out)
     x = mx.random.normal((2, *hw, c_in))
     np.testing.assert_array_equal(np.array(block(x)), np.array(_layer_by_layer(block, x)))
@@ -117,8 +155,8 @@ def test_fused_conv_bn_relu_residual_equals_the_layer_by_layer_ops_bit_for_bit(c
 @pytest.mark.parametrize("c_in,c_out,k,stride,pad,out_pad,hw", [
     (64, 32, 3, (2, 2), 1, (1, 1), (32, 4)), (16, 16, 3, (1, 2), (1, 0), (0, 1), (8, 5)),
     (16, 32, 2, 3, 0, 0, (5, 5)), (16, 8, 3, 2, 1, 1, (6, 6))])
-def test_fused_transposed_conv_bn_relu_equals_the_layer_by_layer_ops_bit_for_bit(c_in, c_out, k, stride, pad, out_pad,
-                                                                                  hw):
+def test_fused_transposed_conv_bn_relu_equals_the_layer_by_layer_ops_bit_for_bit(isa, c_in, c_out, k, stride, pad,
+                                                                                  out_pad, hw):
     mx.random.seed(c_in + c_out)
     tconv = layers.ConvTranspose2d(c_in, c_out, k, stride=stride, padding=pad, output_padding=out_pad)
     bn = layers.BatchNorm(c_out)
@@ -129,17 +167,23 @@ def test_fused_transposed_conv_bn_relu_equals_the_layer_by_layer_ops_bit_for_bit
     np.testing.assert_array_equal(np.array(tconv.conv_bn_relu(x, bn)), np.array(nn.relu(bn(tconv(x)))))
 
 
-def test_conv_block_takes_the_tapped_layer_by_layer_path_while_recording():
+def test_a_recording_observes_the_fused_block_and_layer_by_layer_mode_calls_every_layer(isa):
     block = _block(16, 32)
     x = mx.random.normal((1, 8, 20, 16))
-    with MLXRecorder(block, LayoutMap((LayoutRule("*", "NHWC"),))) as rec:
+    unobserved = np.array(block(x))
+    layouts = LayoutMap((LayoutRule("*", "NHWC"),))
+    with MLXRecorder(block, layouts) as rec:  # the shipped path: the recorder never changes what runs
         y = block(x)
+    np.testing.assert_array_equal(np.array(y), unobserved)
+    assert set(rec.records) == {"model", "shortcut", "conv.2"}  # conv.2: the first fused pass, as its ReLU's output
+    assert rec.calls["model"].own == (f"kernel conv2d+bn+relu {isa}", f"kernel conv2d+bn+relu+add {isa}")
+    assert rec.calls["conv.2"].reported and rec.calls["conv.2"].own == (f"kernel conv2d+bn+relu {isa}",)
+    with MLXRecorder(block, layouts, layer_by_layer=True) as rec:
+        block(x)
     assert {"conv.0", "conv.1", "conv.2", "conv.4", "shortcut"} <= set(rec.records)
-    np.testing.assert_array_equal(np.array(y), np.array(_layer_by_layer(block, x)))
 
 
-@needs_kernel
-def test_new_weights_replace_the_packed_copy():
+def test_new_weights_replace_the_packed_copy(isa):
     conv = layers.Conv2d(8, 16, 3, padding=1)
     x = mx.array(_randn(1, 5, 20, 8))
     before = np.array(conv(x))
@@ -148,25 +192,25 @@ def test_new_weights_replace_the_packed_copy():
     np.testing.assert_allclose(after - np.array(conv.bias), 2 * (before - np.array(conv.bias)), rtol=1e-5, atol=1e-5)
 
 
-@needs_kernel
-def test_mismatched_buffers_are_refused_with_the_shapes_named():
+def test_mismatched_buffers_are_refused_with_the_shapes_named(isa):
     x, w = np.zeros((1, 4, 20, 8), np.float32), np.zeros((3, 3, 8, 16), np.float32)
     y = np.zeros((1, 4, 19, 16), np.float32)
     with pytest.raises(ValueError, match=r"x \(1, 4, 20, 8\).*do not fit"):
-        cpu_kernels._kernels.conv2d_nhwc(x, w, None, y, (1, 1), (4, 20), (0, 0), (1, 1))
+        dispatch.kernels().conv2d_nhwc(x, w, None, y, (1, 1), (4, 20), (0, 0), (1, 1))
     with pytest.raises(ValueError, match="C-contiguous float32"):
-        cpu_kernels._kernels.conv2d_nhwc(x.astype(np.float64), w, None, y, (1, 1), (4, 19), (0, 0), (1, 1))
+        dispatch.kernels().conv2d_nhwc(x.astype(np.float64), w, None, y, (1, 1), (4, 19), (0, 0), (1, 1))
 
 
-def test_layers_fall_back_to_their_mlx_paths_without_the_kernel(monkeypatch):
+def test_layers_fall_back_to_their_mlx_paths_without_the_kernel(isa):
     conv = layers.Conv2d(16, 16, 3, padding=1)
     tconv = layers.ConvTranspose2d(16, 8, 3, stride=2, padding=1, output_padding=1)
     block = _block(16, 16)
     x = mx.array(_randn(1, 6, 20, 16))
     with_kernel = [np.array(conv(x)), np.array(tconv(x)), np.array(block(x))]
-    monkeypatch.setattr(cpu_kernels, "_kernels", None)
-    assert not cpu_kernels.conv2d_applies(x, (3, 3), (1, 1), 16) and not cpu_kernels.usable(x)
-    without = [np.array(conv(x)), np.array(tconv(x)), np.array(block(x))]
+    with dispatch.use_kernels(False):
+        assert dispatch.variant() is None and not dispatch.kernel_for(x)
+        assert dispatch.conv2d(x, conv.weight.shape, (1, 1), True) != dispatch.KERNEL
+        without = [np.array(conv(x)), np.array(tconv(x)), np.array(block(x))]
     for a, b in zip(with_kernel, without, strict=True):
         np.testing.assert_allclose(a, b, rtol=0, atol=2e-5 * np.abs(b).max())
 
@@ -176,9 +220,8 @@ def test_layers_fall_back_to_their_mlx_paths_without_the_kernel(monkeypatch):
 CONV1D_CASES = [(32, 32, 11, 5, 1300), (64, 48, 3, 1, 7), (16, 16, 7, 3, 600), (8, 3, 5, 1, 40)]
 
 
-@needs_kernel
 @pytest.mark.parametrize("c_in,c_out,k,dilation,length", CONV1D_CASES)
-def test_conv1d_kernel_matches_torch_float64(c_in, c_out, k, dilation, length):
+def test_conv1d_kernel_matches_torch_float64(isa, c_in, c_out, k, dilation, length):
     x, w, b = _randn(2, c_in, length), _randn(c_out, c_in, k, scale=0.3), _randn(c_out)
     pad = dilation * (k - 1) // 2
     conv = layers.Conv1d(c_in, c_out, k, dilation=dilation, padding=pad)
@@ -197,13 +240,12 @@ def test_conv1d_kernel_matches_torch_float64(c_in, c_out, k, dilation, length):
 DEPTHWISE_CASES = [(64, 31, 15, 100), (32, 5, 2, 13), (16, 3, 0, 40), (32, 7, 3, 700)]
 
 
-@needs_kernel
 @pytest.mark.parametrize("channels,k,pad,length", DEPTHWISE_CASES)
-def test_depthwise_conv1d_kernel_matches_torch_float64(channels, k, pad, length):
+def test_depthwise_conv1d_kernel_matches_torch_float64(isa, channels, k, pad, length):
     x, w, b = _randn(2, length, channels), _randn(channels, 1, k, scale=0.3), _randn(channels)
     conv = layers.Conv1d(channels, channels, k, padding=pad, groups=channels)
     conv.weight, conv.bias = mx.array(w.transpose(0, 2, 1)), mx.array(b)
-    assert cpu_kernels.fits(mx.array(x), channels)
+    assert dispatch.kernel_for(mx.array(x), channels)
     y = np.array(conv(mx.array(x)))
     args = dict(padding=pad, groups=channels)
     xt = torch.from_numpy(x).permute(0, 2, 1)
@@ -212,9 +254,8 @@ def test_depthwise_conv1d_kernel_matches_torch_float64(channels, k, pad, length)
     assert err <= 2 * err_torch + 2.4e-7, (err, err_torch)
 
 
-@needs_kernel
 @pytest.mark.parametrize("channels,k,pad,length", DEPTHWISE_CASES)
-def test_fused_glu_depthwise_silu_matches_torch_float64_and_the_ops_in_turn(channels, k, pad, length):
+def test_fused_glu_depthwise_silu_matches_torch_float64_and_the_ops_in_turn(isa, channels, k, pad, length):
     x, w, b = _randn(1, length, 2 * channels), _randn(channels, 1, k, scale=0.3), _randn(channels)
     conv = layers.Conv1d(channels, channels, k, padding=pad, groups=channels)
     conv.weight, conv.bias = mx.array(w.transpose(0, 2, 1)), mx.array(b)
@@ -233,11 +274,10 @@ def test_fused_glu_depthwise_silu_matches_torch_float64_and_the_ops_in_turn(chan
     np.testing.assert_allclose(fused, in_turn, rtol=0, atol=1e-6 * np.abs(in_turn).max())
 
 
-@needs_kernel
-def test_depthwise_kernel_refuses_mismatched_buffers_with_the_shapes_named():
+def test_depthwise_kernel_refuses_mismatched_buffers_with_the_shapes_named(isa):
     x, w = np.zeros((1, 20, 32), np.float32), np.zeros((5, 16), np.float32)
     with pytest.raises(ValueError, match=r"x \(1, 20, 32\), w \(5, 16\).*do not fit"):
-        cpu_kernels._kernels.depthwise_conv1d(x, w, None, np.zeros((1, 20, 16), np.float32), 2, False, False)
+        dispatch.kernels().depthwise_conv1d(x, w, None, np.zeros((1, 20, 16), np.float32), 2, False, False)
 
 
 # (C, O, k, stride, padding, output padding, length): the synthesizer's upsampling steps (40k: k 16 / stride 8;
@@ -246,9 +286,8 @@ CONV_T1D_CASES = [(64, 32, 16, 8, 4, 0, 50), (32, 16, 24, 12, 6, 0, 20), (32, 16
                   (16, 16, 5, 3, 1, 1, 40), (16, 16, 2, 3, 0, 0, 30), (16, 8, 4, 2, 1, 0, 20)]
 
 
-@needs_kernel
 @pytest.mark.parametrize("c_in,c_out,k,stride,pad,out_pad,length", CONV_T1D_CASES)
-def test_conv_transpose1d_phases_match_torch_float64_and_fuse_leaky_relu_and_an_add(c_in, c_out, k, stride, pad,
+def test_conv_transpose1d_phases_match_torch_float64_and_fuse_leaky_relu_and_an_add(isa, c_in, c_out, k, stride, pad,
                                                                                      out_pad, length):
     x, w, b = _randn(2, c_in, length), _randn(c_in, c_out, k, scale=0.3), _randn(c_out)
     conv = layers.ConvTranspose1d(c_in, c_out, k, stride=stride, padding=pad, output_padding=out_pad)
@@ -273,23 +312,23 @@ def _numpy_conv_case(seed):
     return x, w
 
 
-def _kernel_conv(x, w):
+def _kernel_conv(x, w, kernels):
     y = np.empty((*x.shape[:3], w.shape[3]), np.float32)
-    cpu_kernels._kernels.conv2d_nhwc(x, w, None, y, (1, 1), x.shape[1:3], (0, 0), (1, 1))
+    kernels.conv2d_nhwc(x, w, None, y, (1, 1), x.shape[1:3], (0, 0), (1, 1))
     return y
 
 
-@needs_kernel
-def test_kernel_calls_from_concurrent_threads_each_get_their_own_result():
+def test_kernel_calls_from_concurrent_threads_each_get_their_own_result(isa):
     import threading
 
+    k = dispatch.kernels()  # (threads start with a fresh context: hand them the build)
     cases = [_numpy_conv_case(seed) for seed in range(4)]
-    expected = [_kernel_conv(x, w) for x, w in cases]
+    expected = [_kernel_conv(x, w, k) for x, w in cases]
     got = [[] for _ in cases]
 
     def run(i):  # the kernel releases the GIL: calls overlap, and one of them finds the worker pool busy
         for _ in range(20):
-            got[i].append(_kernel_conv(*cases[i]))
+            got[i].append(_kernel_conv(*cases[i], k))
 
     threads = [threading.Thread(target=run, args=(i,)) for i in range(len(cases))]
     for t in threads:
@@ -301,16 +340,16 @@ def test_kernel_calls_from_concurrent_threads_each_get_their_own_result():
         assert len(outs) == 20 and all(np.array_equal(o, ref) for o in outs)
 
 
-@needs_kernel
-def test_a_forked_child_runs_the_kernel_with_a_pool_of_its_own():
+def test_a_forked_child_runs_the_kernel_with_a_pool_of_its_own(isa):
     import os
     import signal
 
     x, w = _numpy_conv_case(7)
-    expected = _kernel_conv(x, w)  # the parent's pool threads exist now; a child has none of them
+    k = dispatch.kernels()
+    expected = _kernel_conv(x, w, k)  # the parent's pool threads exist now; a child has none of them
     pid = os.fork()
     if pid == 0:  # child: exit 0 only with the right result, killed by the alarm if it hangs on the parent's pool
         signal.alarm(30)
-        os._exit(0 if np.array_equal(_kernel_conv(x, w), expected) else 1)
+        os._exit(0 if np.array_equal(_kernel_conv(x, w, k), expected) else 1)
     _, status = os.waitpid(pid, 0)
     assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0, f"forked child: wait status {status}"

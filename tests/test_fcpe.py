@@ -118,7 +118,7 @@ def test_every_mlx_module_output_matches_the_twin_under_the_same_name(mlx_fcpe, 
     audio = speech[8000:24000]
     with TorchRecorder(twin.model) as ref:
         twin.f0(audio)
-    with MLXRecorder(mlx_fcpe.model, LAYOUTS) as got:
+    with MLXRecorder(mlx_fcpe.model, LAYOUTS, layer_by_layer=True) as got:  # every layer called
         mlx_fcpe.f0(audio)
     ref_taps, got_taps = ref.values(), got.values()
     # MLX keeps nn.Sequential as plain lists (no module, no tap); their output is their last child's.

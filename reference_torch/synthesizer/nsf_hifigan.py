@@ -109,13 +109,13 @@ class HiFiGANNSFGenerator(nn.Module):
         self.cond = nn.Conv1d(cfg.gin_channels, cfg.upsample_initial_channel, 1)
 
     def forward(self, x, f0, g, eps_sine):
-        from rvc_mlx.testing.taps import tap
+        from rvc_mlx.instrument import tap
 
         har, _, _ = self.m_source(f0, self.upp, eps_sine)
         har = har.transpose(1, 2)
         x = self.conv_pre(x) + self.cond(g)
         for i, (up, noise_conv) in enumerate(zip(self.ups, self.noise_convs, strict=True)):
-            x = up(F.leaky_relu(x, self.slope)) + noise_conv(har)
+            x = tap(f"synth.upsampled{i}", up(F.leaky_relu(x, self.slope)) + noise_conv(har))
             blocks = self.resblocks[i * self.num_kernels:(i + 1) * self.num_kernels]
             x = tap(f"synth.stage{i}", sum(block(x) for block in blocks) / self.num_kernels)
         return torch.tanh(self.conv_post(F.leaky_relu(x)))  # default slope 0.01, as the original
@@ -141,11 +141,11 @@ class HiFiGANGenerator(nn.Module):
         self.cond = nn.Conv1d(cfg.gin_channels, cfg.upsample_initial_channel, 1)
 
     def forward(self, x, g):
-        from rvc_mlx.testing.taps import tap
+        from rvc_mlx.instrument import tap
 
         x = self.conv_pre(x) + self.cond(g)
         for i, up in enumerate(self.ups):
-            x = up(F.leaky_relu(x, self.slope))
+            x = tap(f"synth.upsampled{i}", up(F.leaky_relu(x, self.slope)))
             blocks = self.resblocks[i * self.num_kernels:(i + 1) * self.num_kernels]
             x = tap(f"synth.stage{i}", sum(block(x) for block in blocks) / self.num_kernels)
         return torch.tanh(self.conv_post(F.leaky_relu(x)))

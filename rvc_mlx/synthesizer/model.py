@@ -14,7 +14,7 @@ from rvc_mlx.synthesizer.flow import ResidualCouplingBlock
 from rvc_mlx.synthesizer.inputs import SynthNoise, check_inputs
 from rvc_mlx.synthesizer.nsf_hifigan import HiFiGANGenerator, HiFiGANNSFGenerator
 from rvc_mlx.synthesizer.text_encoder import TextEncoder
-from rvc_mlx.testing.taps import tap
+from rvc_mlx.instrument import tap
 from rvc_mlx.fastmath import exp
 
 

@@ -11,11 +11,11 @@ import mlx.core as mx
 import mlx.nn as nn
 import numpy as np
 
-from rvc_mlx import cpu_kernels
+from rvc_mlx import cpu_kernels, dispatch
 from rvc_mlx.config import SynthConfig
-from rvc_mlx.layers import Conv1d, ConvTranspose1d, leaky_relu, pad_time
-from rvc_mlx.testing.taps import recording, tap
 from rvc_mlx.fastmath import Tanh, tanh
+from rvc_mlx.instrument import layer_by_layer, split, tap
+from rvc_mlx.layers import Conv1d, ConvTranspose1d, leaky_relu, pad_time
 
 
 def _zero_margins(x: mx.array, width: int, beyond: tuple[int, int]) -> mx.array:
@@ -44,17 +44,17 @@ class ResBlock(nn.Module):
         """Frames of zero padding all its convs read on each side, together."""
         return sum(c.padding for c in self.convs1 + self.convs2)
 
-    def __call__(self, x: mx.array, margin: int = 0, beyond: tuple[int, int] = (0, 0)) -> mx.array:
-        """`margin` = self.margin: x carries that many extra frames on each side and no conv pads (each pad is a
-        copy of the whole activation); the output is x's middle, T - 2 * margin frames. `beyond`: how many signal
-        frames lie left and right of that middle (a time chunk's halo reads them); margin frames past the
-        signal's ends are zeros, as each conv's padding would be."""
-        if not margin:
-            for conv1, conv2 in zip(self.convs1, self.convs2, strict=True):
-                x = conv2(leaky_relu(conv1(leaky_relu(x, self.slope)), self.slope)) + x
-            return x
-        if margin != self.margin:
-            raise ValueError(f"ResBlock needs margin 0 or {self.margin}, got {margin}")
+    def __call__(self, x: mx.array) -> mx.array:
+        for conv1, conv2 in zip(self.convs1, self.convs2, strict=True):
+            x = conv2(leaky_relu(conv1(leaky_relu(x, self.slope)), self.slope)) + x
+        return x
+
+    def chunk(self, x: mx.array, beyond: tuple[int, int]) -> mx.array:
+        """The block on a time chunk that carries `self.margin` extra frames on each side, so that no conv pads
+        (each pad is a copy of the whole activation); the output is x's middle, T - 2 * margin frames. `beyond`:
+        how many signal frames lie left and right of that middle (the chunk's halo reads them); margin frames past
+        the signal's ends are zeros, as each conv's padding would be."""
+        margin = self.margin
         for conv1, conv2 in zip(self.convs1, self.convs2, strict=True):
             # frames outside the true signal must read as the zeros each conv's padding would supply
             xt = conv1(_zero_margins(leaky_relu(x, self.slope), margin, beyond), pad=False)
@@ -66,8 +66,8 @@ class ResBlock(nn.Module):
         return x
 
     def fused(self, x: np.ndarray, beyond: tuple[int, int]) -> np.ndarray:
-        """The `margin` path on host arrays, each conv in one kernel pass: leaky ReLU and the zeroed margins as
-        it reads its input, the residual add as it writes (`cpu_kernels.fits`); same values."""
+        """`chunk` on host arrays, each conv in one kernel pass: leaky ReLU and the zeroed margins as it reads its
+        input, the residual add as it writes."""
         margin = self.margin
         for conv1, conv2 in zip(self.convs1, self.convs2, strict=True):
             xt = conv1.leaky_host(x, self.slope, _signal(x.shape[1], margin, beyond))
@@ -85,22 +85,20 @@ def _signal(length: int, width: int, beyond: tuple[int, int]) -> tuple[int, int]
     return max(0, width - beyond[0]), length - max(0, width - beyond[1])
 
 
-CHUNK_BYTES = 4 << 20  # per activation in a time chunk: small enough to stay in cache across a chunk's GEMMs
-
-
 def resblock_stage(blocks: list[ResBlock], x: mx.array) -> mx.array:
     """Mean of the blocks over the same input, in time chunks whose halos make them exact (convs are local).
 
     Each GEMM over a whole activation re-reads its accumulator from memory once per tap; over a chunk it stays in
-    cache. The input is padded once for all the convs. A tap recording takes the original call path instead,
-    so that every conv is tapped."""
-    if recording():
+    cache. The input is padded once for all the convs. On the CPU kernel each conv is one fused pass and the
+    stage stays on the host. Layer-by-layer mode calls every block (and conv) on the whole signal instead."""
+    if layer_by_layer():
         return _mean([block(x) for block in blocks])
     widest = max(block.margin for block in blocks)
     padded = pad_time(x, widest, widest)
     length = x.shape[1]
-    rows = max(CHUNK_BYTES // (4 * x.shape[0] * x.shape[2]), 4 * widest)
-    fused = cpu_kernels.fits(x, x.shape[2])  # the whole stage on the host, one copy into MLX at the end
+    rows = dispatch.resblock_frames(x.shape[0], x.shape[2], widest)
+    # the whole stage on the host, one copy into MLX at the end
+    fused = dispatch.fused(x, "conv1d+leaky+add", x.shape[2])
     if fused:
         padded, out = cpu_kernels.host(padded), np.empty(x.shape, dtype=np.float32)
     chunks = []
@@ -108,11 +106,12 @@ def resblock_stage(blocks: list[ResBlock], x: mx.array) -> mx.array:
         stop = min(start + rows, length)
         beyond = (start, length - stop)
         pieces = [(b, padded[:, widest - b.margin + start:widest + stop + b.margin]) for b in blocks]
-        mean = _mean([b.fused(piece, beyond) if fused else b(piece, b.margin, beyond) for b, piece in pieces])
+        mean = _mean([b.fused(piece, beyond) if fused else b.chunk(piece, beyond) for b, piece in pieces])
         if fused:
             out[:, start:stop] = mean
         else:
             chunks.append(mean)
+    split("synth resblock time chunks", -(-length // rows))
     if fused:
         return mx.array(out)
     return mx.concatenate(chunks, axis=1) if len(chunks) > 1 else chunks[0]
@@ -203,10 +202,11 @@ class HiFiGANNSFGenerator(nn.Module):
         har, _, _ = self.m_source(f0, self.upp, eps_sine)
         x = self.conv_pre(x) + self.cond(g)
         for i, (up, noise_conv) in enumerate(zip(self.ups, self.noise_convs, strict=True)):
-            if recording():  # each layer called as the original does, so that each one is tapped
+            if layer_by_layer():  # each layer called as the original does (localisation)
                 x = up(leaky_relu(x, self.slope)) + noise_conv(har)
-            else:  # leaky ReLU, upsampling and the source's add in one kernel pass on the CPU: the same values
+            else:  # leaky ReLU, upsampling and the source's add in one kernel pass on the CPU
                 x = up.leaky_add(x, self.slope, noise_conv(har))
+            x = tap(f"synth.upsampled{i}", x, layout="NLC")
             blocks = self.resblocks[i * self.num_kernels:(i + 1) * self.num_kernels]
             x = tap(f"synth.stage{i}", resblock_stage(blocks, x), layout="NLC")
         return tanh(self.conv_post(leaky_relu(x, 0.01)))
@@ -231,7 +231,7 @@ class HiFiGANGenerator(nn.Module):
     def __call__(self, x: mx.array, g: mx.array) -> mx.array:
         x = self.conv_pre(x) + self.cond(g)
         for i, up in enumerate(self.ups):
-            x = up(leaky_relu(x, self.slope))
+            x = tap(f"synth.upsampled{i}", up(leaky_relu(x, self.slope)), layout="NLC")
             blocks = self.resblocks[i * self.num_kernels:(i + 1) * self.num_kernels]
             x = tap(f"synth.stage{i}", resblock_stage(blocks, x), layout="NLC")
         return tanh(self.conv_post(leaky_relu(x, 0.01)))

@@ -3,6 +3,10 @@
 Blame: taps are visited in the oracle's execution (completion) order; the first tap that fails while every
 earlier tap passes is the culprit, because its inputs are earlier taps. Teacher-forced (local) errors, when a
 live oracle provided module inputs, say whether the culprit is wrong on exact inputs too.
+
+A case is judged on the shipped path (the taps that path computes) and layer by layer (every golden tap); the
+failure message's first line names the first divergent shipped tap, its second line what the layer-by-layer
+run says: its first divergent layer, or that it passes and the fused path diverges inside a named block.
 """
 
 from __future__ import annotations
@@ -53,6 +57,7 @@ class TapResult:
     detail: str = ""
     pitch: dict[str, Any] | None = None
     local: dict[str, Any] | None = None  # teacher-forced result
+    impl: tuple[str, ...] = ()  # the implementations that computed it (rvc_mlx.dispatch's reports)
 
     @property
     def passed(self) -> bool:
@@ -87,6 +92,13 @@ class CaseResult:
     weights: dict[str, Any] = field(default_factory=dict)
     extra: dict[str, Any] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    path: str = "shipped"  # "shipped" | "layer-by-layer": the MLX code path judged
+    execution: str = ""  # the implementations in force, e.g. "kernels avx2, fastmath" | "pure MLX"
+    unjudged: int = 0  # golden taps this path does not compute (judged by the layer-by-layer run)
+    splits: dict[str, int] = field(default_factory=dict)  # split work -> pieces it ran in
+    problems: list[str] = field(default_factory=list)  # case-level failures (a boundary not crossed, ...)
+    layers: "CaseResult | None" = None  # the layer-by-layer run of the same case, attached to the shipped one
+    fused_block: str | None = None  # where the shipped path diverges when the layer-by-layer run passes
 
     @property
     def key(self) -> str:
@@ -98,7 +110,12 @@ class CaseResult:
 
     @property
     def passed(self) -> bool:
-        return not self.failing
+        return not self.failing and not self.problems and (self.layers is None or self.layers.passed)
+
+    @property
+    def label(self) -> str:
+        """The source, the path judged and the implementations, e.g. 'golden; shipped path, kernels avx2'."""
+        return f"{self.source}; {self.path} path" + (f", {self.execution}" if self.execution else "")
 
     @property
     def blame(self) -> TapResult | None:
@@ -106,18 +123,36 @@ class CaseResult:
         return self.failing[0] if self.failing else None
 
     def blame_line(self) -> str:
+        """One line: the first divergent tap of this path (or that all pass)."""
         b = self.blame
         if b is None:
-            return f"{self.key} ({self.source}): all {len(self.taps)} taps pass"
+            return f"{self.key} ({self.label}): all {len(self.taps)} taps pass"
         local = ""
         if b.local is not None:
             local = ("; teacher-forced it fails too (a local bug)" if not b.local["passed"]
                      else "; teacher-forced it passes (inherited error)")
-        return f"{self.key} ({self.source}): first divergence at {b.describe()}{local}"
+        return f"{self.key} ({self.label}): first divergence at {b.describe()}{local}"
+
+    def localisation_line(self) -> str | None:
+        """The layer-by-layer run's verdict, for the line after the shipped path's `blame_line`."""
+        lay = self.layers
+        if lay is None:
+            return None
+        if lay.failing:
+            return f"layer-by-layer ({lay.execution}): first divergence at {lay.blame.describe()}"
+        head = f"layer-by-layer ({lay.execution}): all {len(lay.taps)} taps pass"
+        return f"{head}: the fused path diverges inside {self.fused_block}" if self.failing else head
 
     def failure_message(self) -> str:
-        lines = [self.blame_line(), f"failing taps ({len(self.failing)} of {len(self.taps)}), execution order:"]
-        lines += [f"  {t.describe()}" for t in self.failing]
+        lines = [self.blame_line()]
+        if self.layers is not None:
+            lines.append(self.localisation_line())
+        lines += self.problems
+        for r in (self, self.layers):
+            if r is not None and r.failing:
+                lines.append(f"failing taps on the {r.path} path ({len(r.failing)} of {len(r.taps)}), "
+                             "execution order:")
+                lines += [f"  {t.describe()}" for t in r.failing]
         return "\n".join(lines + self.notes)
 
 
@@ -151,16 +186,20 @@ def _judge_pitch(res: TapResult, value: np.ndarray, ref: np.ndarray, policy: Pol
 
 
 def compare_case(ref: CaseData, values: dict[str, np.ndarray], policy: Policy,
-                 pitch_ignore: dict[str, np.ndarray] | None = None) -> CaseResult:
-    """Judge every reference tap (missing, shape, tolerance / pitch / exact) in execution order."""
+                 pitch_ignore: dict[str, np.ndarray] | None = None, names: set[str] | None = None) -> CaseResult:
+    """Judge every reference tap (or those in `names`: missing, shape, tolerance / pitch / exact) in execution
+    order."""
     results = []
     for info in ref.ordered():
+        if names is not None and info.name not in names:
+            continue
         res = TapResult(info.name, info.module_type, info.kind, info.order, info.shape)
         results.append(res)
         value = values.get(info.name)
         if value is None:
             res.status = "missing"
-            res.detail = "not recorded by the MLX model (its module path differs or it was not called)"
+            res.detail = ("not recorded by the MLX model (its module path differs or it was not called; golden/"
+                          "cases.toml says this path computes it)")
             continue
         if tuple(value.shape) != tuple(info.shape):
             res.status = "shape"

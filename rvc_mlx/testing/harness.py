@@ -1,19 +1,23 @@
-"""Orchestration: build a reference (golden or a live float64 oracle run of the twin), run MLX with taps,
-judge it, localise with teacher forcing, and stage regenerated goldens."""
+"""Orchestration: build a reference (golden or a live float64 oracle run of the twin), run MLX with taps on the
+shipped path and layer by layer, judge both, localise (the fused block, teacher forcing), and stage regenerated
+goldens."""
 
 from __future__ import annotations
 
+from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from rvc_mlx import dispatch, instrument
 from rvc_mlx.testing.compare import CaseResult, Check, compare_case
-from rvc_mlx.testing.components import GOLDEN, Component, SpecError, Weights, registry
+from rvc_mlx.testing.components import GOLDEN, CaseSpec, Component, SpecError, Weights, registry
 from rvc_mlx.testing.golden import CaseData, GoldenError, GoldenStore, TapInfo, tensor_sha256, tensor_stats, versions
 from rvc_mlx.testing.metrics import tensor_metrics
-from rvc_mlx.testing.taps import (MLXRecorder, TorchRecorder, _flatten, _mlx_is_array, _torch_is_array,
-                                  from_torch_layout, to_torch_layout, tree_map)
+from rvc_mlx.testing.taps import (CallInfo, MLXRecorder, TorchRecorder, _flatten, _mlx_or_host_array,
+                                  _torch_is_array, from_torch_layout, to_torch_layout, tree_map)
 from rvc_mlx.testing.tolerances import Policy, load_policy
 
 
@@ -29,14 +33,16 @@ def live_reference(comp: Component, case_name: str, weights: Weights, keep_input
     twin64 = comp.twin(weights, torch.float64)
     # a golden that keeps a list of taps need not record the rest (CREPE-full's conv1 is 1 MB per frame)
     select64 = list(case.store) if for_golden and isinstance(case.store, list) else None
-    with TorchRecorder(comp.twin_module(twin64), root=comp.root, inputs=keep_inputs, select=select64) as rec64:
+    with comp.constants(case, twin64), TorchRecorder(comp.twin_module(twin64), root=comp.root,
+                                                      inputs=keep_inputs, select=select64) as rec64:
         comp.run_twin(twin64, audio)
     keep = (lambda n, t: comp.stored(case, n, t)) if for_golden else comp.compared
     names = [n for n, r in rec64.records.items() if keep(n, r.module_type)]
     rec32 = None
     if with_fp32:
         twin32 = comp.twin(weights, torch.float32)
-        with TorchRecorder(comp.twin_module(twin32), root=comp.root, select=names) as rec32:
+        with comp.constants(case, twin32), TorchRecorder(comp.twin_module(twin32), root=comp.root,
+                                                          select=names) as rec32:
             comp.run_twin(twin32, audio)
     tensors: dict[str, np.ndarray] = {}
     taps: dict[str, TapInfo] = {}
@@ -64,12 +70,54 @@ def live_reference(comp: Component, case_name: str, weights: Weights, keep_input
                     inputs)
 
 
-def mlx_values(comp: Component, weights: Weights, audio: np.ndarray, names: list[str]) -> dict[str, np.ndarray]:
-    """Run the MLX model with taps on `names`; values in PyTorch layout."""
+@dataclass
+class MLXRun:
+    """One recorded MLX run: tap values (PyTorch layout), how each tap was computed, splits, implementations."""
+
+    values: dict[str, np.ndarray]
+    calls: dict[str, CallInfo]
+    splits: dict[str, int]
+    implementations: set[str]
+    events: list[tuple[str, str | None, str]]
+
+
+def mlx_run(comp: Component, weights: Weights, case: CaseSpec, audio: Any, names: list[str],
+            layer_by_layer: bool = False) -> MLXRun:
+    """Run the MLX model on the case's input (with its constants) on the shipped path, or layer by layer; keep
+    the taps in `names`."""
     model = comp.mlx(weights)
-    with MLXRecorder(comp.mlx_module(model), comp.layouts, root=comp.root, select=names) as rec:
+    with comp.constants(case, model), MLXRecorder(comp.mlx_module(model), comp.layouts, root=comp.root,
+                                                  select=names, layer_by_layer=layer_by_layer) as rec:
         comp.run_mlx(model, audio)
-    return rec.values()
+    return MLXRun(rec.values(), rec.calls, dict(rec.splits), rec.implementations(), rec.events)
+
+
+def fused_block(first: str, passing: set[str], run: MLXRun, shipped_only: set[str]) -> str:
+    """Where the shipped path diverges when the layer-by-layer run passes: the work that used an implementation
+    the layer-by-layer run never used (a fused kernel, a host-array stage, a split) between the last passing
+    shipped tap and the first divergent one, named by the call that did it (or by the divergent tap itself, for
+    a value such a stage produced)."""
+    info = run.calls.get(first)
+    hits = sorted(set(info.own) & shipped_only) if info is not None else []
+    if hits and info.reported and info.parent in run.calls:  # the parent's fused stage computed it
+        return f"{info.parent} ({run.calls[info.parent].module_type}: {', '.join(hits)})"
+    if hits:
+        return f"{first} ({info.module_type}: {', '.join(hits)})"
+    done = [i for i, (kind, name, _) in enumerate(run.events) if kind == "done" and name == first]
+    end = done[0] if done else len(run.events)
+    start = max((i for i, (kind, name, _) in enumerate(run.events[:end]) if kind == "done" and name in passing),
+                default=-1)
+    work: dict[str | None, list[str]] = {}  # frame -> its shipped-only implementations, in order
+    for kind, frame, impl in run.events[start + 1:end]:
+        if kind == "use" and impl in shipped_only:
+            impls = work.setdefault(frame, [])
+            if impl not in impls:
+                impls.append(impl)
+    if not work:
+        return f"{first} (shipped-only implementations: {', '.join(sorted(shipped_only)) or 'none'})"
+    frame, impls = next(iter(work.items()))
+    kind = run.calls[frame].module_type if frame in run.calls else "outside any module"
+    return f"{frame or 'the top level'} ({kind}: {', '.join(impls)})"
 
 
 def _mlx_submodule(root: Any, path: str, root_name: str) -> Any:
@@ -81,9 +129,17 @@ def _mlx_submodule(root: Any, path: str, root_name: str) -> Any:
     return obj
 
 
-def teacher_forced(comp: Component, ref: CaseData, weights: Weights, policy: Policy) -> dict[str, dict]:
-    """Run each tapped MLX module and its float32 twin module on the oracle's recorded inputs; judge the
-    local errors with the same policy. Separates a local bug from error inherited from upstream."""
+def teacher_forced(comp: Component, ref: CaseData, weights: Weights, policy: Policy, names: set[str] | None = None,
+                   layer_by_layer: bool = False) -> dict[str, dict]:
+    """Run each tapped MLX module (those in `names`) and its float32 twin module on the oracle's recorded inputs,
+    on the shipped path or layer by layer; judge the local errors with the same policy. Separates a local bug
+    from error inherited from upstream."""
+    with instrument.layers(layer_by_layer):
+        return _teacher_forced(comp, ref, weights, policy, names)
+
+
+def _teacher_forced(comp: Component, ref: CaseData, weights: Weights, policy: Policy,
+                    names: set[str] | None) -> dict[str, dict]:
     import mlx.core as mx
     import torch
 
@@ -93,7 +149,7 @@ def teacher_forced(comp: Component, ref: CaseData, weights: Weights, policy: Pol
     for info in ref.ordered():
         path = info.name.split(":")[0]
         inputs = ref.oracle_inputs.get(info.name)
-        if info.module_type == "tap" or "#" in path or inputs is None:
+        if info.module_type == "tap" or "#" in path or inputs is None or names is not None and info.name not in names:
             continue
         args, kwargs = inputs
         in_layout = comp.layouts.inputs(path)
@@ -112,7 +168,7 @@ def teacher_forced(comp: Component, ref: CaseData, weights: Weights, policy: Pol
                   for x, lay in zip(args, arg_layouts, strict=True)]
         m_kwargs = tree_map(lambda a, lay=kw_layout: to_mlx(a, lay), kwargs, is_np)
         m_out = _mlx_submodule(mlx_root, path, comp.root)(*m_args, **m_kwargs)
-        m_flat = dict(_flatten(path, m_out, _mlx_is_array))
+        m_flat = dict(_flatten(path, m_out, _mlx_or_host_array))
         t_args, t_kwargs = tree_map(
             lambda a: torch.from_numpy(np.asarray(a, np.float32 if a.dtype.kind == "f" else a.dtype)),
             (args, kwargs), is_np)
@@ -122,7 +178,8 @@ def teacher_forced(comp: Component, ref: CaseData, weights: Weights, policy: Pol
         t_flat = dict(_flatten(path, t_out, _torch_is_array))
         if info.name not in m_flat or info.name not in t_flat:
             continue
-        mx.eval(m_flat[info.name])
+        if not isinstance(m_flat[info.name], np.ndarray):
+            mx.eval(m_flat[info.name])
         m_val = to_torch_layout(np.array(m_flat[info.name]), comp.layouts.output(info.name), info.name)
         t_val = t_flat[info.name].numpy()
         target = ref.value(info.name)
@@ -141,6 +198,13 @@ def _f0_taps(ref: CaseData) -> list[str]:
     return [t.name for t in ref.ordered() if t.kind == "f0"]
 
 
+@contextmanager
+def _pure_mlx():
+    """MLX's own ops only: no C++ kernels, MLX's transcendentals (what macOS and MLX's GPU backends run)."""
+    with dispatch.use_kernels(False), dispatch.use_math("mlx"):
+        yield
+
+
 class Parity:
     """One pytest session's harness state: golden store, policy, components, regeneration, results."""
 
@@ -154,6 +218,7 @@ class Parity:
         self.regen_errors: list[str] = []
         self.results: list[CaseResult] = []
         self._weights: dict[str, Weights] = {}
+        self._regenerated: dict[tuple[str, str], CaseData] = {}
 
     def component(self, name: str) -> Component:
         try:
@@ -172,6 +237,8 @@ class Parity:
         weights = self.weights(comp, case)
         if live or self.regen or self.weights_dir is not None:
             for_golden = self.regen and not live
+            if for_golden and (comp.name, case) in self._regenerated:  # the case's other path: staged already
+                return self._regenerated[comp.name, case]
             try:
                 ref = live_reference(comp, case, weights, keep_inputs, for_golden=for_golden)
             except Exception as e:
@@ -180,6 +247,7 @@ class Parity:
                 raise
             if for_golden:
                 self.txn.stage(ref)
+                self._regenerated[comp.name, case] = ref
             return ref
         ref = self.store.load(comp.name, case)
         _, input_info = comp.load_input(comp.spec.case(case))
@@ -194,23 +262,69 @@ class Parity:
                               "or numpy changed): run `make golden`")
         return ref
 
-    def check(self, component: str, case: str, live: bool = False, teacher: bool = False) -> CaseResult:
-        """Judge the MLX port of `component` on `case`; record the result for the report."""
+    def check(self, component: str, case: str, live: bool = False, teacher: bool = False, pure_mlx: bool = False,
+              record: bool = True) -> CaseResult:
+        """Judge the MLX port of `component` on `case`, on this machine's default path (the kernels where built,
+        unless RVC_MLX_KERNELS=0) or on the pure-MLX path: the shipped path at the taps it computes; layer by
+        layer (attached as `.layers`) at every golden tap when the golden holds finer taps than the shipped path
+        computes, when the shipped path fails (to localise) and for teacher forcing. The results go to the report
+        unless `record` is False."""
         comp = self.component(component)
+        spec = comp.spec.case(case)
         ref = self.reference(comp, case, live=live or teacher, keep_inputs=teacher)
-        audio, _ = comp.load_input(comp.spec.case(case))
-        values = mlx_values(comp, self.weights(comp, case), audio, list(ref.taps))
-        result = compare_case(ref, values, self.policy, comp.pitch_ignore(ref, self.policy))
+        audio, _ = comp.load_input(spec)
+        weights = self.weights(comp, case)
+        shipped = {n for n in ref.taps if comp.shipped(spec, n)}
+        layers = None
+        with _pure_mlx() if pure_mlx else nullcontext():
+            execution = dispatch.execution()
+            run_s = mlx_run(comp, weights, spec, audio, sorted(shipped))
+            result = self._judge(comp, spec, ref, run_s, shipped, "shipped", execution)
+            self._crossings(spec, run_s, result)
+            kernels = sorted(i for i in run_s.implementations if i.startswith("kernel "))
+            if dispatch.variant() is None and kernels:
+                result.problems.append(f"{result.key}: the pure-MLX run used {', '.join(kernels)}")
+            if teacher or result.failing or len(shipped) < len(ref.taps):
+                run_l = mlx_run(comp, weights, spec, audio, list(ref.taps), layer_by_layer=True)
+                layers = self._judge(comp, spec, ref, run_l, None, "layer-by-layer", execution)
+                if result.failing and layers.passed:
+                    passing = {t.name for t in result.taps if t.passed}
+                    result.fused_block = fused_block(result.blame.name, passing, run_s,
+                                                     run_s.implementations - run_l.implementations)
+            if teacher:
+                with comp.constants(spec):
+                    for res, names, by_layer in ((result, shipped, False), (layers, None, True)):
+                        local = teacher_forced(comp, ref, weights, self.policy, names, layer_by_layer=by_layer)
+                        for tap in res.taps:
+                            tap.local = local.get(tap.name)
+                        res.extra["teacher_forced"] = True
+        result.unjudged = len(ref.taps) - len(result.taps)
+        result.layers = layers
+        if record:
+            self.results += [result] + ([layers] if layers is not None else [])
+        return result
+
+    @staticmethod
+    def _crossings(spec: CaseSpec, run: MLXRun, result: CaseResult) -> None:
+        """A case that sets constants to cross a boundary fails when its shipped run no longer crosses it."""
+        for work, need in spec.crosses.items():
+            got = run.splits.get(work, 0)
+            if got < need:
+                result.problems.append(f"{result.key}: the shipped run did {work!r} in {got} piece(s), the case needs "
+                                       f">= {need}: it no longer crosses the boundary it exists for "
+                                       "(golden/cases.toml `crosses`)")
+
+    def _judge(self, comp: Component, spec: CaseSpec, ref: CaseData, run: MLXRun, names: set[str] | None,
+               path: str, execution: str) -> CaseResult:
+        result = compare_case(ref, run.values, self.policy, comp.pitch_ignore(ref, self.policy), names)
+        result.path, result.execution, result.splits = path, execution, run.splits
+        for tap in result.taps:  # a tap computed with no implementation choice at all: MLX's own ops
+            info = run.calls.get(tap.name)
+            tap.impl = (info.impl or ("mlx ops",)) if info is not None else ()
         if self.weights_dir is not None:
             result.source = f"live ({self.weights_dir})"
-        self._truth(comp, case, ref, values, result)
-        result.extra.update(comp.extra_metrics(ref, values))
-        if teacher:
-            local = teacher_forced(comp, ref, self.weights(comp, case), self.policy)
-            for tap in result.taps:
-                tap.local = local.get(tap.name)
-            result.extra["teacher_forced"] = True
-        self.results.append(result)
+        self._truth(comp, spec.name, ref, run.values, result)
+        result.extra.update(comp.extra_metrics(ref, run.values))
         return result
 
     def _truth(self, comp: Component, case: str, ref: CaseData, values: dict, result: CaseResult) -> None:

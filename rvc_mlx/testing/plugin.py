@@ -1,9 +1,12 @@
 """pytest plugin of the parity harness (loaded by the repository's conftest.py).
 
 Options: --regen-golden (refused when CI is set), --weights-dir DIR (real checkpoints, judged against a live
-float64 twin run instead of golden), --report PATH (JSON; the HTML is written beside it), --golden-dir DIR.
-Fixture `parity`: `parity.check(component, case, live=False, teacher=False)` returns a CaseResult; harness
-errors (corrupt golden, wrong checkpoint, bad spec) fail the test with their one-line message.
+float64 twin run instead of golden), --report PATH (JSON; the HTML is written beside it), --golden-dir DIR,
+--mlx-device cpu|gpu (MLX's default device; gpu fails in one line where MLX has none).
+Fixture `parity`: `parity.check(component, case, live=False, teacher=False, path="kernels")` returns a CaseResult
+(the shipped path, with the layer-by-layer run attached) on this machine's default path (the kernels where built,
+unless RVC_MLX_KERNELS=0); `path="mlx"` judges the pure-MLX path. Harness errors (corrupt golden, wrong
+checkpoint, bad spec) fail the test with their one-line message.
 """
 
 from __future__ import annotations
@@ -15,12 +18,13 @@ from pathlib import Path
 import pytest
 
 from rvc_mlx.checkpoints import CheckpointError
+from rvc_mlx.dispatch import KernelError
 from rvc_mlx.testing.components import GOLDEN, SpecError
 from rvc_mlx.testing.golden import GoldenError
 from rvc_mlx.testing.taps import TapError
 from rvc_mlx.testing.tolerances import ToleranceError
 
-HARNESS_ERRORS = (GoldenError, CheckpointError, SpecError, ToleranceError, TapError)
+HARNESS_ERRORS = (GoldenError, CheckpointError, SpecError, ToleranceError, TapError, KernelError)
 
 
 def pytest_addoption(parser):
@@ -31,6 +35,8 @@ def pytest_addoption(parser):
                 "(rmvpe.pt, ...) against a live float64 twin run instead of golden")
     g.addoption("--report", type=Path, default=None, help="write the parity report JSON here (+ .html beside)")
     g.addoption("--golden-dir", type=Path, default=GOLDEN, help="golden store to use (default: golden/)")
+    g.addoption("--mlx-device", choices=("cpu", "gpu"), default="cpu", help="MLX's device for the MLX side "
+                "(gpu: Metal or CUDA; the C++ kernels are CPU-only, so gpu runs the pure-MLX ops there)")
 
 
 def pytest_configure(config):
@@ -43,12 +49,19 @@ def pytest_configure(config):
     wd = config.getoption("--weights-dir")
     if wd is not None and not Path(wd).is_dir():
         raise pytest.UsageError(f"--weights-dir {wd}: no such directory")
+    if config.getoption("--mlx-device") == "gpu":
+        from rvc_mlx import dispatch
+
+        try:
+            dispatch.use_device("gpu")
+        except KernelError as e:
+            raise pytest.UsageError(str(e)) from None
 
 
 def pytest_report_header(config):
-    from rvc_mlx import _blas
+    from rvc_mlx import _blas, dispatch
 
-    return f"rvc-mlx: MLX matmuls use {_blas.status()}"
+    return [f"rvc-mlx: MLX matmuls use {_blas.status()}", f"rvc-mlx: {dispatch.status()}"]
 
 
 class ParityFixture:
@@ -60,11 +73,15 @@ class ParityFixture:
     def __getattr__(self, name):
         return getattr(self.harness, name)
 
-    def check(self, component: str, case: str, live: bool = False, teacher: bool = False):
+    def check(self, component: str, case: str, live: bool = False, teacher: bool = False, path: str = "kernels",
+              record: bool = True):
         from rvc_mlx import _blas
 
+        if path not in ("kernels", "mlx"):
+            raise ValueError(f"path must be 'kernels' or 'mlx', got {path!r}")
         try:
-            result = self.harness.check(component, case, live=live, teacher=teacher)
+            result = self.harness.check(component, case, live=live, teacher=teacher, pure_mlx=path == "mlx",
+                                        record=record)
         except HARNESS_ERRORS as e:
             pytest.fail(str(e), pytrace=False)
         if not result.passed and _blas.status().startswith("MLX's bundled"):
@@ -90,6 +107,32 @@ def _harness(config):
 @pytest.fixture(scope="session")
 def parity(request) -> ParityFixture:
     return ParityFixture(_harness(request.config))
+
+
+def pytest_generate_tests(metafunc):
+    """A test that takes `isa` runs once per kernel build this CPU runs (avx512, avx2, generic: none on macOS)."""
+    if "isa" in metafunc.fixturenames:
+        from rvc_mlx import dispatch
+
+        metafunc.parametrize("isa", dispatch.runnable(), indirect=True)
+
+
+@pytest.fixture
+def isa(request):
+    """The kernel build the test runs on (dispatch.use_isa for its duration)."""
+    from rvc_mlx import dispatch
+
+    with dispatch.use_kernels(True), dispatch.use_isa(request.param):
+        yield request.param
+
+
+@pytest.fixture
+def pure_mlx():
+    """The test runs on the pure-MLX path (dispatch.use_kernels(False): what macOS and MLX's GPU run)."""
+    from rvc_mlx import dispatch
+
+    with dispatch.use_kernels(False):
+        yield
 
 
 @pytest.hookimpl(trylast=True)

@@ -41,15 +41,18 @@ def tap_json(t: TapResult) -> dict[str, Any]:
         d["pitch"] = t.pitch
     if t.local is not None:
         d["teacher_forced"] = t.local
+    d["implementation"] = list(t.impl)
     return d
 
 
 def case_json(r: CaseResult) -> dict[str, Any]:
     b = r.blame
     return {
-        "component": r.component, "case": r.case, "source": r.source, "passed": r.passed,
-        "taps_total": len(r.taps), "taps_failed": len(r.failing), "blame": r.blame_line() if b else None,
-        "blame_tap": b.name if b else None, "input": _num(r.input), "weights": r.weights, "extra": _num(r.extra),
+        "component": r.component, "case": r.case, "source": r.source, "path": r.path, "execution": r.execution,
+        "passed": r.passed, "taps_total": len(r.taps), "taps_failed": len(r.failing),
+        "taps_left_to_layer_by_layer": r.unjudged, "blame": r.blame_line() if b else None,
+        "blame_tap": b.name if b else None, "localisation": r.localisation_line(), "problems": r.problems,
+        "splits": r.splits, "input": _num(r.input), "weights": r.weights, "extra": _num(r.extra),
         "taps": [tap_json(t) for t in r.taps],
     }
 
@@ -206,15 +209,17 @@ def to_html(report: dict[str, Any], results: list[CaseResult]) -> str:
            f"pitch: cents p99 &le; {p['pitch']['cents_p99']}, voicing agreement &ge; "
            f"{p['pitch']['voicing_agreement']}. Overrides: {len(p['overrides'])}.</p>",
            "<p>Versions: " + ", ".join(f"{k} {html.escape(str(v))}" for k, v in report["versions"].items()) + "</p>",
-           "<h2>Summary</h2><table><tr><th>component</th><th>case</th><th>source</th><th>taps</th><th>failed</th>"
-           "<th>worst MLX/limit</th><th>result</th><th>first divergence</th></tr>"]
+           "<p>Each case is judged on the <b>shipped</b> path (what users run: fused kernels, host-array stages, time "
+           "chunks; at the taps it computes) and <b>layer by layer</b> (every golden tap), with the C++ kernels and "
+           "on the pure-MLX path.</p>",
+           "<h2>Summary</h2><table><tr><th>component</th><th>case</th><th>path judged</th><th>implementations</th>"
+           "<th>source</th><th>taps</th><th>failed</th><th>worst MLX/limit</th><th>result</th>"
+           "<th>first divergence</th></tr>"]
     for r in results:
-        ratios = [c.value / c.limit for t in r.taps for c in t.checks if c.limit > 0]
-        worst = max(ratios) if ratios else 0.0
-        cls = "pass" if r.passed else "fail"
-        out.append(f"<tr><td>{r.component}</td><td>{r.case}</td><td>{html.escape(r.source)}</td>"
-                   f"<td>{len(r.taps)}</td><td>{len(r.failing)}</td><td>{worst:.2f}</td>"
-                   f"<td class='{cls}'>{'PASS' if r.passed else 'FAIL'}</td>"
+        cls = "pass" if r.passed and not r.failing else "fail"
+        out.append(f"<tr><td>{r.component}</td><td>{r.case}</td><td>{r.path}</td><td>{html.escape(r.execution)}</td>"
+                   f"<td>{html.escape(r.source)}</td><td>{len(r.taps)}</td><td>{len(r.failing)}</td>"
+                   f"<td>{worst_ratio(r):.2f}</td><td class='{cls}'>{'FAIL' if cls == 'fail' else 'PASS'}</td>"
                    f"<td>{html.escape(r.blame.describe()) if r.blame else ''}</td></tr>")
     out.append("</table>")
     if report.get("benchmarks"):
@@ -233,8 +238,17 @@ def to_html(report: dict[str, Any], results: list[CaseResult]) -> str:
             out.append(f"<tr><td>{html.escape(r.key)} {html.escape(name)}</td><td>{_weights_kind(r)}</td>{cells}</tr>")
         out.append("</table>")
     for r in results:
-        out.append(f"<h2>{r.component} / {r.case} <small>({html.escape(r.source)})</small></h2>")
-        out.append(f"<p class='{'pass' if r.passed else 'fail'}'>{html.escape(r.blame_line())}</p>")
+        out.append(f"<h2>{r.component} / {r.case} <small>({html.escape(r.label)})</small></h2>")
+        out.append(f"<p class='{'fail' if r.failing or r.problems else 'pass'}'>{html.escape(r.blame_line())}</p>")
+        if r.localisation_line():
+            out.append(f"<p>{html.escape(r.localisation_line())}</p>")
+        for problem in r.problems:
+            out.append(f"<p class='fail'>{html.escape(problem)}</p>")
+        if r.unjudged:
+            out.append(f"<p>{r.unjudged} finer golden taps are computed only layer by layer (judged there).</p>")
+        if r.splits:
+            out.append("<p>Work split into pieces: " + ", ".join(f"{html.escape(k)}: {v}" for k, v in
+                                                                 sorted(r.splits.items())) + "</p>")
         out.append(f"<img alt='error vs depth' src='data:image/png;base64,{_depth_plot(r)}'>")
         if "audio" in r.extra:  # final audio of an end-to-end case: MLX vs the reference
             a = r.extra["audio"]
@@ -259,7 +273,8 @@ def _tap_table(r: CaseResult) -> str:
     teacher = any(t.local for t in r.taps)
     head = ("<tr><th>tap</th><th>type</th><th>shape</th><th>MLX max_rel</th><th>torch max_rel</th><th>limit</th>"
             "<th>MLX rmse_rel</th><th>torch rmse_rel</th><th>limit</th><th>pearson</th><th>SNR dB</th>"
-            + ("<th>local MLX max_rel</th><th>local torch</th>" if teacher else "") + "<th>result</th></tr>")
+            + ("<th>local MLX max_rel</th><th>local torch</th>" if teacher else "")
+            + "<th>computed by</th><th>result</th></tr>")
     rows = []
     for t in r.taps:
         lim = {c.metric: c.limit for c in t.checks}
@@ -278,8 +293,14 @@ def _tap_table(r: CaseResult) -> str:
             f"<td>{_fmt(lim.get('max_rel', ''))}</td><td>{_fmt(t.mlx.get('rmse_rel', ''))}</td>"
             f"<td>{_fmt(t.torch.get('rmse_rel', ''))}</td><td>{_fmt(lim.get('rmse_rel', ''))}</td>"
             f"<td>{_fmt(t.mlx.get('pearson', ''))}</td><td>{_fmt(t.mlx.get('snr_db', ''))}</td>{local}"
-            f"<td class='{cls}'>{res}</td></tr>")
+            f"<td style='text-align:left'>{html.escape('; '.join(t.impl))}</td><td class='{cls}'>{res}</td></tr>")
     return (f"<details><summary>{len(r.taps)} taps</summary><table>{head}{''.join(rows)}</table></details>")
+
+
+def worst_ratio(r: CaseResult) -> float:
+    """The largest MLX error / limit over the case's bounded metrics (1.0 = at the tolerance)."""
+    ratios = [c.value / c.limit for t in r.taps for c in t.checks if c.limit > 0]
+    return max(ratios) if ratios else 0.0
 
 
 def _mib(v: Any) -> str:

@@ -1,6 +1,7 @@
 """Test inputs: the committed WAVs under golden/inputs and the generators that made them.
 
-    python -m rvc_mlx.testing.signals golden/inputs     # speech.wav (needs espeak-ng), harmonic.*, silence_noise.wav
+    python -m rvc_mlx.testing.signals golden/inputs     # speech.wav (needs espeak-ng), harmonic.*, silence_noise.wav,
+                                                        # speech_44k_stereo.wav (from speech.wav)
 
 `harmonic.wav` is a synthetic voice-like signal with a known F0 contour (ground truth in `harmonic_f0.csv`,
 one row per 10 ms frame centre, 0 = unvoiced); a test checks the committed files equal the generator's output.
@@ -78,10 +79,27 @@ def make_speech(out: Path) -> None:
     sf.write(out, x.astype(np.float32), SR, subtype="FLOAT")
 
 
+STEREO_SR = 44100
+STEREO_SPAN = (8000, 24000)  # speech.wav samples: 0.5-1.5 s (voiced, the pause, voiced again)
+STEREO_DELAY = 88  # samples at 44.1 kHz (2 ms): the right channel lags, at 0.6x the level
+
+
+def stereo_44k_signal(speech: np.ndarray) -> np.ndarray:
+    """(N, 2) float64 at 44.1 kHz from 16 kHz speech: soxr VHQ up, the right channel a quieter, delayed copy (the
+    channels differ, so channel mixing matters); written as 16-bit PCM."""
+    import soxr
+
+    left = soxr.resample(speech[STEREO_SPAN[0]:STEREO_SPAN[1]].astype(np.float64), SR, STEREO_SR, quality="VHQ")
+    right = 0.6 * np.concatenate([np.zeros(STEREO_DELAY), left[:-STEREO_DELAY]])
+    return np.stack([left, right], axis=1)
+
+
 def write_synthetic(folder: Path) -> None:
-    """harmonic.wav + harmonic_f0.csv and silence_noise.wav."""
+    """harmonic.wav + harmonic_f0.csv, silence_noise.wav, and speech_44k_stereo.wav from speech.wav."""
     import soundfile as sf
 
+    sf.write(folder / "speech_44k_stereo.wav", stereo_44k_signal(read_wav(folder / "speech.wav")), STEREO_SR,
+             subtype="PCM_16")
     sf.write(folder / "silence_noise.wav", silence_noise_signal(), SR, subtype="FLOAT")
     audio, truth = harmonic_signal()
     sf.write(folder / "harmonic.wav", audio, SR, subtype="FLOAT")
@@ -96,6 +114,14 @@ def read_wav(path: Path) -> np.ndarray:
     if sr != SR or audio.ndim != 1:
         raise ValueError(f"{path}: expected 16 kHz mono, got {sr} Hz with shape {audio.shape}")
     return audio
+
+
+def read_audio(path: Path) -> tuple[np.ndarray, int]:
+    """Any committed WAV as float32, (N,) or (N, channels), and its rate (the pipeline's inputs)."""
+    import soundfile as sf
+
+    audio, sr = sf.read(path, dtype="float32", always_2d=False)
+    return audio, int(sr)
 
 
 def read_truth(path: Path) -> np.ndarray:

@@ -2,21 +2,26 @@
 
 A tap is a module output (or input) recorded under the module's dotted path, e.g. `unet.encoder.layers.0`;
 tuple outputs become `path:0`, `path:1`, nested `path:1.2`; a module called k > 1 times adds `path#k`.
-Extra taps (`rmvpe.mel`) come from `tap(name, value)` calls inside model code and cost nothing when no
-recorder is active. Both recorders store values in PyTorch's layout as numpy arrays; the MLX recorder converts
-each value with the layout its `LayoutMap` names explicitly and never guesses from shapes.
+Extra taps (`rmvpe.mel`) come from `rvc_mlx.instrument.tap(name, value)` calls inside model code and cost
+nothing when no recorder is active. Both recorders store values in PyTorch's layout as numpy arrays; the MLX
+recorder converts each value with the layout its `LayoutMap` names explicitly and never guesses from shapes.
+
+The MLX recorder observes the path the model takes without it (the shipped path: fused kernels, host-array
+stages, time chunks), or, when asked (`layer_by_layer=True`), runs the model in layer-by-layer mode. It also
+notes which implementation computed each tap (`rvc_mlx.dispatch` reports them) and how long work was split.
 """
 
 from __future__ import annotations
 
-import contextvars
 import fnmatch
+import re
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 
-_ACTIVE: contextvars.ContextVar["Recorder | None"] = contextvars.ContextVar("rvc_mlx_recorder", default=None)
+from rvc_mlx import instrument
+from rvc_mlx.instrument import recording, tap  # noqa: F401  (the harness's tests import them from here)
 
 
 class TapError(Exception):
@@ -70,6 +75,7 @@ class LayoutMap:
     rules: tuple[LayoutRule, ...]
 
     def _rule(self, path: str) -> LayoutRule:
+        path = re.sub(r"#\d+", "", path)  # the k-th call of a module has its layout (a chunked model: `cnn#2`)
         for rule in self.rules:
             if fnmatch.fnmatchcase(path, rule.pattern):
                 return rule
@@ -125,11 +131,13 @@ def tree_map(fn: Callable[[Any], Any], value: Any, is_array: Callable[[Any], boo
 
 @dataclass
 class Recorder:
-    """Collects taps; `select` globs limit what is kept (None = everything); `inputs` also keeps inputs."""
+    """Collects taps; `select` globs limit what is kept (None = everything); `inputs` also keeps inputs;
+    `splits`: the most pieces each split work ran in (`instrument.split`)."""
 
     select: Sequence[str] | None = None
     inputs: bool = False
     records: dict[str, TapRecord] = field(default_factory=dict)
+    splits: dict[str, int] = field(default_factory=dict)
     _calls: dict[str, int] = field(default_factory=dict)
     _token: Any = None
 
@@ -155,29 +163,22 @@ class Recorder:
     def to_numpy(self, value: Any) -> np.ndarray:  # pragma: no cover - overridden
         return np.asarray(value)
 
+    def used(self, implementation: str) -> None:
+        """An implementation report (`instrument.used`); the MLX recorder keeps them per tap."""
+
+    def split(self, work: str, pieces: int) -> None:
+        self.splits[work] = max(self.splits.get(work, 0), int(pieces))
+
     def activate(self) -> None:
-        self._token = _ACTIVE.set(self)
+        self._token = instrument.observe(self)
 
     def deactivate(self) -> None:
         if self._token is not None:
-            _ACTIVE.reset(self._token)
+            instrument.stop_observing(self._token)
             self._token = None
 
     def values(self) -> dict[str, np.ndarray]:
         return {k: r.value for k, r in self.records.items()}
-
-
-def recording() -> bool:
-    """True while a recorder is active: model code then takes the path whose every module call is tapped."""
-    return _ACTIVE.get() is not None
-
-
-def tap(name: str, value: Any, layout: str = "same") -> Any:
-    """Record `value` under `name` if a recorder is active (`layout` = the MLX layout); returns `value`."""
-    rec = _ACTIVE.get()
-    if rec is not None:
-        rec.extra(name, value, layout)
-    return value
 
 
 # ----------------------------------------------------------------------------------------------- torch
@@ -234,6 +235,11 @@ def _mlx_is_array(v: Any) -> bool:
     return type(v).__name__ == "array" and type(v).__module__.startswith("mlx")
 
 
+def _mlx_or_host_array(v: Any) -> bool:
+    """An MLX array, or a host array a kernel stage returns in its place (recorded as it is)."""
+    return _mlx_is_array(v) or isinstance(v, np.ndarray)
+
+
 @dataclass
 class _Pending:
     name: str
@@ -245,22 +251,56 @@ class _Pending:
     inputs: Any = None
 
 
+@dataclass(frozen=True)
+class CallInfo:
+    """How one tap was computed: the implementations its call used (`impl`, children included; `own`, outside its
+    child modules) and the enclosing module call (`parent`). `reported`: a module output a fused stage of the
+    parent computed without calling the module (`instrument.output`)."""
+
+    module_type: str
+    impl: tuple[str, ...]
+    own: tuple[str, ...]
+    parent: str | None
+    reported: bool = False
+
+
+@dataclass
+class _Frame:
+    name: str | None  # the call's tap name (None: outside any recorded module)
+    own: set[str] = field(default_factory=set)  # used directly in this call
+    total: set[str] = field(default_factory=set)  # own + finished children's
+    since: set[str] = field(default_factory=set)  # used (here or in children) since this frame's last tap
+    own_since: set[str] = field(default_factory=set)  # used here (not in children) since this frame's last tap
+
+
 class MLXRecorder(Recorder):
     """Wraps `__call__` of every sub-module of an MLX `model` for a `with` block (MLX has no hooks).
 
     Each instance gets a recording subclass of its own class for the duration and is restored on exit.
-    Values are evaluated once at exit and converted to PyTorch layout as `layouts` says.
+    Values are evaluated once at exit and converted to PyTorch layout as `layouts` says. The block runs on the
+    path the model takes unobserved, or in layer-by-layer mode with `layer_by_layer=True`. `calls` holds a
+    CallInfo for every module call and extra tap (selected or not); `implementations()` all reported ones.
     """
 
     def __init__(self, model: Any, layouts: LayoutMap, root: str = "model",
-                 select: Sequence[str] | None = None, inputs: bool = False):
+                 select: Sequence[str] | None = None, inputs: bool = False, layer_by_layer: bool = False):
         super().__init__(select=select, inputs=inputs)
         self.model = model
         self.layouts = layouts
         self.root = root
+        self.layer_by_layer = layer_by_layer
+        self.calls: dict[str, CallInfo] = {}
+        # in completion order: ("use", frame, implementation) and ("done", tap name): which work fed which tap
+        self.events: list[tuple[str, str | None, str]] = []
         self._swapped: list[tuple[Any, type]] = []
-        self._paths: dict[int, str] = {}
+        self._modules: dict[int, tuple[str, str]] = {}  # id -> (tap path, class name)
         self._pending: list[_Pending] = []
+        self._frames: list[_Frame] = [_Frame(None)]
+        self._mode: Any = None
+
+    @property
+    def mode(self) -> str:
+        return "layer-by-layer" if self.layer_by_layer else "shipped"
 
     def __enter__(self) -> "MLXRecorder":
         subclasses: dict[type, type] = {}
@@ -270,27 +310,80 @@ class MLXRecorder(Recorder):
                 subclasses[cls] = type(f"Recording{cls.__name__}", (cls,), {"__call__": _recording_call(cls)})
             module.__class__ = subclasses[cls]
             self._swapped.append((module, cls))
-            self._paths[id(module)] = path or self.root
+            self._modules[id(module)] = (path or self.root, cls.__name__)
+        self._mode = instrument.layers(self.layer_by_layer)  # explicit either way: never inherit a caller's mode
+        self._mode.__enter__()
         self.activate()
         return self
 
-    def _after_call(self, module: Any, cls: type, args: tuple, kwargs: dict, output: Any) -> None:
-        path = self._paths.get(id(module))
-        if path is None:
+    # implementation reports -------------------------------------------------------------------------
+    def used(self, implementation: str) -> None:
+        top = self._frames[-1]
+        self.events.append(("use", top.name, implementation))
+        top.own.add(implementation)
+        top.total.add(implementation)
+        top.since.add(implementation)
+        top.own_since.add(implementation)
+
+    def split(self, work: str, pieces: int) -> None:
+        super().split(work, pieces)
+        if pieces > 1:
+            self.used(f"split: {work}")
+
+    def implementations(self) -> set[str]:
+        return set(self._frames[0].total)
+
+    # calls -------------------------------------------------------------------------------------------
+    def _enter_call(self, module: Any) -> None:
+        known = self._modules.get(id(module))
+        self._frames.append(_Frame(None if known is None else self._call_name(known[0])))
+
+    def _exit_call(self, cls: type, args: tuple, kwargs: dict, output: Any) -> None:
+        frame = self._frames.pop()
+        parent = self._frames[-1]
+        parent.total |= frame.total
+        parent.since |= frame.total
+        if frame.name is None:
             return
-        name = self._call_name(path)
-        for n, v in _flatten(name, output, _mlx_is_array):
+        info = CallInfo(cls.__name__, tuple(sorted(frame.total)), tuple(sorted(frame.own)), parent.name)
+        self._output(frame.name, info, args, kwargs, output)
+
+    def module_output(self, module: Any, value: Any) -> None:
+        """`instrument.output`: a fused stage's value for a child module it did not call, under that module's
+        path, computed by what the current call itself has used since its last tap."""
+        known = self._modules.get(id(module))
+        if known is None:
+            return
+        top = self._frames[-1]
+        work = tuple(sorted(top.own_since))
+        info = CallInfo(known[1], work, work, top.name, reported=True)
+        top.since, top.own_since = set(), set()
+        self._output(self._call_name(known[0]), info, (), {}, value, with_inputs=False)
+
+    def _output(self, name: str, info: CallInfo, args: tuple, kwargs: dict, output: Any,
+                with_inputs: bool = True) -> None:
+        path = name.split("#")[0]
+        self.calls[name] = info
+        self.events.append(("done", name, ""))
+        for n, v in _flatten(name, output, _mlx_or_host_array):
+            self.calls[n] = info
             if self.wanted(n):
-                ins = (args, kwargs) if self.inputs else None
-                in_layout = self.layouts.inputs(path) if self.inputs else None
+                ins = (args, kwargs) if self.inputs and with_inputs else None
+                in_layout = self.layouts.inputs(path) if ins is not None else None
                 if isinstance(in_layout, tuple):  # per-argument layouts: inputs are taken from the twin instead
                     ins = in_layout = None
-                self._pending.append(_Pending(n, v, cls.__name__, "output", self.layouts.output(n),
+                if isinstance(v, np.ndarray):  # a kernel's host array: copy it, whatever its owner does next
+                    v = v.copy()
+                self._pending.append(_Pending(n, v, info.module_type, "output", self.layouts.output(n),
                                               in_layout, ins))
 
     def extra(self, name: str, value: Any, layout: str) -> None:
         # Queued like module taps so completion order and evaluation stay in one place.
         name = self._call_name(name)
+        top = self._frames[-1]
+        self.calls[name] = CallInfo("tap", tuple(sorted(top.since)), tuple(sorted(top.since)), top.name)
+        self.events.append(("done", name, ""))
+        top.since, top.own_since = set(), set()
         if self.wanted(name):
             self._pending.append(_Pending(name, value, "tap", "extra", layout))
 
@@ -299,6 +392,7 @@ class MLXRecorder(Recorder):
             module.__class__ = cls
         self._swapped.clear()
         self.deactivate()
+        self._mode.__exit__(*exc)
         if exc[0] is None:
             self._finish()
 
@@ -310,7 +404,8 @@ class MLXRecorder(Recorder):
             value = to_torch_layout(np.array(p.value), p.layout, p.name)
             ins = p.inputs
             if ins is not None:
-                ins = tree_map(lambda a, p=p: to_torch_layout(np.array(a), p.in_layout, p.name), ins, _mlx_is_array)
+                ins = tree_map(lambda a, p=p: to_torch_layout(np.array(a), p.in_layout, p.name), ins,
+                               _mlx_or_host_array)
             self._store(p.name, value, p.module_type, p.kind, ins)
         self._pending.clear()
 
@@ -319,10 +414,16 @@ def _recording_call(cls: type):
     original = cls.__call__
 
     def __call__(self, *args, **kwargs):
-        out = original(self, *args, **kwargs)
-        rec = _ACTIVE.get()
-        if isinstance(rec, MLXRecorder):
-            rec._after_call(self, cls, args, kwargs, out)
+        rec = instrument.observer()
+        if not isinstance(rec, MLXRecorder):
+            return original(self, *args, **kwargs)
+        rec._enter_call(self)
+        try:
+            out = original(self, *args, **kwargs)
+        except BaseException:
+            rec._frames.pop()
+            raise
+        rec._exit_call(cls, args, kwargs, out)
         return out
 
     return __call__

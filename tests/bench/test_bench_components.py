@@ -40,7 +40,9 @@ def test_bench_component(benchmark, parity, name, impl, seconds):
     model = _predictor(parity, name, impl)
     audio = bench.speech(seconds)
     method = getattr(model, MODELS[name][2])
-    fn = (lambda: np.asarray(method(audio)))  # np.asarray forces MLX evaluation inside the timed region
+    def fn():  # np.asarray forces MLX evaluation inside the timed region
+        return np.asarray(method(audio))
+
     prof = (lambda: profile_mlx(model.model, fn)) if impl == "mlx" else (lambda: profile_torch(model.model, fn))
     warm = (lambda: method(bench.speech(1))) if seconds >= 60 else None
     out = bench.run(benchmark, impl, seconds, f"{name} {seconds}s", fn, rounds=1 if seconds >= 60 else 3,

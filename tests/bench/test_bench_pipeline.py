@@ -28,9 +28,11 @@ def test_bench_pipeline(benchmark, parity, impl, seconds):
     comp = parity.component("pipeline")
     w = comp.weights(None, CASE)
     model = comp.mlx(w) if impl == "mlx" else comp.twin(w, torch.float32)
-    inputs = {"audio": bench.speech(seconds), **OPTIONS}
+    inputs = {"audio": bench.speech(seconds), "sr": 16000, **OPTIONS}
     run = comp.run_mlx if impl == "mlx" else comp.run_twin
-    fn = (lambda: np.asarray(run(model, inputs)))
+    def fn():
+        return np.asarray(run(model, inputs))
+
     profiler = profile_mlx if impl == "mlx" else profile_torch
     warm = (lambda: run(model, {**inputs, "audio": bench.speech(1)})) if seconds >= 60 else None
     out = bench.run(benchmark, impl, seconds, f"pipeline v2-40k-f0 rmvpe {seconds}s", fn,

@@ -23,12 +23,16 @@ def test_bench_synth(benchmark, parity, variant, impl, seconds):
     model = comp.mlx(w) if impl == "mlx" else comp.twin(w, torch.float32)
     inputs, _ = comp.load_input(case)
     run = comp.run_mlx if impl == "mlx" else comp.run_twin
-    fn = (lambda: np.asarray(run(model, inputs)))
+    def fn():
+        return np.asarray(run(model, inputs))
+
     prof = (lambda: profile_mlx(model.model, fn)) if impl == "mlx" else (lambda: profile_torch(model.model, fn))
     warm = None
     if seconds >= 60:
         short, _ = comp.load_input(CaseSpec(frames=100, **spec))
-        warm = (lambda: np.asarray(run(model, short)))
+
+        def warm():
+            return np.asarray(run(model, short))
     out = bench.run(benchmark, impl, seconds, f"synth {variant} {seconds}s", fn, rounds=1 if seconds >= 60 else 3,
                     profile=prof, warm=warm)
     assert out.size == 100 * seconds * model.cfg.sr // 100 and np.isfinite(out).all()

@@ -1,17 +1,18 @@
-"""End-to-end pipeline: MLX vs the golden float64 twin run at every pipeline tap (F0, coarse bins, features,
-retrieval, per-segment and final audio, with audio metrics); every variant and f0 method in `make parity`."""
+"""End-to-end pipeline: MLX vs the golden float64 twin run at every pipeline tap (the prepared 16 kHz input, F0,
+coarse bins, features, retrieval, per-segment and final audio, with audio metrics), with the kernels and on the
+pure-MLX path; every variant and f0 method in `make parity`."""
 
 import numpy as np
 import pytest
 
 from rvc_mlx.config import synth_variants
-from rvc_mlx.testing.components import case_names
+from rvc_mlx.testing.components import case_paths
 
 
 @pytest.mark.parity
-@pytest.mark.parametrize("case", case_names("pipeline"))
-def test_pipeline_every_tap_matches_golden_within_policy(parity, case):
-    result = parity.check("pipeline", case)
+@pytest.mark.parametrize("case, path", case_paths("pipeline"))
+def test_pipeline_every_tap_matches_golden_within_policy(parity, case, path):
+    result = parity.check("pipeline", case, path=path)
     assert result.passed, result.failure_message()
     audio = result.extra["audio"]
     assert audio["snr_db"] >= 60.0 and audio["si_sdr_db"] >= 60.0, audio

@@ -3,16 +3,16 @@ every stored tap, and their F0 on real speech agrees with the twin's (cents p99 
 
 import pytest
 
-from rvc_mlx.testing.components import case_names
+from rvc_mlx.testing.components import case_paths
 
-CASES = [("crepe", c) for c in case_names("crepe")] + [("fcpe", c) for c in case_names("fcpe")]
-IDS = [f"{a}/{b}" for a, b in CASES]
+CASES = [pytest.param(comp, *p.values, marks=p.marks, id=f"{comp}/{p.id}")
+         for comp in ("crepe", "fcpe") for p in case_paths(comp)]
 
 
 @pytest.mark.parity
-@pytest.mark.parametrize("component, case", CASES, ids=IDS)
-def test_pitch_estimator_every_tap_matches_golden_within_policy(parity, component, case):
-    result = parity.check(component, case)
+@pytest.mark.parametrize("component, case, path", CASES)
+def test_pitch_estimator_every_tap_matches_golden_within_policy(parity, component, case, path):
+    result = parity.check(component, case, path=path)
     assert result.passed, result.failure_message()
     f0 = next(t for t in result.taps if t.name == f"{component}.f0")
     assert f0.pitch["cents_p99"] <= 1.0 and f0.pitch["voicing_agreement"] >= 0.999, f0.pitch
@@ -39,10 +39,11 @@ def test_pitch_estimator_finds_the_known_f0_of_the_harmonic_input(parity, compon
 def test_pitch_estimator_every_module_passes_teacher_forced_against_live_oracle(parity, component, case):
     result = parity.check(component, case, live=True, teacher=True)
     assert result.passed, result.failure_message()
-    local = [t for t in result.taps if t.local is not None]
-    assert local, "teacher forcing judged no module"
-    bad = [f"{t.name}: {t.local}" for t in local if not t.local["passed"]]
-    assert not bad, "teacher-forced local errors out of tolerance:\n" + "\n".join(bad)
+    for res in (result, result.layers):
+        local = [t for t in res.taps if t.local is not None]
+        assert local, f"teacher forcing judged no module on the {res.path} path"
+        bad = [f"{t.name}: {t.local}" for t in local if not t.local["passed"]]
+        assert not bad, f"teacher-forced local errors out of tolerance ({res.path}):\n" + "\n".join(bad)
 
 
 @pytest.mark.parity

@@ -1,16 +1,16 @@
-"""Synthesizer: every variant's MLX port matches the golden float64 oracle (injected noise) at its taps."""
+"""Synthesizer: every variant's MLX port matches the golden float64 oracle (injected noise), on the shipped path
+(fused upsampling, fused and chunked resblock stages) at its taps and layer by layer at every tap, with the kernels
+and on the pure-MLX path."""
 
 import pytest
 
-from rvc_mlx.testing.components import case_names
-
-CASES = case_names("synth")
+from rvc_mlx.testing.components import case_paths
 
 
 @pytest.mark.parity
-@pytest.mark.parametrize("case", CASES)
-def test_synth_every_tap_matches_golden_within_policy(parity, case):
-    result = parity.check("synth", case)
+@pytest.mark.parametrize("case, path", case_paths("synth"))
+def test_synth_every_tap_matches_golden_within_policy(parity, case, path):
+    result = parity.check("synth", case, path=path)
     assert result.passed, result.failure_message()
     audio = next(t for t in result.taps if t.name == "synth.audio")
     assert audio.mlx["snr_db"] >= 60.0, audio.mlx
@@ -22,5 +22,6 @@ def test_synth_every_tap_matches_golden_within_policy(parity, case):
 def test_synth_every_module_passes_teacher_forced_against_live_oracle(parity, case):
     result = parity.check("synth", case, live=True, teacher=True)
     assert result.passed, result.failure_message()
-    bad = [f"{t.name}: {t.local}" for t in result.taps if t.local is not None and not t.local["passed"]]
-    assert not bad, "teacher-forced local errors out of tolerance:\n" + "\n".join(bad)
+    for res in (result, result.layers):
+        bad = [f"{t.name}: {t.local}" for t in res.taps if t.local is not None and not t.local["passed"]]
+        assert not bad, f"teacher-forced local errors out of tolerance ({res.path}):\n" + "\n".join(bad)

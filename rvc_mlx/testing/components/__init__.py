@@ -1,18 +1,21 @@
 """Component specs: how the harness builds, feeds and taps each MLX model and its PyTorch twin.
 
-What each component's golden cases are (input, crop, which taps are stored) is data in golden/cases.toml;
-the code here only knows how to construct and call the two implementations.
+What each component's golden cases are (input, crop, which taps are stored, which taps the shipped path must
+produce, constants set smaller to cross a boundary) is data in golden/cases.toml; the code here only knows how
+to construct and call the two implementations.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import fnmatch
 import hashlib
 import tomllib
 from collections import OrderedDict
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 
@@ -41,6 +44,13 @@ class CaseSpec:
     variant: str | None = None  # synthesizer variant (e.g. "v2-40k-f0"): selects the checkpoint
     frames: int | None = None  # generated inputs: number of frames
     seed: int = 0  # generated inputs: seed of the features / pitch / noise
+    shipped: tuple[str, ...] | None = None  # tap globs the shipped path must produce (None: the component's)
+    # smaller constants, so that a short input crosses a boundary: fields of the predictors' config dataclass
+    # (twin and MLX alike: RMVPE chunk_frames, CREPE batch_size, pipeline x_center ...) or dispatch's chunk
+    # sizes (attention_rows, resblock_frames: MLX only, exact by construction)
+    constants: dict[str, Any] = field(default_factory=dict)
+    crosses: dict[str, int] = field(default_factory=dict)  # split work -> pieces the shipped run must reach
+    test_pure_mlx: bool = False  # `make test` judges it on the pure-MLX path too (`make parity` always does)
 
 
 @dataclass
@@ -62,6 +72,7 @@ class ComponentSpec:
     blocks: tuple[str, ...] = ()
     kinds: dict[str, str] = field(default_factory=dict)
     weights: dict[str, Any] = field(default_factory=dict)
+    shipped: tuple[str, ...] = ("*",)  # tap globs the shipped path produces (finer taps: layer-by-layer only)
 
     def case(self, name: str) -> CaseSpec:
         for c in self.cases:
@@ -86,18 +97,43 @@ def load_specs(path: Path = GOLDEN / "cases.toml") -> dict[str, ComponentSpec]:
     specs = {}
     for name, d in data.items():
         try:
-            cases = [CaseSpec(component=name, **{k: tuple(v) if k == "skip" else v for k, v in c.items()})
+            cases = [CaseSpec(component=name, **{k: tuple(v) if k in ("skip", "shipped") else v
+                                                 for k, v in c.items()})
                      for c in d.get("case", [])]
         except TypeError as e:
             raise SpecError(f"{path}: a [[{name}.case]] entry is malformed ({e})") from None
         if not cases:
             raise SpecError(f"{path}: component {name} lists no [[{name}.case]]")
-        unknown = set(d) - {"case", "exclude_types", "unstored_types", "blocks", "kinds", "weights"}
+        unknown = set(d) - {"case", "exclude_types", "unstored_types", "blocks", "kinds", "weights", "shipped"}
         if unknown:
             raise SpecError(f"{path}: [{name}] has unknown keys {sorted(unknown)}")
+        for c in cases:
+            bad = set(c.constants) - config_fields(name) - set(CHUNK_CONSTANTS)
+            if bad:
+                raise SpecError(f"{path}: case {name}/{c.name} sets unknown constants {sorted(bad)}")
+            if c.constants and not c.crosses:
+                raise SpecError(f"{path}: case {name}/{c.name} sets constants but no `crosses`: name the boundary "
+                                "they make it cross, so that the harness proves it does")
         specs[name] = ComponentSpec(name, cases, tuple(d.get("exclude_types", ())), tuple(d.get("unstored_types", ())),
-                                    tuple(d.get("blocks", ())), dict(d.get("kinds", {})), dict(d.get("weights", {})))
+                                    tuple(d.get("blocks", ())), dict(d.get("kinds", {})), dict(d.get("weights", {})),
+                                    tuple(d.get("shipped", ("*",))))
     return specs
+
+
+# dispatch.use_chunks arguments (MLX-only split sizes) and the config fields a case may set per component
+CHUNK_CONSTANTS = ("attention_rows", "resblock_frames")
+
+
+CONFIGS = {"rmvpe": "RMVPEConfig", "crepe": "CREPEConfig", "pipeline": "PipelineConfig"}  # the predictors' `cfg`
+
+
+def config_fields(component: str) -> set[str]:
+    """The fields of `component`'s predictor config that a case may set (none for the others)."""
+    if component not in CONFIGS:
+        return set()
+    from rvc_mlx import config
+
+    return {f.name for f in dataclasses.fields(getattr(config, CONFIGS[component]))}
 
 
 class ModelCache(OrderedDict):
@@ -167,6 +203,29 @@ class Component:
     def compared(self, name: str, module_type: str) -> bool:
         """Whether a live run judges this tap (everything but exact duplicates and weight-norm internals)."""
         return module_type not in self.spec.exclude_types
+
+    def shipped(self, case: CaseSpec, name: str) -> bool:
+        """Whether the shipped path of `case` must produce this tap (the others: layer-by-layer only)."""
+        globs = case.shipped if case.shipped is not None else self.spec.shipped
+        return any(fnmatch.fnmatchcase(name, p) for p in globs)
+
+    @contextmanager
+    def constants(self, case: CaseSpec, *predictors: Any) -> Iterator[None]:
+        """The case's constants for the block: config fields on each predictor's `cfg` (the twin's and the MLX
+        port's alike), chunk sizes through `dispatch.use_chunks` (MLX only)."""
+        from rvc_mlx import dispatch
+
+        fields = {k: v for k, v in case.constants.items() if k not in CHUNK_CONSTANTS}
+        chunks = {k: v for k, v in case.constants.items() if k in CHUNK_CONSTANTS}
+        saved = [(p, p.cfg) for p in predictors if fields]
+        for p, cfg in saved:
+            p.cfg = dataclasses.replace(cfg, **fields)
+        try:
+            with dispatch.use_chunks(**chunks):
+                yield
+        finally:
+            for p, cfg in saved:
+                p.cfg = cfg
 
     def stored(self, case: CaseSpec, name: str, module_type: str) -> bool:
         """Whether the golden of `case` keeps this tap."""
@@ -282,3 +341,20 @@ def registry() -> dict[str, Component]:
 def case_names(component: str) -> list[str]:
     """Case names for pytest parametrisation (read at collection time)."""
     return [c.name for c in load_specs()[component].cases]
+
+
+PATHS = ("kernels", "mlx")  # the implementations golden cases are judged on (dispatch.use_kernels(True / False))
+
+
+def case_paths(component: str, cases: list[str] | None = None) -> list[Any]:
+    """pytest params (case, path): every case on the kernel path; on the pure-MLX path, the cases with
+    `test_pure_mlx` in `make test`, the others in `make parity` only (marked slow)."""
+    import pytest
+
+    out = []
+    for c in load_specs()[component].cases:
+        if cases is None or c.name in cases:
+            out.append(pytest.param(c.name, "kernels", id=f"{c.name}-kernels"))
+            out.append(pytest.param(c.name, "mlx", id=f"{c.name}-mlx",
+                                    marks=() if c.test_pure_mlx else pytest.mark.slow))
+    return out

@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from rvc_mlx.testing.components import CaseSpec, Component, SpecError, Weights
+from rvc_mlx.testing.components import CaseSpec, Component, ModelCache, SpecError, Weights
 from rvc_mlx.testing.taps import LayoutMap, LayoutRule
 
 # the synthetic index the pipeline cases retrieve from (v2: 768-d, v1: 256-d features)
@@ -31,6 +31,8 @@ class PipelineComponent(Component):
     def __init__(self, spec):
         super().__init__(spec)
         self._paths: dict[str, _Models] = {}
+        # the models inside the pipelines, shared by the cases' pipelines (they differ in the synthesizer only)
+        self._parts = ModelCache(keep=8)
 
     def weights_key(self, case: CaseSpec | None) -> str:
         if case is None or not case.variant:
@@ -69,6 +71,13 @@ class PipelineComponent(Component):
     def _models(self, weights: Weights) -> _Models:
         return self._paths[weights.info["sha256"]]
 
+    def _part(self, key: tuple, load, path: Path) -> Any:
+        """One model inside a pipeline, loaded once for every pipeline that holds it."""
+        key = (*key, str(path))
+        if key not in self._parts:
+            self._parts[key] = load(path)
+        return self._parts[key]
+
     def twin(self, weights: Weights, dtype) -> Any:
         key = (weights.info["sha256"], weights.info["f0_method"], str(dtype))
         if key not in self._twins:
@@ -85,9 +94,10 @@ class PipelineComponent(Component):
                     "crepe": lambda p: CREPE.from_checkpoint(p, model="full", dtype=dtype),
                     "crepe-tiny": lambda p: CREPE.from_checkpoint(p, model="tiny", dtype=dtype),
                     "fcpe": lambda p: FCPE.from_checkpoint(p, dtype=dtype)}[method]
-            self._twins[key] = Pipeline(HuBERT.from_checkpoint(m.hubert, dtype=dtype),
-                                        Synthesizer.from_checkpoint(m.synth, dtype=dtype),
-                                        {method: load(m.pitch[method])}, m.index)
+            hubert = self._part(("twin", str(dtype)), lambda p: HuBERT.from_checkpoint(p, dtype=dtype), m.hubert)
+            synth = self._part(("twin", str(dtype)), lambda p: Synthesizer.from_checkpoint(p, dtype=dtype), m.synth)
+            pitch = self._part(("twin", str(dtype), method), load, m.pitch[method])
+            self._twins[key] = Pipeline(hubert, synth, {method: pitch}, m.index)
         return self._twins[key]
 
     def mlx(self, weights: Weights) -> Any:
@@ -101,9 +111,12 @@ class PipelineComponent(Component):
             m = self._models(weights)
             loaders = pitch_loaders(rmvpe=m.pitch["rmvpe"], crepe_full=m.pitch.get("crepe"),
                                     crepe_tiny=m.pitch.get("crepe-tiny"), fcpe=m.pitch.get("fcpe"))
+            shared = {method: (lambda method=method, load=load: self._part(("mlx", method), lambda _: load(),
+                                                                           m.pitch[method]))
+                      for method, load in loaders.items()}
             index = FeatureIndex.read(m.index) if m.index is not None else None
-            self._mlx[key] = Pipeline(HuBERT.from_checkpoint(m.hubert), Synthesizer.from_checkpoint(m.synth),
-                                      loaders, index)
+            self._mlx[key] = Pipeline(self._part(("mlx",), HuBERT.from_checkpoint, m.hubert),
+                                      self._part(("mlx",), Synthesizer.from_checkpoint, m.synth), shared, index)
         return self._mlx[key]
 
     def twin_module(self, twin: Any) -> Any:
@@ -117,20 +130,35 @@ class PipelineComponent(Component):
         return nn.Module()
 
     def load_input(self, case: CaseSpec) -> tuple[dict, dict[str, Any]]:
-        audio, info = super().load_input(case)
+        """The pipeline takes any rate and channel count, as a user's file: (N,) or (N, channels) float32 + rate."""
+        import hashlib
+
+        from rvc_mlx.testing.components import GOLDEN
+        from rvc_mlx.testing.signals import read_audio
+
+        path = GOLDEN / "inputs" / case.input
+        if not path.is_file():
+            raise SpecError(f"golden/inputs/{case.input} is missing (case {self.name}/{case.name}); "
+                            "restore it with `git checkout golden/inputs`")
+        audio, sr = read_audio(path)
+        clip = audio[case.start:None if case.samples is None else case.start + case.samples]
         options = {"f0_method": case.f0_method, "index_rate": 0.75 if case.index else 0.0, "protect": 0.33,
                    "seed": case.seed}
-        return {"audio": audio, **options}, {**info, "options": options}
+        info = {"file": f"inputs/{case.input}", "sha256": hashlib.sha256(audio.tobytes()).hexdigest(),
+                "start": case.start, "samples": int(clip.shape[0]), "options": options}
+        if sr != 16000 or clip.ndim != 1:  # recorded only where they differ: older manifests have neither
+            info.update(sample_rate=sr, channels=1 if clip.ndim == 1 else int(clip.shape[1]))
+        return {"audio": clip, "sr": sr, **options}, info
 
     def run_twin(self, twin: Any, inputs: dict) -> Any:
         opts = dict(inputs)
-        return twin.convert(opts.pop("audio"), 16000, **opts)
+        return twin.convert(opts.pop("audio"), opts.pop("sr"), **opts)
 
     def run_mlx(self, model: Any, inputs: dict) -> Any:
         from rvc_mlx.pipeline import ConvertOptions
 
         opts = dict(inputs)
-        return model.convert(opts.pop("audio"), 16000, ConvertOptions(**opts))[0]
+        return model.convert(opts.pop("audio"), opts.pop("sr"), ConvertOptions(**opts))[0]
 
     def extra_metrics(self, ref, values: dict) -> dict:
         """Audio metrics of the final output (SNR, SI-SDR, multi-resolution STFT, log-spectral distance)."""

@@ -1,0 +1,387 @@
+"""The one place that chooses how each op runs here: a C++ kernel (built per ISA), a GEMM formulation in
+`layers.py`, or MLX's own op; transcendentals from MLX or from `fastmath`'s polynomials; and how long work is split
+into chunks.
+
+Kernels: `rvc_mlx._kernels_<isa>` for avx512 (AVX-512 F/DQ/BW/VL + FMA), avx2 (AVX2 + FMA) and generic (the
+compiler's baseline), built by `pip install -e .` on Linux. The widest build this CPU runs is chosen by CPUID
+(`rvc_mlx._cpu`, a baseline build, is asked before any variant is loaded). Forced with:
+  RVC_MLX_KERNELS=0        or `use_kernels(False)` / `set_kernels(False)`: no C++ kernels (the GEMM formulations
+                           and MLX's ops; with RVC_MLX_MATH=mlx, the pure-MLX path macOS and MLX's GPU run)
+  RVC_MLX_ISA=avx2         or `use_isa("avx2")`: that build (an error if this CPU cannot run it)
+  RVC_MLX_MATH=mlx         or `use_math("mlx")`: MLX's exp/erf/tanh/sigmoid (the default off Linux, where they are
+                           vectorised) instead of fastmath's polynomials (the default on Linux: ~10x faster there)
+Every choice is reported to an active observer (`instrument.used`), so a parity report names the implementation
+that computed each tap. Chunk sizes (HuBERT's attention queries, the synthesizer's resblock time chunks) are
+exact by construction; `use_chunks` sets them small so that short test inputs cross the boundaries.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import os
+import sys
+from contextlib import contextmanager
+from contextvars import ContextVar
+from dataclasses import dataclass, replace
+from functools import lru_cache
+from typing import Any, Iterator
+
+import mlx.core as mx
+import numpy as np
+
+from rvc_mlx import instrument
+
+VARIANTS = ("avx512", "avx2", "generic")  # widest first
+NEEDS = {"avx512": ("avx512f", "avx512dq", "avx512bw", "avx512vl", "avx2", "fma"), "avx2": ("avx2", "fma"),
+         "generic": ()}
+
+# Implementations an op can take (the tags the layers branch on).
+KERNEL, GEMM, MLX = "kernel", "gemm", "mlx"
+MATH = ("mlx", "fastmath")  # transcendental functions: MLX's own, or fastmath's compiled polynomials
+
+
+class KernelError(RuntimeError):
+    """RVC_MLX_KERNELS / RVC_MLX_ISA / a device (or the Python API) ask for something this machine cannot run."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    """What the caller forces: kernels on/off, a kernel build, transcendentals, chunk sizes (None = defaults)."""
+
+    kernels: bool = True
+    isa: str | None = None
+    math: str | None = None  # "mlx" | "fastmath" transcendentals (None: fastmath on Linux, MLX's elsewhere)
+    attention_rows: int | None = None  # HuBERT attention: query rows per chunk
+    resblock_frames: int | None = None  # synthesizer resblock stages: frames per time chunk
+
+
+def _from_environment() -> Settings:
+    raw = os.environ.get("RVC_MLX_KERNELS", "1").strip().lower()
+    if raw not in ("0", "1", "off", "on", "false", "true", ""):
+        raise KernelError(f"RVC_MLX_KERNELS={raw!r}: use 1 (kernels where built) or 0 (no kernels)")
+    isa = os.environ.get("RVC_MLX_ISA", "").strip().lower() or None
+    if isa is not None and isa not in VARIANTS:
+        raise KernelError(f"RVC_MLX_ISA={isa!r}: choose one of {', '.join(VARIANTS)}")
+    math = os.environ.get("RVC_MLX_MATH", "").strip().lower() or None
+    if math is not None and math not in MATH:
+        raise KernelError(f"RVC_MLX_MATH={math!r}: choose one of {', '.join(MATH)}")
+    return Settings(kernels=raw not in ("0", "off", "false"), isa=isa, math=math)
+
+
+_SETTINGS: ContextVar[Settings | None] = ContextVar("rvc_mlx_dispatch", default=None)
+
+
+def settings() -> Settings:
+    """The settings in force: RVC_MLX_KERNELS / RVC_MLX_ISA / RVC_MLX_MATH (read on first use: a bad value is a
+    one-line KernelError there, not at import), as the Python API changed them."""
+    s = _SETTINGS.get()
+    if s is None:
+        s = _from_environment()
+        _SETTINGS.set(s)
+    return s
+
+
+@contextmanager
+def _using(**changes) -> Iterator[None]:
+    token = _SETTINGS.set(replace(settings(), **changes))
+    try:
+        yield
+    finally:
+        _SETTINGS.reset(token)
+
+
+def use_kernels(on: bool) -> Any:
+    """Context manager: run the block with the C++ kernels (where built) or without them."""
+    return _using(kernels=bool(on))
+
+
+def use_isa(isa: str | None) -> Any:
+    """Context manager: run the block on the kernel build `isa` (None: the widest this CPU runs)."""
+    if isa is not None:
+        _check_isa(isa)
+    return _using(isa=isa)
+
+
+def use_math(kind: str | None) -> Any:
+    """Context manager: transcendentals from MLX ('mlx') or fastmath's polynomials ('fastmath'); None: default."""
+    if kind is not None and kind not in MATH:
+        raise KernelError(f"unknown transcendentals {kind!r}; choose one of {', '.join(MATH)}")
+    return _using(math=kind)
+
+
+def use_chunks(attention_rows: int | None = None, resblock_frames: int | None = None) -> Any:
+    """Context manager: split HuBERT's attention into `attention_rows`-query chunks and the synthesizer's resblock
+    stages into `resblock_frames`-frame chunks (the same code as the defaults, smaller constants)."""
+    for name, v in (("attention_rows", attention_rows), ("resblock_frames", resblock_frames)):
+        if v is not None and (not isinstance(v, int) or v < 1):
+            raise ValueError(f"{name} must be a positive integer, got {v!r}")
+    return _using(attention_rows=attention_rows, resblock_frames=resblock_frames)
+
+
+def set_kernels(on: bool) -> None:
+    """Process-wide (this context's) default: kernels on or off, as RVC_MLX_KERNELS."""
+    _SETTINGS.set(replace(settings(), kernels=bool(on)))
+
+
+# ----------------------------------------------------------------------------------------------- kernel builds
+@lru_cache(maxsize=None)
+def cpu_features() -> frozenset[str]:
+    """ISA features this CPU (and OS) supports, by CPUID; empty without rvc_mlx._cpu (then only 'generic')."""
+    try:
+        from rvc_mlx import _cpu
+    except ImportError:
+        return frozenset()
+    return frozenset(_cpu.features())
+
+
+@lru_cache(maxsize=None)
+def built() -> tuple[str, ...]:
+    """Kernel builds present in this install, widest first."""
+    return tuple(v for v in VARIANTS if importlib.util.find_spec(f"rvc_mlx._kernels_{v}") is not None)
+
+
+def runnable() -> tuple[str, ...]:
+    """Kernel builds present and supported by this CPU, widest first."""
+    have = cpu_features()
+    return tuple(v for v in built() if all(f in have for f in NEEDS[v]))
+
+
+def _check_isa(isa: str) -> None:
+    if isa not in VARIANTS:
+        raise KernelError(f"unknown kernel build {isa!r}; choose one of {', '.join(VARIANTS)}")
+    if isa not in built():
+        raise KernelError(f"the {isa} kernel build is not installed (built here: {', '.join(built()) or 'none'}); "
+                          "reinstall with `pip install -e .` and a C++ compiler")
+    missing = [f for f in NEEDS[isa] if f not in cpu_features()]
+    if missing:
+        raise KernelError(f"this CPU cannot run the {isa} kernels (it lacks {', '.join(missing)}); runnable here: "
+                          f"{', '.join(runnable()) or 'none'}")
+
+
+@lru_cache(maxsize=None)
+def _load(isa: str) -> Any:
+    return importlib.import_module(f"rvc_mlx._kernels_{isa}")
+
+
+def _resolve(s: Settings) -> tuple[str | None, Any]:
+    """(kernel build, its module) for settings `s`, kept on the (immutable) settings object: asked per op call."""
+    resolved = s.__dict__.get("_resolved")
+    if resolved is None:
+        if not s.kernels:
+            isa = None
+        elif s.isa is not None:
+            _check_isa(s.isa)
+            isa = s.isa
+        else:
+            options = runnable()
+            isa = options[0] if options else None
+        resolved = (isa, None if isa is None else _load(isa))
+        object.__setattr__(s, "_resolved", resolved)
+    return resolved
+
+
+def variant() -> str | None:
+    """The kernel build the current settings run (None: kernels off, or none runs on this machine)."""
+    return _resolve(settings())[0]
+
+
+def kernels() -> Any:
+    """The kernel module of `variant()`, or None."""
+    return _resolve(settings())[1]
+
+
+def lanes() -> int:
+    """Float32 lanes of the active kernel build's vectors (channels an epilogue needs in whole multiples of)."""
+    return kernels().LANES
+
+
+def status() -> str:
+    """One line: which kernel build runs (or why none does), and whose transcendentals."""
+    try:
+        isa = variant()
+        math = f"; transcendentals: {'MLX' if mlx_math() else 'fastmath'}"
+    except KernelError as e:
+        return f"kernels unusable: {e}"
+    if isa is not None:
+        forced = " (forced by RVC_MLX_ISA / use_isa)" if settings().isa else ""
+        return f"kernels {isa} ({_load(isa).LANES}-lane float32 vectors){forced}; built: {', '.join(built())}{math}"
+    if not settings().kernels:
+        return f"kernels off (RVC_MLX_KERNELS=0 / use_kernels(False)){math}"
+    if not built():
+        return f"kernels not built{math}"
+    return f"no kernel build runs on this CPU (built: {', '.join(built())}){math}"
+
+
+def mlx_math() -> bool:
+    """Whether transcendentals are MLX's own ops (else fastmath's polynomials)."""
+    kind = settings().math
+    return not sys.platform.startswith("linux") if kind is None else kind == "mlx"
+
+
+def transcendental(op: str) -> bool:
+    """Whether `op` (exp, erf, tanh, sigmoid, silu, gelu, softmax) runs as MLX's own op; reported either way."""
+    native = mlx_math()
+    _report(MLX if native else "fastmath", op)
+    return native
+
+
+def execution() -> str:
+    """What computes now: 'kernels avx2, fastmath' (Linux's default), 'pure MLX' (no kernels, MLX's
+    transcendentals: what macOS runs), 'no kernels, fastmath' ...; and the device when it is not the CPU."""
+    isa = variant()
+    math = "MLX transcendentals" if mlx_math() else "fastmath"
+    what = "pure MLX" if isa is None and mlx_math() else f"{'kernels ' + isa if isa else 'no kernels'}, {math}"
+    device = mx.default_device()
+    return what + ("" if device == mx.cpu else f", MLX {device}")
+
+
+def use_device(name: str) -> None:
+    """Make MLX's default device 'cpu' or 'gpu' (Metal on macOS, CUDA with mlx[cuda]); a one-line KernelError
+    where MLX has no GPU. The C++ kernels are CPU-only: on the GPU every op is MLX's own."""
+    if name not in ("cpu", "gpu"):
+        raise KernelError(f"unknown MLX device {name!r}; choose cpu or gpu")
+    device = mx.cpu if name == "cpu" else mx.gpu
+    if not mx.is_available(device):
+        raise KernelError("no MLX GPU here: this MLX build has no GPU backend (Linux's mlx[cpu]); use macOS (Metal) "
+                          "or mlx[cuda] with an NVIDIA GPU, or --mlx-device cpu")
+    mx.set_default_device(device)
+
+
+def check() -> None:
+    """A one-line KernelError if the settings (RVC_MLX_KERNELS / RVC_MLX_ISA / RVC_MLX_MATH) cannot be met here."""
+    variant()
+    mlx_math()
+
+
+# ----------------------------------------------------------------------------------------------- choices
+def _report(impl: str, op: str) -> str:
+    if instrument.recording():  # (labels cost a few us: only when someone observes)
+        instrument.used(f"kernel {op} {variant()}" if impl == KERNEL else f"{impl} {op}")
+    return impl
+
+
+def kernel_for(x: mx.array | np.ndarray, channels: int | None = None) -> bool:
+    """Whether a kernel can run an op on x: kernels on and runnable, MLX's CPU device, float32 (an MLX array or
+    a host array a kernel wrote); with `channels`, only if they fill whole vectors (what an epilogue, a host-array
+    output and the depthwise kernel need)."""
+    float32 = x.dtype == np.float32 if isinstance(x, np.ndarray) else x.dtype == mx.float32
+    k = kernels()
+    if k is None or not float32 or mx.default_device() != mx.cpu:
+        return False
+    return channels is None or channels % k.LANES == 0
+
+
+# MLX's native conv2d (im2col + one GEMM) is faster for a single input channel, and from 64 input channels up on
+# small images (RMVPE's bottom: 2048 pixels or fewer; e.g. 512 ch on 32x4: 3.0 vs 7.4 ms); the shifted-GEMM sum
+# wins everywhere else (64 -> 32 ch on 512x64: 11.6 vs 28 ms). Errors of both stay below torch's.
+NATIVE_CONV2D_CHANNELS = 64
+NATIVE_CONV2D_MAX_PIXELS = 2048
+# OpenBLAS runs a thin 1x1 conv, (N, C) x (C, <= 32), at half the kernel's speed (RMVPE's shortcuts: 32 -> 16 ch
+# on 1024 x 128, 4.9 vs 2.8 ms); wider 1x1 convs stay one GEMM
+THIN_GEMM_OUTPUTS = 32
+
+
+def conv2d(x: mx.array, weight_shape: tuple[int, ...], padding: tuple[int, int], simple: bool) -> str:
+    """Conv2d of NHWC x (weight (O, kh, kw, C)): KERNEL, MLX (native), or GEMM (shifted / 1x1). `simple`: stride,
+    dilation and groups all 1 (else MLX)."""
+    o, kh, kw, c = weight_shape
+    if not simple:
+        return _report(MLX, "conv2d")
+    if ((kh, kw) != (1, 1) or o <= THIN_GEMM_OUTPUTS) and _nonempty(x, weight_shape, padding) and kernel_for(x):
+        return _report(KERNEL, "conv2d")
+    if c == 1 or c >= NATIVE_CONV2D_CHANNELS and x.shape[1] * x.shape[2] <= NATIVE_CONV2D_MAX_PIXELS:
+        return _report(MLX, "conv2d")
+    return _report(GEMM, "conv2d 1x1" if (kh, kw) == (1, 1) else "conv2d shifted")
+
+
+def conv2d_epilogue(x: mx.array | np.ndarray, weight_shape: tuple[int, ...], padding: tuple[int, int],
+                    simple: bool, epilogue: str) -> bool:
+    """Whether the conv kernel runs a conv2d with `epilogue` (e.g. '+bn+relu+add') fused into it (O in whole
+    vectors); otherwise the caller runs the conv (its own choice), then the epilogue as one compiled MLX pass."""
+    if simple and _nonempty(x, weight_shape, padding) and kernel_for(x, weight_shape[0]):
+        _report(KERNEL, "conv2d" + epilogue)
+        return True
+    _report(MLX, "compiled " + epilogue)
+    return False
+
+
+def _nonempty(x, weight_shape: tuple[int, ...], padding: tuple[int, int]) -> bool:
+    _, kh, kw, _ = weight_shape
+    return x.shape[1] + 2 * padding[0] - kh + 1 >= 1 and x.shape[2] + 2 * padding[1] - kw + 1 >= 1
+
+
+def tap_conv2d(length: int, outputs: int) -> str:
+    """CREPE's (k, 1) convs as GEMMs: 'per-tap' (each tap's rows copied: 2-D GEMMs, for short outputs, where a
+    batched GEMM of tiny matrices is slow) or 'folded' (frames folded into GEMM rows, block-Toeplitz taps)."""
+    form = "per-tap" if length > 2 * outputs else "folded"
+    _report(GEMM, f"conv2d (k,1) {form}")
+    return form
+
+
+def conv1d(x: mx.array, weight_shape: tuple[int, ...], groups: int, stride: int, dilation: int) -> str:
+    """Conv1d of NLC x (weight (O, k, C / groups)): KERNEL (k > 1, groups 1, stride 1; or depthwise with whole
+    vectors, stride and dilation 1), GEMM (shifted / strided / 1x1 / depthwise multiply-adds) or MLX (other
+    grouped or strided convs)."""
+    o, k, c = weight_shape
+    depthwise = groups == o == x.shape[-1] and c == 1
+    if groups != 1 and not depthwise or stride != 1 and (depthwise or dilation != 1):
+        return _report(MLX, "conv1d")
+    if depthwise:
+        if stride == 1 and dilation == 1 and kernel_for(x, o):
+            return _report(KERNEL, "depthwise1d")
+        return _report(GEMM, "depthwise1d multiply-adds")
+    # a pointwise conv is one GEMM already (and OpenBLAS's blocked sum keeps the attention logits' rounding)
+    if k > 1 and stride == 1 and kernel_for(x):
+        return _report(KERNEL, "conv1d")
+    return _report(GEMM, "conv1d strided" if stride != 1 else "conv1d 1x1" if k == 1 else "conv1d shifted")
+
+
+def fused(x: mx.array | np.ndarray, op: str, channels: int | None = None) -> bool:
+    """Whether the fused kernel `op` (e.g. 'depthwise1d+glu+silu', 'conv1d+leaky+add') runs on x; reported when
+    it does (the caller's fallback reports its own ops)."""
+    if kernel_for(x, channels):
+        _report(KERNEL, op)
+        return True
+    return False
+
+
+def conv_transpose(x: mx.array, dilation: int | tuple[int, int], one_d: bool) -> str:
+    """Transposed conv of x: KERNEL (one direct conv per output phase), GEMM (one GEMM + phase overlap-add) or
+    MLX (dilated)."""
+    op = "conv_transpose1d" if one_d else "conv_transpose2d"
+    if dilation not in (1, (1, 1)):
+        return _report(MLX, op)
+    if kernel_for(x):
+        return _report(KERNEL, op)
+    return _report(GEMM, op + " overlap-add")
+
+
+def gru(x: mx.array) -> str:
+    """GRU recurrence: KERNEL (vectorised GEMV + gates per step, directions in parallel), GEMM (numpy scan on the
+    host, the CPU fallback) or MLX (compiled steps, other devices)."""
+    if kernel_for(x):
+        return _report(KERNEL, "gru")
+    if mx.default_device() == mx.cpu:
+        return _report(GEMM, "gru numpy scan")
+    return _report(MLX, "gru compiled steps")
+
+
+# ----------------------------------------------------------------------------------------------- chunk sizes
+ATTENTION_CHUNK_BYTES = 16 << 20  # attention scores per query chunk (all heads): stay in cache, not 430 MB
+ATTENTION_MIN_ROWS = 64
+RESBLOCK_CHUNK_BYTES = 4 << 20  # per activation in a time chunk: small enough to stay in cache across its GEMMs
+RESBLOCK_MIN_MARGINS = 4  # a chunk spans at least this many halos (each chunk re-reads its halos)
+
+
+def attention_rows(batch: int, heads: int, frames: int) -> int:
+    """Query rows per attention chunk (>= frames: the whole score matrix at once)."""
+    rows = settings().attention_rows
+    return rows if rows is not None else max(ATTENTION_CHUNK_BYTES // (4 * batch * heads * frames), ATTENTION_MIN_ROWS)
+
+
+def resblock_frames(batch: int, channels: int, margin: int) -> int:
+    """Frames per time chunk of a resblock stage whose widest halo is `margin` frames."""
+    frames = settings().resblock_frames
+    return frames if frames is not None else max(RESBLOCK_CHUNK_BYTES // (4 * batch * channels),
+                                                 RESBLOCK_MIN_MARGINS * margin)
