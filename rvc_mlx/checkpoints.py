@@ -12,11 +12,13 @@ import hashlib
 import json
 import os
 import re
-import tempfile
+import sys
 from pathlib import Path
-from typing import Iterable
+from typing import Callable, Iterable
 
 import numpy as np
+
+from rvc_mlx.outputs import atomic_write_bytes, remove_orphans, safetensors_bytes
 
 FORMAT = "rvc-mlx/1"
 # Keys that only matter for training: BatchNorm counters, HuBERT's SpecAugment vector, RVC's posterior encoder.
@@ -58,21 +60,6 @@ def state_sha256(state: dict[str, np.ndarray]) -> str:
     return h.hexdigest()
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def _torch():
     try:
         import torch
@@ -93,13 +80,19 @@ def load_torch_checkpoint(path: str | Path) -> object:
     try:
         return torch.load(str(path), map_location="cpu", weights_only=True)
     except Exception as e:  # UnpicklingError for code objects, RuntimeError for a damaged zip
-        text = re.sub(r"\x1b\[[0-9;]*m", "", str(e))
-        glob = re.search(r"Unsupported global: GLOBAL (\S+)", text)
-        if glob:
-            why = f"it references {glob.group(1)}, which is code, not weights; refusing to unpickle it"
-        else:
-            why = text.strip().splitlines()[0] if text.strip() else type(e).__name__
-        raise CheckpointError(f"{path}: not a loadable weights-only checkpoint ({why})") from None
+        raise CheckpointError(f"{path}: not a loadable weights-only checkpoint ({_load_failure(e)})") from None
+
+
+def _load_failure(e: Exception) -> str:
+    """Why torch.load(weights_only=True) refused a file, in a few words, without torch's advice to retry with
+    weights_only=False (the one thing a user must not do with an untrusted file)."""
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(e))
+    glob = re.search(r"GLOBAL ([\w.]+)", text)
+    if glob:
+        return f"it references {glob.group(1)}, which is code, not weights; refusing to unpickle it"
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip() and "weights_only" not in ln
+             and "Weights only load failed" not in ln and "documentation of torch.load" not in ln]
+    return lines[0] if lines else type(e).__name__
 
 
 def tensors_to_numpy(state: dict, path: str | Path, what: str) -> dict[str, np.ndarray]:
@@ -210,11 +203,10 @@ def convert_state(state: dict[str, np.ndarray], model, source: str) -> dict[str,
 
 
 def save_mlx_weights(path: Path, arrays: dict[str, np.ndarray], metadata: dict[str, str]) -> None:
-    """Write MLX safetensors atomically (temp file + rename)."""
-    from safetensors.numpy import save
-
-    meta = {"format": FORMAT, **metadata}
-    atomic_write_bytes(path, save(arrays, metadata=meta))
+    """Write MLX safetensors atomically (temp file + fsync + rename), with the content hash of the arrays;
+    the same conversion gives the same bytes."""
+    meta = {"format": FORMAT, **metadata, "sha256": state_sha256(arrays)}
+    atomic_write_bytes(path, safetensors_bytes(arrays, meta))
 
 
 def read_mlx_metadata(path: Path, component: str) -> dict[str, str]:
@@ -225,7 +217,7 @@ def read_mlx_metadata(path: Path, component: str) -> dict[str, str]:
         with safe_open(str(path), framework="numpy") as f:
             meta = dict(f.metadata() or {})
     except Exception as e:
-        raise CheckpointError(f"{path}: not a readable safetensors file ({e})") from None
+        raise CheckpointError(f"{path}: not a readable safetensors file ({_first_line(e)})") from None
     if meta.get("format") != FORMAT or meta.get("component") != component:
         raise CheckpointError(
             f"{path}: holds {meta.get('component') or 'unknown'} weights (format {meta.get('format')}), "
@@ -234,11 +226,89 @@ def read_mlx_metadata(path: Path, component: str) -> dict[str, str]:
     return meta
 
 
+def _first_line(e: Exception) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
+
+
+# (path, inode, size, mtime) -> sha256 already checked in this process, so a file is hashed once per run
+_VERIFIED: dict[tuple, str] = {}
+
+
+def _identity(path: Path) -> tuple:
+    st = path.stat()
+    return str(path.resolve()), st.st_ino, st.st_size, st.st_mtime_ns
+
+
 def read_mlx_weights(path: Path, component: str) -> dict[str, np.ndarray]:
+    """The arrays of a converted file, verified against the content hash it records (files converted before
+    hashes were recorded are read as they are)."""
     from safetensors.numpy import load_file
 
-    read_mlx_metadata(path, component)
-    return load_file(str(path))
+    meta = read_mlx_metadata(path, component)
+    try:
+        arrays = load_file(str(path))
+    except Exception as e:
+        raise CheckpointError(f"{path}: not a readable safetensors file ({_first_line(e)})") from None
+    want = meta.get("sha256")
+    if want is not None and _VERIFIED.get(_identity(path)) != want:
+        if state_sha256(arrays) != want:
+            raise CheckpointError(f"{path}: the weights do not match the sha256 recorded in the file (damaged); "
+                                  "convert the original checkpoint again")
+        _VERIFIED[_identity(path)] = want
+    return arrays
+
+
+def notice(message: str) -> None:
+    """A one-line notice on stderr for something fixed on the way (a damaged cache entry rebuilt)."""
+    print(f"rvc-mlx: {message}", file=sys.stderr, flush=True)
+
+
+def _cache_problem(entry: Path, component: str, source_sha: str) -> str | None:
+    """Why a cache entry cannot be used as it is (None: it is sound)."""
+    try:
+        meta = read_mlx_metadata(entry, component)
+        if meta.get("source_sha256") != source_sha:
+            return "was converted from another file"
+        if "sha256" not in meta:
+            return "predates content hashes"
+        read_mlx_weights(entry, component)
+    except CheckpointError as e:
+        return "is damaged: " + str(e).split(": ", 1)[-1]
+    return None
+
+
+def converted_path(source: Path, component: str, source_sha: str | None = None) -> Path:
+    """The cache entry for `source` converted for `component` (named by the source's content hash)."""
+    return cache_dir() / "converted" / f"{component}-{(source_sha or file_sha256(source))[:20]}.safetensors"
+
+
+def converted(source: str | Path, component: str, build: Callable[[], tuple[dict, dict]],
+              out: Path | None = None) -> Path:
+    """The MLX safetensors converted from `source` by `build() -> (arrays, metadata)`.
+
+    With `out`, always converted and written there (the old file is replaced only once the new one is complete).
+    Otherwise the cache entry named by the source's content hash: verified (source hash and its own content hash),
+    rebuilt once with a notice when it is damaged or stale; orphan temp files of killed runs are removed."""
+    source = Path(source)
+    source_sha = file_sha256(source)
+    if out is not None:
+        arrays, meta = build()
+        save_mlx_weights(out, arrays, {**meta, "source": source.name, "source_sha256": source_sha})
+        return out
+    entry = converted_path(source, component, source_sha)
+    remove_orphans(entry.parent)
+    if entry.exists():
+        why = _cache_problem(entry, component, source_sha)
+        if why is None:
+            return entry
+        notice(f"cached {component} weights {entry.name} {why}; converting {source} again")
+    arrays, meta = build()
+    save_mlx_weights(entry, arrays, {**meta, "source": source.name, "source_sha256": source_sha})
+    why = _cache_problem(entry, component, source_sha)
+    if why is not None:
+        raise CheckpointError(f"{entry}: the entry just written {why}; check the disk holding {entry.parent}")
+    return entry
 
 
 def mlx_weight_shape(path: Path, component: str, key: str) -> tuple[int, ...] | None:
@@ -250,9 +320,9 @@ def mlx_weight_shape(path: Path, component: str, key: str) -> tuple[int, ...] | 
         return tuple(f.get_slice(key).get_shape()) if key in f.keys() else None
 
 
-def read_contentvec_dir(path: str | Path):
+def read_contentvec_dir(path: str | Path, read: bool = True):
     """A ContentVec directory: config.json + model.safetensors (read without torch) or pytorch_model.bin
-    (weights_only) -> (HubertConfig, state dict of numpy arrays)."""
+    (weights_only) -> (HubertConfig, state dict of numpy arrays or None unless `read`, weights file)."""
     from rvc_mlx.config import ConfigError, HubertConfig
 
     path = Path(path)
@@ -263,6 +333,10 @@ def read_contentvec_dir(path: str | Path):
         cfg = HubertConfig.from_hf(json.loads(cfg_file.read_text()), str(cfg_file))
     except (json.JSONDecodeError, ConfigError) as e:
         raise CheckpointError(str(e) if isinstance(e, ConfigError) else f"{cfg_file}: not valid JSON ({e})") from None
+    if not read:
+        for name in ("model.safetensors", "pytorch_model.bin"):
+            if (path / name).is_file():
+                return cfg, None, path / name
     if (path / "model.safetensors").is_file():
         from safetensors.numpy import load_file
 
@@ -280,39 +354,48 @@ def read_contentvec_dir(path: str | Path):
 
 
 def convert_contentvec(path: str | Path, out: Path | None = None) -> Path:
-    """Convert a ContentVec directory to MLX safetensors (config in the metadata); cached by content hash."""
+    """Convert a ContentVec directory or a fairseq `hubert_base.pt` to MLX safetensors (config in the metadata;
+    `final_proj` kept when the checkpoint has one); cached by content hash."""
     from rvc_mlx.hubert import HubertModel
 
     path = Path(path)
-    cfg, state, weights = read_contentvec_dir(path)
-    out = out or converted_path(weights, "hubert")
-    if out.is_file():
-        return out
-    arrays = convert_state(state, HubertModel(cfg), str(path))
-    save_mlx_weights(out, arrays, {"component": "hubert", "source": path.name,
-                                   "source_sha256": file_sha256(weights), "config": json.dumps(cfg.to_hf())})
-    return out
+    if path.is_dir():
+        weights = read_contentvec_dir(path, read=False)[2]
+    elif path.is_file():
+        weights = path
+    else:
+        raise CheckpointError(f"{path}: no such ContentVec directory or HuBERT checkpoint")
 
+    def build():
+        if path.is_dir():
+            cfg, state, _ = read_contentvec_dir(path)
+        else:
+            from rvc_mlx.fairseq import read_fairseq_hubert
 
-def converted_path(source: Path, component: str) -> Path:
-    return cache_dir() / "converted" / f"{component}-{file_sha256(source)[:20]}.safetensors"
+            cfg, state = read_fairseq_hubert(path)
+        model = HubertModel(cfg, final_proj="final_proj.weight" in state)
+        return convert_state(state, model, str(path)), {"component": "hubert", "config": json.dumps(cfg.to_hf())}
+
+    return converted(weights, "hubert", build, out)
 
 
 def convert_checkpoint(source: str | Path, component: str, model, out: Path | None = None,
                        read_state=None) -> Path:
-    """Convert an original checkpoint for `component` into MLX safetensors (cached by content hash).
+    """Convert an original checkpoint for `component` into MLX safetensors (cached by content hash, or `out`).
 
+    `model` is the MLX module, or a function of the state dict that builds it (CREPE: width read from conv1).
     `read_state(raw, source) -> {key: ndarray}` unwraps formats that are not a plain state dict."""
     source = Path(source)
-    out = out or converted_path(source, component)
-    if out.is_file():
-        return out
-    raw = load_torch_checkpoint(source)
-    state = read_state(raw, source) if read_state is not None else tensors_to_numpy(raw, source, component)
-    arrays = convert_state(state, model, str(source))
-    meta = {"component": component, "source": source.name, "source_sha256": file_sha256(source)}
-    save_mlx_weights(out, arrays, meta)
-    return out
+
+    def build():
+        raw = load_torch_checkpoint(source)
+        state = read_state(raw, source) if read_state is not None else tensors_to_numpy(raw, source, component)
+        module = model if callable(getattr(model, "parameters", None)) else model(state)
+        return convert_state(state, module, str(source)), {"component": component}
+
+    if not source.is_file():
+        raise CheckpointError(f"{source}: no such checkpoint file")
+    return converted(source, component, build, out)
 
 
 def load_mlx_weights(model, path: str | Path, component: str, read_state=None) -> None:
@@ -336,32 +419,26 @@ def load_mlx_weights(model, path: str | Path, component: str, read_state=None) -
 def read_rvc_checkpoint(path: str | Path):
     """An RVC model `.pth` (weights_only) -> (SynthConfig, state dict of numpy arrays without enc_q.*).
 
-    The original reader overwrites config[-3] (spk_embed_dim) with emb_g's row count; here a disagreement is
-    an error, since it means the config list and the weights come from different models.
+    The config is validated against every tensor it shapes (rvc_mlx.synthesizer.validate); the original reader
+    overwrites config[-3] (spk_embed_dim) with emb_g's row count, here any disagreement is refused as invalid,
+    since it means the config list and the weights come from different models.
     """
     from rvc_mlx.config import ConfigError, SynthConfig
+    from rvc_mlx.synthesizer.validate import validate_rvc
 
     path = Path(path)
     ckpt = load_torch_checkpoint(path)
     if not isinstance(ckpt, dict) or "weight" not in ckpt or "config" not in ckpt:
         raise CheckpointError(f"{path}: not an RVC model (expected a dict with 'weight' and 'config')")
-    state = {k: v for k, v in tensors_to_numpy(ckpt["weight"], path, "RVC model").items() if not training_only(k)}
+    state = tensors_to_numpy(ckpt["weight"], path, "RVC model")
     try:
         cfg = SynthConfig.from_list(ckpt["config"], use_f0=bool(int(ckpt.get("f0", 1))),
                                     version=str(ckpt.get("version", "v1")),
                                     vocoder=str(ckpt.get("vocoder", "HiFi-GAN")), source=str(path))
+        validate_rvc(cfg, state, str(path))  # enc_q.* still in: it tells spec_channels when present
     except ConfigError as e:
-        raise CheckpointError(str(e)) from None
-    emb = state.get("emb_g.weight")
-    if emb is not None and emb.shape[0] != cfg.spk_embed_dim:
-        raise CheckpointError(f"{path}: config says spk_embed_dim={cfg.spk_embed_dim} but emb_g.weight has "
-                              f"{emb.shape[0]} speakers {tuple(emb.shape)}; the config list and the weights "
-                              "disagree (re-export the model)")
-    phone = state.get("enc_p.emb_phone.weight")
-    if phone is not None and phone.shape[1] != cfg.text_enc_hidden_dim:
-        raise CheckpointError(f"{path}: version {cfg.version} expects {cfg.text_enc_hidden_dim}-d features but "
-                              f"enc_p.emb_phone.weight is {tuple(phone.shape)}")
-    return cfg, state
+        raise CheckpointError(f"{path}: invalid RVC model: {str(e).removeprefix(f'{path}: ')}") from None
+    return cfg, {k: v for k, v in state.items() if not training_only(k)}
 
 
 def convert_rvc_model(path: str | Path, out: Path | None = None) -> Path:
@@ -369,15 +446,16 @@ def convert_rvc_model(path: str | Path, out: Path | None = None) -> Path:
     from rvc_mlx.synthesizer.model import SynthesizerModel
 
     path = Path(path)
-    out = out or converted_path(path, "synthesizer")
-    if out.is_file():
-        return out
-    cfg, state = read_rvc_checkpoint(path)
-    arrays = convert_state(state, SynthesizerModel(cfg), str(path))
-    meta = {"config": cfg.to_list(), "f0": cfg.use_f0, "version": cfg.version, "vocoder": cfg.vocoder}
-    save_mlx_weights(out, arrays, {"component": "synthesizer", "source": path.name,
-                                   "source_sha256": file_sha256(path), "config": json.dumps(meta)})
-    return out
+
+    def build():
+        cfg, state = read_rvc_checkpoint(path)
+        arrays = convert_state(state, SynthesizerModel(cfg), str(path))
+        meta = {"config": cfg.to_list(), "f0": cfg.use_f0, "version": cfg.version, "vocoder": cfg.vocoder}
+        return arrays, {"component": "synthesizer", "config": json.dumps(meta)}
+
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such checkpoint file")
+    return converted(path, "synthesizer", build, out)
 
 
 # --------------------------------------------------------------------------------------------- FCPE

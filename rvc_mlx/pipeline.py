@@ -77,6 +77,8 @@ class Pipeline:
         self._pitch: dict[str, object] = {}
         if index is not None:
             index.check_dim(synth.cfg.text_enc_hidden_dim, f"a {synth.cfg.version} model")
+        if synth.cfg.version == "v1":  # v1 reads final_proj features: refuse now, not on the first segment
+            hubert.require_final_proj()
 
     @property
     def sample_rate(self) -> int:

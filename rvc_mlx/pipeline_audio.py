@@ -11,7 +11,9 @@ import numpy as np
 from rvc_mlx.config import PIPELINE, PipelineConfig
 from rvc_mlx.instrument import split
 
-MIN_SAMPLES_16K = 160  # one 10 ms frame at 16 kHz: nothing shorter carries a single F0/feature frame
+# 400 samples (25 ms): HuBERT's receptive field. With the original's 1 s reflect padding per side, a shorter input
+# yields no feature frame beyond the padding that each segment's output is trimmed by, so the output is empty.
+MIN_SAMPLES_16K = 400
 
 
 class AudioError(ValueError):
@@ -59,10 +61,22 @@ def to_16k_mono(audio, sr: int, what: str = "input audio") -> np.ndarray:
     if sr != PIPELINE.sample_rate:
         split(f"input resampled from {sr} Hz", 1)
         x = librosa.resample(x, orig_sr=int(sr), target_sr=PIPELINE.sample_rate, res_type=PIPELINE.resample_quality)
-    if x.shape[0] < MIN_SAMPLES_16K:
-        raise AudioError(f"{what} is too short: {x.shape[0]} samples at 16 kHz ({x.shape[0] / 16:.1f} ms); need at "
-                         f"least {MIN_SAMPLES_16K} (10 ms)")
+    _check_16k_length(x.shape[0], what)
     return x
+
+
+def _check_16k_length(n16: int, what: str) -> None:
+    if n16 < MIN_SAMPLES_16K:
+        raise AudioError(f"{what} is too short: {n16} samples at 16 kHz ({n16 / 16:.1f} ms); need at least "
+                         f"{MIN_SAMPLES_16K} ({MIN_SAMPLES_16K / 16:.0f} ms)")
+
+
+def check_length(audio: np.ndarray, sr: int, what: str = "input audio") -> None:
+    """Refuse input too short to convert before any model loads (the length it will have at 16 kHz)."""
+    n = np.asarray(audio).shape[0]
+    if n == 0:
+        raise AudioError(f"{what} is empty")
+    _check_16k_length(int(np.ceil(n * PIPELINE.sample_rate / sr)), what)
 
 
 @lru_cache(maxsize=2)

@@ -2,6 +2,8 @@
 coarse pitch, final audio >= 60 dB SNR), the CLI writes WAVs at the model's rate, and bad audio is converted or
 refused with one line."""
 
+import resource
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -233,3 +235,55 @@ def nn_module():
     import mlx.nn as nn
 
     return nn.Module()
+
+
+def _full_disk(limit: int):
+    """preexec_fn: files may not grow past `limit` bytes; the write fails with EFBIG as a full disk's does."""
+    def set_limit():
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+    return set_limit
+
+
+def test_cli_output_survives_a_full_disk_and_replaces_the_input_only_when_asked(models, tmp_path):
+    src = tmp_path / "in.wav"
+    sf.write(src, read_wav(SPEECH)[:16000], 16000, subtype="FLOAT")
+    common = ["-m", models.synth, "--hubert", models.hubert, "--rmvpe", models.pitch["rmvpe"]]
+    out = tmp_path / "out.wav"
+    res = _cli("convert", src, *common, "-o", out)
+    assert res.returncode == 0, res.stderr
+    good, _ = sf.read(out, dtype="float32")
+    assert good.shape[0] > 38_000  # ~1 s at 40 kHz
+    out.write_bytes(b"the previous result")
+    res = subprocess.run([sys.executable, "-m", "rvc_mlx.cli", "convert", *map(str, [src, *common, "-o", out])],
+                         capture_output=True, text=True, preexec_fn=_full_disk(100_000))
+    assert res.returncode == 2
+    assert res.stderr == f"rvc-mlx: cannot write {out}: File too large; the existing file is unchanged\n"
+    assert out.read_bytes() == b"the previous result"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.wav", "out.wav"]  # no temp file left
+    res = _cli("convert", src, *common, "-o", src, "--overwrite")
+    assert res.returncode == 0, res.stderr
+    # the input replaced by the complete conversion, not a fragment (bytes differ: the header's PEAK time stamp)
+    np.testing.assert_array_equal(sf.read(src, dtype="float32")[0], good)
+
+
+def test_a_model_whose_config_disagrees_with_its_weights_is_invalid_for_info_and_convert(models, tmp_path,
+                                                                                         capsys):
+    import torch
+
+    from rvc_mlx.cli import main
+
+    ckpt = torch.load(models.synth, weights_only=True)
+    ckpt["config"][-1] = 48000  # a 40 kHz model (10x10x2x2 = 400 samples per frame) labelled 48 kHz
+    bad = tmp_path / "model.pth"
+    torch.save(ckpt, bad)
+    why = (f"rvc-mlx: {bad}: invalid RVC model: config sr=48000 but upsample_rates 10x10x2x2 give 400 samples per "
+           "10 ms frame, i.e. a 40000 Hz model\n")
+    assert main(["info", str(bad)]) == 2
+    assert capsys.readouterr().err == why
+    src = tmp_path / "in.wav"
+    sf.write(src, read_wav(SPEECH)[:8000], 16000)
+    args = ["convert", str(src), "-m", str(bad), "--hubert", str(models.hubert), "-o", str(tmp_path / "o.wav")]
+    assert main(args) == 2
+    assert capsys.readouterr().err == why
+    assert not (tmp_path / "o.wav").exists()

@@ -43,7 +43,8 @@ def test_spk_embed_dim_that_disagrees_with_the_weights_is_refused(tmp_path):
     ckpt["config"][-3] = 4
     bad = tmp_path / "model.pth"
     torch.save(ckpt, bad)
-    with pytest.raises(CheckpointError, match=r"spk_embed_dim=4 but emb_g.weight has 109 speakers"):
+    why = r"invalid RVC model: config spk_embed_dim=4 but emb_g.weight \(109, 256\) implies 109"
+    with pytest.raises(CheckpointError, match=why):
         Synthesizer.from_checkpoint(bad)
 
 
@@ -52,7 +53,7 @@ def test_version_that_disagrees_with_the_feature_width_is_refused(tmp_path):
     ckpt["version"] = "v1"
     bad = tmp_path / "model.pth"
     torch.save(ckpt, bad)
-    with pytest.raises(CheckpointError, match=r"version v1 expects 256-d features"):
+    with pytest.raises(CheckpointError, match=r"invalid RVC model: config version=v1 takes 256-d content features"):
         Synthesizer.from_checkpoint(bad)
 
 

@@ -1,8 +1,10 @@
 """pytest plugin of the parity harness (loaded by the repository's conftest.py).
 
-Options: --regen-golden (refused when CI is set), --weights-dir DIR (real checkpoints, judged against a live
-float64 twin run instead of golden), --report PATH (JSON; the HTML is written beside it), --golden-dir DIR,
---mlx-device cpu|gpu (MLX's default device; gpu fails in one line where MLX has none).
+Options: --regen-golden (refused when CI is set; a case whose float64 oracle did not change keeps its golden file
+and recorded torch float32 errors), --refresh-errors (with --regen-golden: re-measure those errors too),
+--weights-dir DIR (real checkpoints, judged against a live float64 twin run instead of golden), --report PATH (JSON;
+the HTML is written beside it), --golden-dir DIR, --mlx-device cpu|gpu (MLX's default device; gpu fails in one line
+where MLX has none).
 Fixture `parity`: `parity.check(component, case, live=False, teacher=False, path="kernels")` returns a CaseResult
 (the shipped path, with the layer-by-layer run attached) on this machine's default path (the kernels where built,
 unless RVC_MLX_KERNELS=0); `path="mlx"` judges the pure-MLX path. Harness errors (corrupt golden, wrong
@@ -31,6 +33,8 @@ def pytest_addoption(parser):
     g = parser.getgroup("rvc-mlx parity")
     g.addoption("--regen-golden", action="store_true", help="regenerate golden files from the float64 twin "
                 "(atomic; refused when CI is set)")
+    g.addoption("--refresh-errors", action="store_true", help="with --regen-golden: also rewrite the torch float32 "
+                "errors (and files) of cases whose float64 oracle did not change (they are kept otherwise)")
     g.addoption("--weights-dir", type=Path, default=None, help="run parity on real checkpoints in DIR "
                 "(rmvpe.pt, ...) against a live float64 twin run instead of golden")
     g.addoption("--report", type=Path, default=None, help="write the parity report JSON here (+ .html beside)")
@@ -46,6 +50,8 @@ def pytest_configure(config):
     if config.getoption("--regen-golden") and config.getoption("--weights-dir"):
         raise pytest.UsageError("--regen-golden and --weights-dir do not mix: goldens are made from the "
                                 "synthetic checkpoints so that anyone can reproduce them")
+    if config.getoption("--refresh-errors") and not config.getoption("--regen-golden"):
+        raise pytest.UsageError("--refresh-errors only applies with --regen-golden (`make golden REFRESH_ERRORS=1`)")
     wd = config.getoption("--weights-dir")
     if wd is not None and not Path(wd).is_dir():
         raise pytest.UsageError(f"--weights-dir {wd}: no such directory")
@@ -65,10 +71,12 @@ def pytest_report_header(config):
 
 
 class ParityFixture:
-    """Thin pytest-facing wrapper over `Parity`: harness errors become one-line test failures."""
+    """Thin pytest-facing wrapper over `Parity`: harness errors become one-line test failures (a failed golden
+    staging also stops the session: nothing will be committed)."""
 
-    def __init__(self, harness):
+    def __init__(self, harness, session):
         self.harness = harness
+        self.session = session
 
     def __getattr__(self, name):
         return getattr(self.harness, name)
@@ -83,6 +91,9 @@ class ParityFixture:
             result = self.harness.check(component, case, live=live, teacher=teacher, pure_mlx=path == "mlx",
                                         record=record)
         except HARNESS_ERRORS as e:
+            txn = self.harness.txn
+            if txn is not None and txn.failed:
+                self.session.shouldstop = "golden staging failed"
             pytest.fail(str(e), pytrace=False)
         if not result.passed and _blas.status().startswith("MLX's bundled"):
             result.notes.append(f"note: {_blas.status()}; goldens assume OpenBLAS, whose float32 GEMM is "
@@ -95,18 +106,28 @@ def _harness(config):
     if h is None:
         from rvc_mlx.testing.harness import Parity
 
-        try:
-            h = Parity(config.getoption("--golden-dir"), regen=config.getoption("--regen-golden"),
-                       weights_dir=config.getoption("--weights-dir"))
-        except HARNESS_ERRORS as e:
-            pytest.fail(str(e), pytrace=False)
+        h = Parity(config.getoption("--golden-dir"), regen=config.getoption("--regen-golden"),
+                   weights_dir=config.getoption("--weights-dir"), refresh_errors=config.getoption("--refresh-errors"))
         config._rvc_parity = h
     return h
 
 
+def pytest_sessionstart(session):
+    """With --regen-golden, open the golden transaction before any case runs: a golden dir that cannot take the
+    staged files (read-only, ...) stops the run at once, in one line."""
+    if session.config.getoption("--regen-golden"):
+        try:
+            _harness(session.config)
+        except HARNESS_ERRORS as e:
+            raise pytest.UsageError(f"golden NOT regenerated: {e}") from None
+
+
 @pytest.fixture(scope="session")
 def parity(request) -> ParityFixture:
-    return ParityFixture(_harness(request.config))
+    try:
+        return ParityFixture(_harness(request.config), request.session)
+    except HARNESS_ERRORS as e:
+        pytest.fail(str(e), pytrace=False)
 
 
 def pytest_generate_tests(metafunc):
@@ -140,18 +161,29 @@ def pytest_sessionfinish(session, exitstatus):
     config = session.config
     h = getattr(config, "_rvc_parity", None)
     tr = config.pluginmanager.get_plugin("terminalreporter")
-    say = (lambda s: tr.write_line(s)) if tr else print
+    said = []
+
+    def say(text):
+        if tr is None:
+            return print(text)
+        if not said:  # end the progress line ("....  [100%]") that the summary would end only after us
+            tr.write_line("")
+        said.append(text)
+        tr.write_line(text)
     if h is not None and h.txn is not None:
-        if h.regen_errors or not h.txn.staged:
+        interrupted = exitstatus == pytest.ExitCode.INTERRUPTED and not h.regen_errors
+        if h.regen_errors or interrupted or not h.txn.staged:
             h.txn.abort()
-            why = "; ".join(h.regen_errors) or "no parity case ran"
+            why = "; ".join(h.regen_errors) or ("interrupted" if interrupted else "no parity case ran")
             say(f"golden NOT regenerated ({why}); golden/ is unchanged")
             if h.regen_errors:
                 session.exitstatus = pytest.ExitCode.TESTS_FAILED
         else:
-            n = len(h.txn.staged)
-            say(h.txn.commit())
-            say(f"golden regenerated: {n} case(s) written atomically")
+            try:
+                say(h.txn.commit())
+            except GoldenError as e:  # one line, golden/ as it was (never an INTERNALERROR)
+                say(f"golden NOT regenerated: {e}")
+                session.exitstatus = pytest.ExitCode.TESTS_FAILED
     report = config.getoption("--report")
     if report is not None and h is not None and h.results:
         from rvc_mlx.testing import report as rep

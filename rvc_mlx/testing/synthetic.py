@@ -18,7 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
-from rvc_mlx.checkpoints import atomic_write_bytes, cache_dir, state_sha256
+from rvc_mlx.checkpoints import cache_dir, state_sha256
+from rvc_mlx.outputs import atomic_write_bytes
 
 GENERATOR_VERSION = 2
 

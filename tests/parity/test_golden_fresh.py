@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 from rvc_mlx.testing.components import load_specs
+from rvc_mlx.testing.golden import UNCHANGED_RTOL
 from rvc_mlx.testing.harness import live_reference
 
 # The float64 twin runs that cost `make test` most (CREPE-full over whole inputs: ~30 s and ~6 GB each; the
@@ -18,6 +19,8 @@ CASES = [pytest.param(c.component, c.name, id=f"{c.component}/{c.name}",
 @pytest.mark.parity
 @pytest.mark.parametrize("component, case", CASES)
 def test_golden_is_reproduced_by_the_current_float64_twin(parity, component, case):
+    if parity.regen:  # the old golden is being replaced by the same twin's output: nothing to check, and it costs
+        pytest.skip("--regen-golden: the goldens are being regenerated from this twin")
     comp = parity.component(component)
     golden = parity.store.load(component, case)
     # goldens are made from the synthetic weights
@@ -27,6 +30,7 @@ def test_golden_is_reproduced_by_the_current_float64_twin(parity, component, cas
     for name in golden.taps:
         a, b = live.value(name).astype(np.float64), golden.value(name)
         scale = max(float(np.max(np.abs(b))), 1e-30)
-        if a.shape != b.shape or np.max(np.abs(a - b)) > 1e-6 * scale:
+        # the bound under which regeneration keeps a golden as unchanged (rvc_mlx/testing/golden.py)
+        if a.shape != b.shape or np.max(np.abs(a - b)) > UNCHANGED_RTOL * scale:
             stale.append(name)
     assert not stale, f"golden {component}/{case} is stale at {len(stale)} taps (first: {stale[0]}): run `make golden`"
