@@ -86,7 +86,7 @@ def _progress(done: int, total: int) -> None:
 
 def cmd_convert(a: argparse.Namespace) -> int:
     from rvc_mlx.pipeline import ConvertOptions
-    from rvc_mlx.pipeline_audio import check_length, read_audio
+    from rvc_mlx.pipeline_audio import check_input, read_audio
 
     # every argument is checked before anything is read or loaded: a mistake costs one line, not a conversion
     opts = ConvertOptions(f0_method=a.f0_method, pitch=a.pitch, index_rate=a.index_rate, protect=a.protect,
@@ -103,7 +103,7 @@ def cmd_convert(a: argparse.Namespace) -> int:
              ("--crepe-tiny", a.crepe_tiny), ("--fcpe", a.fcpe), ("--index", a.index)] if p is not None}
     rmvpe = given.get("--rmvpe") or _default("RVC_MLX_RMVPE", "rmvpe.pt")
     audio, sr = read_audio(source)
-    check_length(audio, sr)
+    check_input(audio, sr)
 
     from rvc_mlx.hubert import HuBERT
     from rvc_mlx.pipeline import Pipeline, pitch_loaders

@@ -71,12 +71,14 @@ def _check_16k_length(n16: int, what: str) -> None:
                          f"{MIN_SAMPLES_16K} ({MIN_SAMPLES_16K / 16:.0f} ms)")
 
 
-def check_length(audio: np.ndarray, sr: int, what: str = "input audio") -> None:
-    """Refuse input too short to convert before any model loads (the length it will have at 16 kHz)."""
-    n = np.asarray(audio).shape[0]
-    if n == 0:
+def check_input(audio: np.ndarray, sr: int, what: str = "input audio") -> None:
+    """Refuse input that cannot convert before any model loads: empty, NaN/Inf, or too short once at 16 kHz."""
+    x = np.asarray(audio)
+    if x.shape[0] == 0:
         raise AudioError(f"{what} is empty")
-    _check_16k_length(int(np.ceil(n * PIPELINE.sample_rate / sr)), what)
+    if x.dtype.kind == "f" and not np.all(np.isfinite(x)):
+        raise AudioError(f"{what} contains NaN or Inf samples; clean it before converting")
+    _check_16k_length(int(np.ceil(x.shape[0] * PIPELINE.sample_rate / sr)), what)
 
 
 @lru_cache(maxsize=2)
