@@ -61,10 +61,10 @@ def atomic_write(path: str | Path) -> Iterator:
             kept = "the existing file is unchanged" if existed else "nothing was written"
             raise OutputError(f"cannot write {path}: {describe(e)}; {kept}") from None
         raise
-    _fsync_dir(path.parent)
+    fsync_dir(path.parent)
 
 
-def _fsync_dir(folder: Path) -> None:
+def fsync_dir(folder: Path) -> None:
     # the rename itself must reach the disk; some filesystems refuse fsync on a directory, which is harmless
     with contextlib.suppress(OSError):
         fd = os.open(folder, os.O_RDONLY)

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import errno
 import fcntl
-import hashlib
 import json
 import os
 import shutil
@@ -20,20 +19,15 @@ from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any, Iterator
 
+from rvc_mlx.checkpoints import file_sha256
+from rvc_mlx.outputs import fsync_dir
+
 JOURNAL = ".commit-journal.json"
 STAGING_PREFIX = ".staging-"
 
 
 class GoldenError(Exception):
     """A golden file or the manifest is missing, corrupt, or inconsistent (message: one line + the fix)."""
-
-
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def one_line(e: OSError) -> str:
@@ -62,15 +56,6 @@ def write_synced(path: Path, blob: bytes) -> None:
         f.write(blob)
         f.flush()
         os.fsync(f.fileno())
-
-
-def fsync_dir(path: Path) -> None:
-    with suppress(OSError):  # durability of renames is best effort; not every filesystem allows it
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
 
 
 def plan(root: Path, staging: Path, moves: list[tuple[Path, Path]]) -> dict[str, Any]:
