@@ -1,5 +1,8 @@
 """First-divergence blame: an error planted in one MLX module fails the check; the shipped path's first line names
-the shipped block that holds the module, and the layer-by-layer line names exactly the module."""
+the shipped block that holds the module, and the layer-by-layer line names exactly the module. A NaN is named where
+it first appears; a shape mismatch or a metric that cannot be computed is a failing tap with a blame line."""
+
+import re
 
 import pytest
 
@@ -49,3 +52,70 @@ def test_planted_error_fails_parity_and_is_blamed_on_exactly_that_module(parity,
 def test_unplanted_model_passes_after_the_plants_are_removed(parity):
     result = parity.check("rmvpe", "speech", record=False)
     assert result.passed, result.failure_message()
+
+
+@pytest.mark.parity
+def test_a_nan_planted_in_one_synthesizer_layer_is_named_as_the_first_non_finite_tap(parity):
+    import mlx.core as mx
+    import numpy as np
+
+    comp = parity.component("synth")
+    synth = comp.mlx_module(comp.mlx(parity.weights(comp, "v2-40k-nof0")))
+    conv = _mlx_submodule(synth, "flow.flows.6.post", "model")  # the last-but-one flow layer runs first
+    saved = conv["weight"]
+    w = np.array(saved)
+    w[3, 0, 5] = np.nan
+    try:
+        conv.update({"weight": mx.array(w)})
+        result = parity.check("synth", "v2-40k-nof0", record=False)
+    finally:
+        conv.update({"weight": saved})
+    assert not result.passed and result.first_nonfinite.name == "flow.flows.6", result.failure_message()
+    first, second = result.failure_message().splitlines()[:2]
+    assert second.startswith("layer-by-layer (") and "first non-finite value at flow.flows.6 (" in second, second
+    assert re.search(r"first non-finite value at flow\.flows\.6 \(ResidualCouplingLayer\): [1-9]\d* of \d+ MLX "
+                     r"values are NaN or Inf \(the reference's are finite\)$", first), first
+
+
+@pytest.mark.parity
+def test_a_pipeline_padding_bug_is_blamed_on_the_first_tap_whose_shape_differs(parity, monkeypatch):
+    from rvc_mlx.config import PipelineConfig
+
+    # the reflect padding shortened from 1 s to 0.1 s (the trimming still takes 1 s): the output length changes
+    monkeypatch.setattr(PipelineConfig, "t_pad", property(lambda cfg: round(cfg.sample_rate * cfg.x_pad / 10)))
+    result = parity.check("pipeline", "speech-v2-40k-f0", record=False)  # must not raise in the audio metrics
+    assert not result.passed
+    shapes = [t for t in result.taps if t.status == "shape"]
+    assert shapes and result.blame is shapes[0], result.failure_message()
+    first = result.failure_message().splitlines()[0]
+    assert f"first divergence at {shapes[0].name} (" in first and ": MLX shape (" in first, first
+    assert any("pipeline domain metrics could not be computed (ValueError" in p for p in result.problems)
+
+
+def _result(local_passed: bool):
+    from rvc_mlx.testing.compare import CaseResult, TapResult
+
+    ok = {"passed": True, "mlx": {"max_rel": 1e-7}, "torch": {"max_rel": 1e-7}, "limits": {"max_rel": 1e-6}}
+    bad = {"passed": False, "mlx": {"max_rel": 3e-5}, "torch": {"max_rel": 1e-7}, "limits": {"max_rel": 1e-6}}
+    taps = [TapResult("enc.0", "Conv1d", "tensor", 0, (1, 4), local=ok),
+            TapResult("enc.1", "Conv1d", "tensor", 1, (1, 4), status="fail", local=ok if local_passed else bad),
+            TapResult("enc.2", "Conv1d", "tensor", 2, (1, 4), status="fail", local=ok)]
+    for t in taps[1:]:
+        t.detail = "max_rel 3e-5 > tolerance 1e-6"
+        t.status = "missing"  # described by its detail alone (no policy object needed here)
+    return CaseResult("toy", "case", "golden", taps)
+
+
+def test_a_first_divergence_whose_module_passes_teacher_forced_is_blamed_on_untapped_code_before_it():
+    message = _result(local_passed=True).failure_message()
+    assert message.splitlines()[0].endswith("teacher-forced it passes: untapped code between enc.0 and enc.1")
+    assert "  enc.2 (Conv1d): max_rel 3e-5 > tolerance 1e-6; teacher-forced it passes (inherited error)" in message
+    assert "teacher-forced on the shipped path: 3 of 3 modules pass on the oracle's inputs" in message
+
+
+def test_the_failure_message_lists_the_teacher_forced_verdict_of_the_modules_that_fail_locally():
+    message = _result(local_passed=False).failure_message()
+    assert "teacher-forced it fails too (a local bug: max_rel 3e-05 (limit 1e-06, torch-fp32 1e-07))" in message
+    assert "teacher-forced on the shipped path: 2 of 3 modules pass on the oracle's inputs, failing locally:" \
+        in message
+    assert "\n  enc.1: max_rel 3e-05 (limit 1e-06, torch-fp32 1e-07)" in message

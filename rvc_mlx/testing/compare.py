@@ -49,7 +49,7 @@ class TapResult:
     kind: str
     order: int
     shape: tuple[int, ...]
-    status: str = "pass"  # pass | fail | missing | shape
+    status: str = "pass"  # pass | fail | missing | shape | nonfinite | error
     mlx: dict[str, float] = field(default_factory=dict)
     torch: dict[str, float] = field(default_factory=dict)
     checks: list[Check] = field(default_factory=list)
@@ -70,7 +70,8 @@ class TapResult:
     def describe(self) -> str:
         """One line: tap, module type, what failed and the tolerance it would need."""
         head = f"{self.name} ({self.module_type})"
-        if self.status in ("missing", "shape") or (self.status == "fail" and self.kind != "tensor"):
+        if self.status in ("missing", "shape", "nonfinite", "error") or (self.status == "fail"
+                                                                      and self.kind != "tensor"):
             return f"{head}: {self.detail}"
         c = self.worst()
         if c is None:
@@ -122,16 +123,33 @@ class CaseResult:
         """The earliest failing tap in execution order (all earlier taps pass)."""
         return self.failing[0] if self.failing else None
 
+    @property
+    def first_nonfinite(self) -> TapResult | None:
+        """The earliest tap whose MLX values hold NaN or Inf where the reference's are finite."""
+        return next((t for t in self.taps if t.status == "nonfinite"), None)
+
     def blame_line(self) -> str:
-        """One line: the first divergent tap of this path (or that all pass)."""
-        b = self.blame
+        """One line: the first divergent tap of this path (or that all pass); a NaN/Inf anywhere comes first."""
+        b, nan = self.blame, self.first_nonfinite
         if b is None:
             return f"{self.key} ({self.label}): all {len(self.taps)} taps pass"
-        local = ""
-        if b.local is not None:
-            local = ("; teacher-forced it fails too (a local bug)" if not b.local["passed"]
-                     else "; teacher-forced it passes (inherited error)")
-        return f"{self.key} ({self.label}): first divergence at {b.describe()}{local}"
+        if nan is not None:
+            before = "" if nan is b else f"; the first divergence is earlier, at {b.describe()}"
+            return f"{self.key} ({self.label}): first non-finite value at {nan.describe()}{before}"
+        return f"{self.key} ({self.label}): first divergence at {b.describe()}{self._local(b)}"
+
+    def _local(self, tap: TapResult) -> str:
+        """What teacher forcing says of a failing tap. Every tap before the blamed one passes, so when the blamed
+        tap's module passes on the oracle's inputs the error comes from code no tap observes, not from upstream."""
+        if tap.local is None:
+            return ""
+        if not tap.local["passed"]:
+            return f"; teacher-forced it fails too (a local bug: {_local_worst(tap.local)})"
+        earlier = [t for t in self.taps if t.order < tap.order]
+        if tap is self.blame:
+            after = f"{earlier[-1].name}" if earlier else "the input"
+            return f"; teacher-forced it passes: untapped code between {after} and {tap.name}"
+        return "; teacher-forced it passes (inherited error)"
 
     def localisation_line(self) -> str | None:
         """The layer-by-layer run's verdict, for the line after the shipped path's `blame_line`."""
@@ -139,7 +157,10 @@ class CaseResult:
         if lay is None:
             return None
         if lay.failing:
-            return f"layer-by-layer ({lay.execution}): first divergence at {lay.blame.describe()}"
+            nan = lay.first_nonfinite
+            where = (f"first non-finite value at {nan.describe()}" if nan is not None
+                     else f"first divergence at {lay.blame.describe()}")
+            return f"layer-by-layer ({lay.execution}): {where}"
         head = f"layer-by-layer ({lay.execution}): all {len(lay.taps)} taps pass"
         return f"{head}: the fused path diverges inside {self.fused_block}" if self.failing else head
 
@@ -152,8 +173,23 @@ class CaseResult:
             if r is not None and r.failing:
                 lines.append(f"failing taps on the {r.path} path ({len(r.failing)} of {len(r.taps)}), "
                              "execution order:")
-                lines += [f"  {t.describe()}" for t in r.failing]
+                lines += [f"  {t.describe()}{r._local(t)}" for t in r.failing]
+            local = [t for t in (r.taps if r is not None else []) if t.local is not None]
+            if local:  # the teacher-forced verdict of every module, passing or not
+                bad = [t for t in local if not t.local["passed"]]
+                lines.append(f"teacher-forced on the {r.path} path: {len(local) - len(bad)} of {len(local)} modules "
+                             "pass on the oracle's inputs" + (", failing locally:" if bad else ""))
+                lines += [f"  {t.name}: {_local_worst(t.local)}" for t in bad]
         return "\n".join(lines + self.notes)
+
+
+def _local_worst(local: dict[str, Any]) -> str:
+    """A teacher-forced result in a few words: the metric furthest over its limit, or the shape problem."""
+    if "detail" in local:
+        return local["detail"]
+    over = [(local["mlx"][m] / lim if lim > 0 else math.inf, m, lim) for m, lim in local["limits"].items()]
+    _, m, lim = max(over)
+    return f"{m} {local['mlx'][m]:.3g} (limit {lim:.3g}, torch-fp32 {local['torch'][m]:.3g})"
 
 
 def _judge_tensor(res: TapResult, value: np.ndarray, ref: np.ndarray, info: TapInfo, rule: Rule) -> None:
@@ -185,6 +221,34 @@ def _judge_pitch(res: TapResult, value: np.ndarray, ref: np.ndarray, policy: Pol
         res.status, res.detail = "fail", "; ".join(problems)
 
 
+def _nonfinite(value: np.ndarray, ref: np.ndarray) -> int:
+    """How many MLX values are NaN or Inf where the reference's are finite."""
+    if value.dtype.kind not in "fc":
+        return 0
+    return int(np.sum(~np.isfinite(value) & np.isfinite(ref)))
+
+
+def _judge(res: TapResult, info: TapInfo, value: np.ndarray, refv: np.ndarray, ref: CaseData, policy: Policy,
+           pitch_ignore: dict[str, np.ndarray] | None) -> None:
+    if info.kind in ("tensor", "f0"):
+        bad = _nonfinite(np.asarray(value), np.asarray(refv))
+        if bad:
+            res.status = "nonfinite"
+            res.detail = f"{bad} of {value.size} MLX values are NaN or Inf (the reference's are finite)"
+            return
+    if info.kind == "tensor":
+        _judge_tensor(res, value, refv, info, policy.rule(ref.component, info.name))
+    elif info.kind == "f0":
+        _judge_pitch(res, value, refv, policy, (pitch_ignore or {}).get(info.name))
+    elif info.kind == "discrete":
+        diff = int(np.sum(value != refv))
+        res.mlx = {"mismatches": float(diff)}
+        if diff:
+            res.status, res.detail = "fail", f"{diff} of {value.size} discrete values differ"
+    else:
+        raise ValueError(f"tap {info.name}: unknown check kind {info.kind!r}")
+
+
 def compare_case(ref: CaseData, values: dict[str, np.ndarray], policy: Policy,
                  pitch_ignore: dict[str, np.ndarray] | None = None, names: set[str] | None = None) -> CaseResult:
     """Judge every reference tap (or those in `names`: missing, shape, tolerance / pitch / exact) in execution
@@ -206,15 +270,9 @@ def compare_case(ref: CaseData, values: dict[str, np.ndarray], policy: Policy,
             res.detail = f"MLX shape {tuple(value.shape)} vs reference {tuple(info.shape)} (PyTorch layout)"
             continue
         refv = ref.value(info.name)
-        if info.kind == "tensor":
-            _judge_tensor(res, value, refv, info, policy.rule(ref.component, info.name))
-        elif info.kind == "f0":
-            _judge_pitch(res, value, refv, policy, (pitch_ignore or {}).get(info.name))
-        elif info.kind == "discrete":
-            diff = int(np.sum(value != refv))
-            res.mlx = {"mismatches": float(diff)}
-            if diff:
-                res.status, res.detail = "fail", f"{diff} of {value.size} discrete values differ"
-        else:
-            raise ValueError(f"tap {info.name}: unknown check kind {info.kind!r}")
+        try:
+            _judge(res, info, value, refv, ref, policy, pitch_ignore)
+        except Exception as e:  # a metric that cannot be computed fails this tap, never the whole check
+            text = (str(e).strip().splitlines() or [""])[0]
+            res.status, res.detail = "error", f"computing its metrics raised {type(e).__name__}: {text}"
     return CaseResult(ref.component, ref.case, ref.source, results, ref.input, ref.weights)

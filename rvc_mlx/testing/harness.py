@@ -330,7 +330,11 @@ class Parity:
         if self.weights_dir is not None:
             result.source = f"live ({self.weights_dir})"
         self._truth(comp, spec.name, ref, run.values, result)
-        result.extra.update(comp.extra_metrics(ref, run.values))
+        try:
+            result.extra.update(comp.extra_metrics(ref, run.values))
+        except Exception as e:  # e.g. audio of another length: the taps above already say where; never crash
+            text = (str(e).strip().splitlines() or [""])[0]
+            result.problems.append(f"{comp.name} domain metrics could not be computed ({type(e).__name__}: {text})")
         return result
 
     def _truth(self, comp: Component, case: str, ref: CaseData, values: dict, result: CaseResult) -> None:
