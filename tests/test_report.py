@@ -2,6 +2,9 @@
 self-contained with an embedded error-vs-depth plot."""
 
 import json
+from pathlib import Path
+
+import numpy as np
 
 from rvc_mlx.testing import report
 
@@ -128,3 +131,31 @@ def report_policy():
     from rvc_mlx.testing.components import GOLDEN
 
     return load_policy(GOLDEN / "tolerances.toml")
+
+
+def test_report_and_regenerated_manifest_entries_record_what_decides_float32_results(monkeypatch, tmp_path):
+    from rvc_mlx import dispatch
+    from rvc_mlx.testing.environment import differences, environment
+    from rvc_mlx.testing.golden import CaseData, GoldenStore, TapInfo
+
+    monkeypatch.setenv("OPENBLAS_CORETYPE", "Haswell")
+    env = environment()
+    assert env["kernels"] == (dispatch.variant() or "none") and env["execution"] == dispatch.execution()
+    assert env["variables"]["OPENBLAS_CORETYPE"] == "Haswell" and env["cpu"] and env["vector_isa"] is not None
+    from rvc_mlx.testing.tolerances import load_policy
+
+    data = report.build([], load_policy(Path(__file__).resolve().parents[1] / "golden" / "tolerances.toml"))
+    assert data["environment"]["cpu"] == env["cpu"]
+    # a regenerated case records it in the manifest
+    store = GoldenStore(tmp_path / "golden")
+    (tmp_path / "golden").mkdir()
+    tx = store.transaction()
+    a = np.arange(6, dtype=np.float32).reshape(2, 3)
+    tx.stage(CaseData("toy", "c", {"out": a}, {"out": TapInfo("out", (2, 3), 0, "Linear")}, {"file": "x"}, {},
+                      {}, "live"))
+    tx.commit()
+    entry = json.loads((tmp_path / "golden" / "manifest.json").read_text())["cases"]["toy/c"]
+    assert entry["environment"]["variables"]["OPENBLAS_CORETYPE"] == "Haswell"
+    other = dict(entry["environment"], kernels="avx512", cpu="Intel Xeon")
+    assert differences(entry["environment"], other) == [f"cpu: {env['cpu']} -> Intel Xeon",
+                                                       f"kernels: {env['kernels']} -> avx512"]

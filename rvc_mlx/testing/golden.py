@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 
 from rvc_mlx.outputs import safetensors_bytes
+from rvc_mlx.testing.environment import environment
 from rvc_mlx.testing.golden_commit import (JOURNAL, STAGING_PREFIX, GoldenError, dir_lock, finish,
                                           forward, one_line, plan, rollback, settle, sweep, write_synced)
 
@@ -337,6 +338,7 @@ class GoldenTransaction:
             "input": data.input,
             "weights": data.weights,
             "versions": data.versions,
+            "environment": environment(),  # what decided the recorded torch float32 errors
             "taps": {t.name: t.to_json() for t in data.ordered()},
         }
         return entry, blob

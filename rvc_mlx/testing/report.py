@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from rvc_mlx.testing.compare import CaseResult, TapResult
+from rvc_mlx.testing.environment import environment
 from rvc_mlx.testing.golden import versions
 from rvc_mlx.testing.tolerances import Policy
 
@@ -98,6 +99,7 @@ def build(results: list[CaseResult], policy: Policy, bench: dict[str, Any] | Non
     return _num({
         "tool": "rvc-mlx parity harness",
         "versions": versions(),
+        "environment": environment(),
         "policy": {"K": policy.K, "floor": policy.floor, "metrics": list(policy.metrics),
                    "pitch": {"cents_p99": policy.pitch.cents_p99,
                              "voicing_agreement": policy.pitch.voicing_agreement},
@@ -209,6 +211,8 @@ def to_html(report: dict[str, Any], results: list[CaseResult]) -> str:
            f"pitch: cents p99 &le; {p['pitch']['cents_p99']}, voicing agreement &ge; "
            f"{p['pitch']['voicing_agreement']}. Overrides: {len(p['overrides'])}.</p>",
            "<p>Versions: " + ", ".join(f"{k} {html.escape(str(v))}" for k, v in report["versions"].items()) + "</p>",
+           "<p>Environment (what decides float32 results): " + "; ".join(
+               f"{k} {html.escape(str(v))}" for k, v in report.get("environment", {}).items()) + "</p>",
            "<p>Each case is judged on the <b>shipped</b> path (what users run: fused kernels, host-array stages, time "
            "chunks; at the taps it computes) and <b>layer by layer</b> (every golden tap), with the C++ kernels and "
            "on the pure-MLX path.</p>",
