@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed
 # --no-deps: they require torchaudio, which cannot load with torch 2.13 (a stand-in is registered instead).
 REFERENCE_PACKAGES := torchcrepe==0.0.24 torchfcpe==0.0.4
 
-.PHONY: test parity golden bench install clean
+.PHONY: test parity baseline golden bench install clean
 
 $(STAMP): pyproject.toml setup.py $(wildcard csrc/*.cpp csrc/*.h)
 	@sh tools/ensure-openblas.sh
@@ -25,7 +25,13 @@ test: $(STAMP)
 # Everything in `test`, plus the live float64 oracle with teacher forcing, benchmarks and the HTML report.
 parity: $(STAMP)
 	mkdir -p reports
-	$(PY) -m pytest --report reports/parity.json --benchmark-json reports/bench.json
+	$(PY) -m pytest --report reports/parity.json --benchmark-json reports/bench.json \
+		$(if $(wildcard reports/baseline.json),--fail-on-drift 2)
+
+# Accept the last `make parity` run as the baseline that later runs report drift against.
+baseline:
+	@test -f reports/parity.json || { echo "make baseline: no reports/parity.json; run make parity first"; exit 2; }
+	cp reports/parity.json reports/baseline.json
 
 # Regenerate golden files after an intentional change (atomic; refused when CI is set). Cases whose float64 oracle
 # did not change keep their files and recorded torch float32 errors; REFRESH_ERRORS=1 re-measures those errors.

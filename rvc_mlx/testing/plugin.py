@@ -38,6 +38,11 @@ def pytest_addoption(parser):
     g.addoption("--weights-dir", type=Path, default=None, help="run parity on real checkpoints in DIR "
                 "(rmvpe.pt, ...) against a live float64 twin run instead of golden")
     g.addoption("--report", type=Path, default=None, help="write the parity report JSON here (+ .html beside)")
+    g.addoption("--baseline", type=Path, default=Path("reports/baseline.json"),
+                help="the accepted run to report drift against (default reports/baseline.json, if present; "
+                     "`make baseline` accepts the current reports/parity.json)")
+    g.addoption("--fail-on-drift", type=float, default=None, metavar="F",
+                help="fail a case whose taps' MLX error grew by more than F x against --baseline")
     g.addoption("--golden-dir", type=Path, default=GOLDEN, help="golden store to use (default: golden/)")
     g.addoption("--mlx-device", choices=("cpu", "gpu"), default="cpu", help="MLX's device for the MLX side "
                 "(gpu: Metal or CUDA; the C++ kernels are CPU-only, so gpu runs the pure-MLX ops there)")
@@ -95,10 +100,40 @@ class ParityFixture:
             if txn is not None and txn.failed:
                 self.session.shouldstop = "golden staging failed"
             pytest.fail(str(e), pytrace=False)
+        self._drift(result)
         if not result.passed and _blas.status().startswith("MLX's bundled"):
             result.notes.append(f"note: {_blas.status()}; goldens assume OpenBLAS, whose float32 GEMM is "
                                 "about 3x more accurate")
         return result
+
+
+    def _drift(self, result) -> None:
+        """--fail-on-drift F: fail the case when a tap's MLX error grew more than F x against the baseline."""
+        factor, baseline = self.session.config.getoption("--fail-on-drift"), _baseline(self.session.config)
+        if factor is None or baseline is None:
+            return
+        from rvc_mlx.testing import drift, report
+
+        moves = [m for r in (result, result.layers) if r is not None
+                 for m in drift.exceeding(report.case_json(r), baseline, factor)]
+        if moves:
+            moves.sort(key=lambda m: -m.ratio)
+            pytest.fail(f"{len(moves)} taps' MLX error grew by more than {factor:g}x since the baseline "
+                        f"({self.session.config.getoption('--baseline')}), largest first:\n"
+                        + "\n".join(f"  {m.line()}" for m in moves), pytrace=False)
+
+
+def _baseline(config):
+    """The baseline report (loaded once), or None where there is none."""
+    if not hasattr(config, "_rvc_baseline"):
+        from rvc_mlx.testing.drift import load_baseline
+
+        path = config.getoption("--baseline")
+        try:
+            config._rvc_baseline = load_baseline(path if path.is_absolute() else config.rootpath / path)
+        except ValueError as e:
+            raise pytest.UsageError(str(e)) from None
+    return config._rvc_baseline
 
 
 def _harness(config):
@@ -196,5 +231,5 @@ def pytest_sessionfinish(session, exitstatus):
                 bench = json.loads(path.read_text())
             except (OSError, ValueError):
                 bench = None
-        html_path = rep.write(report, h.results, h.policy, bench)
+        html_path = rep.write(report, h.results, h.policy, bench, _baseline(config))
         say(f"parity report: {report} and {html_path}")

@@ -11,6 +11,7 @@ import math
 from pathlib import Path
 from typing import Any
 
+from rvc_mlx.testing import drift
 from rvc_mlx.testing.compare import CaseResult, TapResult
 from rvc_mlx.testing.environment import environment
 from rvc_mlx.testing.golden import versions
@@ -92,11 +93,12 @@ def bench_table(bench: dict[str, Any] | None) -> list[dict[str, Any]]:
     return rows
 
 
-def build(results: list[CaseResult], policy: Policy, bench: dict[str, Any] | None = None) -> dict[str, Any]:
+def build(results: list[CaseResult], policy: Policy, bench: dict[str, Any] | None = None,
+          baseline: dict[str, Any] | None = None) -> dict[str, Any]:
     comps: dict[str, list[dict[str, Any]]] = {}
     for r in results:
         comps.setdefault(r.component, []).append(case_json(r))
-    return _num({
+    out = _num({
         "tool": "rvc-mlx parity harness",
         "versions": versions(),
         "environment": environment(),
@@ -109,6 +111,8 @@ def build(results: list[CaseResult], policy: Policy, bench: dict[str, Any] | Non
         "components": {k: {"cases": v} for k, v in comps.items()},
         "benchmarks": bench_table(bench),
     })
+    out["drift"] = drift.compare(out, baseline) if baseline is not None else None
+    return out
 
 
 # ----------------------------------------------------------------------------------------------- HTML
@@ -206,6 +210,7 @@ def to_html(report: dict[str, Any], results: list[CaseResult]) -> str:
     out = [f"<!doctype html><html><head><meta charset='utf-8'><title>rvc-mlx parity</title><style>{CSS}</style>"
            "</head><body>",
            "<h1>rvc-mlx parity report</h1>",
+           drift.to_html(report.get("drift")),
            f"<p>{s['passed']} of {s['cases']} cases pass. Policy: per tap, MLX fp32 error &le; K&times;torch fp32 "
            f"error + floor, K = {p['K']}, floor = {p['floor']:g} (relative), metrics {', '.join(p['metrics'])}; "
            f"pitch: cents p99 &le; {p['pitch']['cents_p99']}, voicing agreement &ge; "
@@ -343,11 +348,12 @@ def _bench_html(rows: list[dict[str, Any]]) -> list[str]:
     return out
 
 
-def write(path: str | Path, results: list[CaseResult], policy: Policy, bench: dict[str, Any] | None = None) -> Path:
+def write(path: str | Path, results: list[CaseResult], policy: Policy, bench: dict[str, Any] | None = None,
+          baseline: dict[str, Any] | None = None) -> Path:
     """Write `path` (.json) and the HTML beside it; returns the HTML path."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    report = build(results, policy, bench)
+    report = build(results, policy, bench, baseline)
     path.write_text(json.dumps(report, indent=1, allow_nan=False))
     html_path = path.with_suffix(".html")
     html_path.write_text(to_html(report, results))
