@@ -24,6 +24,7 @@ test: $(STAMP)
 
 # Everything in `test`, plus the live float64 oracle with teacher forcing, benchmarks and the HTML report.
 parity: $(STAMP)
+	@sh tools/ensure-chromium.sh
 	mkdir -p reports
 	$(PY) -m pytest --report reports/parity.json --benchmark-json reports/bench.json \
 		$(if $(wildcard reports/baseline.json),--fail-on-drift 2)

@@ -526,3 +526,40 @@ def test_make_golden_refuses_in_ci():
     res = subprocess.run(["make", "-s", "golden"], cwd=REPO, env=env, capture_output=True, text=True)
     assert res.returncode != 0
     assert "refusing to regenerate golden files in CI" in res.stdout + res.stderr
+
+
+STAGE_CHANGED_AND_NEW = """
+import numpy as np
+from rvc_mlx.testing.golden import CaseData, TapInfo
+
+def test_stage(parity):
+    taps = {"x": TapInfo("x", (4,), 0, "Linear"), "y": TapInfo("y", (2,), 1, "Linear")}
+    values = {"x": np.array([1, 1, 1, 1.5], np.float32), "y": np.zeros(2, np.float32)}
+    parity.txn.stage(CaseData("toy", "a", values, taps, {"seed": 2}, {}))
+    parity.txn.stage(CaseData("toy", "b", {"x": np.ones(4, np.float32)}, {"x": taps["x"]}, {}, {}))
+"""
+
+
+def test_make_golden_writes_a_diff_page_naming_changed_cases_taps_and_provenance(pytester, tmp_path):
+    from rvc_mlx.testing.golden import Staged
+    from rvc_mlx.testing.golden_diff import case_diff
+    from rvc_mlx.testing.tolerances import load_policy
+
+    root = _plugin_golden(tmp_path)
+    page = tmp_path / "reports" / "golden-diff.html"
+    pytester.makepyfile(STAGE_CHANGED_AND_NEW)
+    res = pytester.runpytest_subprocess("-p", "rvc_mlx.testing.plugin", "--regen-golden", "--golden-dir",
+                                        str(root), "--golden-diff", str(page), "-p", "no:cacheprovider")
+    assert res.ret == 0, res.stdout.str()
+    res.stdout.fnmatch_lines([f"golden diff page: {page}"])
+    text = page.read_text()
+    assert "2 cases regenerated, 0 kept" in text and "<h2>toy/a (changed)</h2>" in text
+    assert "<h2>toy/b (new)</h2>" in text and "input.seed: absent -&gt; 2" in text
+    assert "<td>x</td><td>changed</td>" in text and "<td>y</td><td>added</td>" in text
+    # the numbers: max |new-old| = 0.5 on a range of 1, against x's tolerance
+    old = CaseData("toy", "a", {"x": np.ones(4, np.float32)}, {"x": TapInfo("x", (4,), 0, "Linear")}, {}, {})
+    new = CaseData("toy", "a", {"x": np.array([1, 1, 1, 1.5], np.float32)},
+                   {"x": TapInfo("x", (4,), 0, "Linear", torch32={"max_rel": 1e-6})}, {}, {})
+    row = case_diff(Staged({}, new, "changed", "golden toy/a: changed", None, old),
+                    load_policy(GOLDEN / "tolerances.toml"))["rows"][0]
+    assert row["max_delta"] == 0.5 and row["rel_range"] == 0.5 and 0 < row["rel_tolerance"] < 0.5 / 4e-6

@@ -258,6 +258,7 @@ class Staged:
     status: str  # "new" | "changed" | "kept" | "refreshed"
     delta: str  # the lines the regeneration prints for this case
     path: Path | None = None  # the staged file (None: the golden file stays)
+    old: CaseData | None = None  # the golden it replaces (None: a new case)
 
 
 class GoldenTransaction:
@@ -320,7 +321,7 @@ class GoldenTransaction:
             status, delta = "changed", f"golden {data.key}: {change}; {size}"
             if old is not None:
                 delta += "\n" + self._table(old, data)
-        self.staged[data.key] = Staged(entry, data, status, delta, path)
+        self.staged[data.key] = Staged(entry, data, status, delta, path, old)
         return data
 
     @staticmethod

@@ -41,6 +41,8 @@ def pytest_addoption(parser):
     g.addoption("--baseline", type=Path, default=Path("reports/baseline.json"),
                 help="the accepted run to report drift against (default reports/baseline.json, if present; "
                      "`make baseline` accepts the current reports/parity.json)")
+    g.addoption("--golden-diff", type=Path, default=Path("reports/golden-diff.html"),
+                help="with --regen-golden: where to write the reviewer's diff page of what changed")
     g.addoption("--fail-on-drift", type=float, default=None, metavar="F",
                 help="fail a case whose taps' MLX error grew by more than F x against --baseline")
     g.addoption("--golden-dir", type=Path, default=GOLDEN, help="golden store to use (default: golden/)")
@@ -214,11 +216,21 @@ def pytest_sessionfinish(session, exitstatus):
             if h.regen_errors:
                 session.exitstatus = pytest.ExitCode.TESTS_FAILED
         else:
+            staged = dict(h.txn.staged)  # the commit clears them
             try:
                 say(h.txn.commit())
             except GoldenError as e:  # one line, golden/ as it was (never an INTERNALERROR)
                 say(f"golden NOT regenerated: {e}")
                 session.exitstatus = pytest.ExitCode.TESTS_FAILED
+            else:
+                from rvc_mlx.testing import golden_diff
+
+                page = config.getoption("--golden-diff")
+                page = page if page.is_absolute() else config.rootpath / page
+                try:
+                    say(f"golden diff page: {golden_diff.write(page, staged, h.policy)}")
+                except OSError as e:  # the goldens are committed; only the page is missing
+                    say(f"golden diff page NOT written ({e})")
     report = config.getoption("--report")
     if report is not None and h is not None and h.results:
         from rvc_mlx.testing import report as rep
