@@ -77,6 +77,7 @@ def test_a_nan_planted_in_one_synthesizer_layer_is_named_as_the_first_non_finite
                      r"values are NaN or Inf \(the reference's are finite\)$", first), first
 
 
+@pytest.mark.slow  # two whole-pipeline runs: in make parity (make test keeps the NaN and message tests)
 @pytest.mark.parity
 def test_a_pipeline_padding_bug_is_blamed_on_the_first_tap_whose_shape_differs(parity, monkeypatch):
     from rvc_mlx.config import PipelineConfig

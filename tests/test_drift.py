@@ -13,6 +13,7 @@ def _report(results, parity):
     return report.build([r for res in results for r in (res, res.layers) if r is not None], parity.policy)
 
 
+@pytest.mark.slow  # three RMVPE runs: in make parity, whose drift check it proves
 @pytest.mark.parity
 def test_a_layer_whose_error_triples_within_tolerance_is_listed_first_and_fails_drift_of_2(parity, tmp_path):
     comp = parity.component("rmvpe")
