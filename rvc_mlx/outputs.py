@@ -49,6 +49,7 @@ def atomic_write(path: str | Path) -> Iterator:
     except OSError as e:
         raise OutputError(f"cannot write {path}: {describe(e)}") from None
     try:
+        os.fchmod(fd, _mode(path))  # mkstemp makes 0600; the file gets the mode a plain open() would give it
         with os.fdopen(fd, "wb") as f:
             yield f
             f.flush()
@@ -62,6 +63,16 @@ def atomic_write(path: str | Path) -> Iterator:
             raise OutputError(f"cannot write {path}: {describe(e)}; {kept}") from None
         raise
     fsync_dir(path.parent)
+
+
+def _mode(path: Path) -> int:
+    """The replaced file's permissions, or those the umask gives a new file."""
+    try:
+        return path.stat().st_mode & 0o7777
+    except FileNotFoundError:
+        umask = os.umask(0)
+        os.umask(umask)
+        return 0o666 & ~umask
 
 
 def fsync_dir(folder: Path) -> None:

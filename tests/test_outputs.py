@@ -117,3 +117,17 @@ def test_the_input_may_be_replaced_only_with_overwrite(tmp_path):
 def test_atomic_write_bytes_creates_missing_parent_folders_for_cache_entries(tmp_path):
     atomic_write_bytes(tmp_path / "a" / "b" / "c.bin", b"data")
     assert (tmp_path / "a" / "b" / "c.bin").read_bytes() == b"data"
+
+
+def test_a_new_file_gets_the_umask_mode_and_a_replaced_file_keeps_its_own(tmp_path):
+    umask = os.umask(0o022)
+    try:
+        atomic_write_bytes(tmp_path / "new.wav", b"x")
+        keep = tmp_path / "kept.wav"
+        keep.write_bytes(b"old")
+        keep.chmod(0o640)
+        atomic_write_bytes(keep, b"new")
+    finally:
+        os.umask(umask)
+    assert (tmp_path / "new.wav").stat().st_mode & 0o777 == 0o644  # not mkstemp's 0600
+    assert keep.stat().st_mode & 0o777 == 0o640 and keep.read_bytes() == b"new"
