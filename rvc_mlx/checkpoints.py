@@ -83,15 +83,23 @@ def load_torch_checkpoint(path: str | Path) -> object:
         raise CheckpointError(f"{path}: not a loadable weights-only checkpoint ({_load_failure(e)})") from None
 
 
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")  # torch colours its messages on a terminal
+
+
 def _load_failure(e: Exception) -> str:
-    """Why torch.load(weights_only=True) refused a file, in a few words, without torch's advice to retry with
-    weights_only=False (the one thing a user must not do with an untrusted file)."""
-    text = re.sub(r"\x1b\[[0-9;]*m", "", str(e))
-    glob = re.search(r"GLOBAL ([\w.]+)", text)
+    """Why torch.load(weights_only=True) refused a file, in a few words."""
+    glob = re.search(r"GLOBAL ([\w.]+)", _ANSI.sub("", str(e)))
     if glob:
         return f"it references {glob.group(1)}, which is code, not weights; refusing to unpickle it"
-    lines = [ln.strip() for ln in text.splitlines() if ln.strip() and "weights_only" not in ln
-             and "Weights only load failed" not in ln and "documentation of torch.load" not in ln]
+    return error_line(e)
+
+
+def error_line(e: Exception) -> str:
+    """The first line of an error, without colour codes or torch's advice to retry with weights_only=False (the
+    one thing a user must not do with an untrusted file); the error's type when nothing is left."""
+    text = _ANSI.sub("", str(e))
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip() and not re.search(
+        r"weights_only|Weights only load failed|documentation of torch.load", ln, re.IGNORECASE)]
     return lines[0] if lines else type(e).__name__
 
 
@@ -217,18 +225,13 @@ def read_mlx_metadata(path: Path, component: str) -> dict[str, str]:
         with safe_open(str(path), framework="numpy") as f:
             meta = dict(f.metadata() or {})
     except Exception as e:
-        raise CheckpointError(f"{path}: not a readable safetensors file ({_first_line(e)})") from None
+        raise CheckpointError(f"{path}: not a readable safetensors file ({error_line(e)})") from None
     if meta.get("format") != FORMAT or meta.get("component") != component:
         raise CheckpointError(
             f"{path}: holds {meta.get('component') or 'unknown'} weights (format {meta.get('format')}), "
             f"not {component}; convert the original checkpoint with `rvc-mlx convert-weights {component} FILE`"
         )
     return meta
-
-
-def _first_line(e: Exception) -> str:
-    text = str(e).strip()
-    return text.splitlines()[0] if text else type(e).__name__
 
 
 # (path, inode, size, mtime) -> sha256 already checked in this process, so a file is hashed once per run
@@ -249,7 +252,7 @@ def read_mlx_weights(path: Path, component: str) -> dict[str, np.ndarray]:
     try:
         arrays = load_file(str(path))
     except Exception as e:
-        raise CheckpointError(f"{path}: not a readable safetensors file ({_first_line(e)})") from None
+        raise CheckpointError(f"{path}: not a readable safetensors file ({error_line(e)})") from None
     want = meta.get("sha256")
     if want is not None and _VERIFIED.get(_identity(path)) != want:
         if state_sha256(arrays) != want:

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from rvc_mlx.checkpoints import CheckpointError, _key_list, _torch
+from rvc_mlx.checkpoints import CheckpointError, _key_list, _torch, error_line
 from rvc_mlx.config import ConfigError, HubertConfig
 
 
@@ -156,7 +156,7 @@ def _load(path: Path) -> object:
             try:
                 unsafe = torch.serialization.get_unsafe_globals_in_checkpoint(str(path))
             except Exception as e:
-                raise CheckpointError(f"{path}: not a readable torch checkpoint ({_first_line(e)})") from None
+                raise CheckpointError(f"{path}: not a readable torch checkpoint ({error_line(e)})") from None
             if unsafe:
                 raise _refuse(path, unsafe)
         try:
@@ -165,15 +165,7 @@ def _load(path: Path) -> object:
             name = _globals_named(str(e))
             if name:
                 raise _refuse(path, [name]) from None
-            raise CheckpointError(f"{path}: not a loadable fairseq checkpoint ({_first_line(e)})") from None
-
-
-def _first_line(e: Exception) -> str:
-    """The first line of an error that is not torch's advice to retry with weights_only=False."""
-    text = re.sub(r"\x1b\[[0-9;]*m", "", str(e))
-    lines = [ln.strip() for ln in text.splitlines() if ln.strip() and not re.search(
-        r"weights_only|Weights only load failed|documentation of torch.load", ln, re.IGNORECASE)]
-    return lines[0] if lines else type(e).__name__
+            raise CheckpointError(f"{path}: not a loadable fairseq checkpoint ({error_line(e)})") from None
 
 
 def _pickle_strings(path: Path) -> set[str]:
