@@ -169,6 +169,38 @@ def oracle_change(old: CaseData, new: CaseData) -> tuple[str | None, float]:
     return None, worst
 
 
+@dataclass
+class TapChange:
+    """One tap of a regenerated case against the golden it replaces."""
+
+    name: str
+    change: str  # "added" | "shape" | "same" | "changed"
+    old: np.ndarray | None
+    new: np.ndarray
+    max_delta: float = 0.0  # max |new - old|
+    scale: float = 0.0  # the old tap's absmax
+
+
+def tap_changes(old: CaseData | None, new: CaseData) -> tuple[list[TapChange], list[str]]:
+    """Every tap of `new` in execution order against `old` (all "added" when there is none), and the taps removed
+    (the terminal delta and the reviewer's diff page both read these)."""
+    rows = []
+    for info in new.ordered():
+        b = new.value(info.name)
+        if old is None or info.name not in old.taps:
+            rows.append(TapChange(info.name, "added", None, b))
+            continue
+        a = old.value(info.name)
+        if a.shape != b.shape:
+            rows.append(TapChange(info.name, "shape", a, b))
+            continue
+        d = float(np.max(np.abs(a.astype(np.float64) - b))) if a.size else 0.0
+        scale = float(np.max(np.abs(a))) if a.size else 0.0
+        rows.append(TapChange(info.name, "same" if d == 0.0 else "changed", a, b, d, scale))
+    removed = [name for name in old.taps if name not in new.taps] if old is not None else []
+    return rows, removed
+
+
 class GoldenStore:
     """Read access to golden/ with integrity checks; `transaction()` for atomic regeneration."""
 
@@ -432,23 +464,17 @@ class GoldenTransaction:
     @staticmethod
     def _table(old: CaseData, data: CaseData) -> str:
         """Old-vs-new table for one changed case: every tensor with its max abs / relative change."""
+        rows, removed = tap_changes(old, data)
         lines = []
-        unchanged = 0
-        for info in data.ordered():
-            if info.name not in old.taps:
-                lines.append(f"  + {info.name:60s} new {info.shape}")
-                continue
-            a, b = old.value(info.name), data.value(info.name)
-            if a.shape != b.shape:
-                lines.append(f"  ~ {info.name:60s} shape {a.shape} -> {b.shape}")
-                continue
-            d = float(np.max(np.abs(a.astype(np.float64) - b))) if a.size else 0.0
-            if d == 0.0:
-                unchanged += 1
-            scale = float(np.max(np.abs(a))) if a.size else 0.0
-            rel = d / scale if scale else 0.0
-            lines.append(f"  {'=' if d == 0 else '~'} {info.name:60s} max|new-old| {d:.3e}  rel {rel:.3e}")
-        for name in old.taps:
-            if name not in data.taps:
-                lines.append(f"  - {name:60s} removed")
+        for r in rows:
+            if r.change == "added":
+                lines.append(f"  + {r.name:60s} new {r.new.shape}")
+            elif r.change == "shape":
+                lines.append(f"  ~ {r.name:60s} shape {r.old.shape} -> {r.new.shape}")
+            else:
+                rel = r.max_delta / r.scale if r.scale else 0.0
+                lines.append(f"  {'=' if r.change == 'same' else '~'} {r.name:60s} max|new-old| {r.max_delta:.3e}  "
+                             f"rel {rel:.3e}")
+        lines += [f"  - {name:60s} removed" for name in removed]
+        unchanged = sum(r.change == "same" for r in rows)
         return "\n".join([f"  {unchanged} of {len(data.taps)} taps bitwise unchanged"] + lines)

@@ -11,9 +11,8 @@ import html
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 
-from rvc_mlx.testing.golden import CaseData, Staged, tensor_stats
+from rvc_mlx.testing.golden import CaseData, Staged, tap_changes, tensor_stats
 from rvc_mlx.testing.tolerances import Policy
 
 
@@ -32,32 +31,26 @@ def _provenance(old: CaseData | None, new: CaseData) -> list[str]:
 def case_diff(staged: Staged, policy: Policy) -> dict[str, Any]:
     """One regenerated case: provenance changes, changed / added / reshaped taps, removed taps, unchanged count."""
     old, new = staged.old, staged.data
-    rows, unchanged = [], 0
-    for info in new.ordered():
-        b = new.value(info.name)
-        if old is None or info.name not in old.taps:
-            rows.append({"tap": info.name, "change": "added", "new": tensor_stats(b)})
-            continue
-        a = old.value(info.name)
-        if a.shape != b.shape:
-            rows.append({"tap": info.name, "change": f"shape {a.shape} -> {b.shape}", "old": tensor_stats(a),
-                         "new": tensor_stats(b)})
-            continue
-        d = float(np.max(np.abs(a.astype(np.float64) - b))) if a.size else 0.0
-        if d == 0.0:
-            unchanged += 1
-            continue
-        scale = float(np.max(np.abs(a))) if a.size else 0.0
-        rel = d / scale if scale else float("inf")
-        row = {"tap": info.name, "change": "changed", "old": tensor_stats(a), "new": tensor_stats(b),
-               "max_delta": d, "rel_range": rel}
-        if info.kind == "tensor":  # the tolerance MLX's max_rel is held to at this tap
-            limit = policy.rule(new.component, info.name).limit(float(info.torch32.get("max_rel", 0.0)))
-            row["rel_tolerance"] = rel / limit if limit > 0 else float("inf")
-        rows.append(row)
-    removed = sorted(set(old.taps) - set(new.taps)) if old is not None else []
+    changes, removed = tap_changes(old, new)
+    rows = []
+    for c in changes:
+        if c.change == "added":
+            rows.append({"tap": c.name, "change": "added", "new": tensor_stats(c.new)})
+        elif c.change == "shape":
+            rows.append({"tap": c.name, "change": f"shape {c.old.shape} -> {c.new.shape}", "old": tensor_stats(c.old),
+                         "new": tensor_stats(c.new)})
+        elif c.change == "changed":
+            rel = c.max_delta / c.scale if c.scale else float("inf")
+            row = {"tap": c.name, "change": "changed", "old": tensor_stats(c.old), "new": tensor_stats(c.new),
+                   "max_delta": c.max_delta, "rel_range": rel}
+            info = new.taps[c.name]
+            if info.kind == "tensor":  # the tolerance MLX's max_rel is held to at this tap
+                limit = policy.rule(new.component, c.name).limit(float(info.torch32.get("max_rel", 0.0)))
+                row["rel_tolerance"] = rel / limit if limit > 0 else float("inf")
+            rows.append(row)
+    unchanged = sum(c.change == "same" for c in changes)
     return {"case": new.key, "status": staged.status, "summary": staged.delta.splitlines()[0],
-            "provenance": _provenance(old, new), "rows": rows, "unchanged": unchanged, "removed": removed}
+            "provenance": _provenance(old, new), "rows": rows, "unchanged": unchanged, "removed": sorted(removed)}
 
 
 def _stats(s: dict[str, float] | None) -> str:
