@@ -3,6 +3,8 @@ VENV   ?= .venv
 PYTHON ?= python3
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
+# Extra pytest arguments, e.g. PYTEST_ARGS="-n 4 --dist loadgroup" (pytest-xdist: see README, Parallel runs)
+PYTEST_ARGS ?=
 # The pitch estimators whose shipped trained weights the tests use; pins mirror rvc_mlx/testing/packages.py.
 # --no-deps: they require torchaudio, which cannot load with torch 2.13 (a stand-in is registered instead).
 REFERENCE_PACKAGES := torchcrepe==0.0.24 torchfcpe==0.0.4
@@ -20,14 +22,14 @@ install: $(STAMP)
 
 # The CI suite: harness unit tests, parity of every component vs golden, pipeline tests.
 test: $(STAMP)
-	$(PY) -m pytest -m "not slow" --benchmark-disable
+	$(PY) -m pytest -m "not slow" --benchmark-disable $(PYTEST_ARGS)
 
 # Everything in `test`, plus the live float64 oracle with teacher forcing, benchmarks and the HTML report.
 parity: $(STAMP)
 	@sh tools/ensure-chromium.sh
 	mkdir -p reports
 	$(PY) -m pytest --report reports/parity.json --benchmark-json reports/bench.json \
-		$(if $(wildcard reports/baseline.json),--fail-on-drift 2)
+		$(if $(wildcard reports/baseline.json),--fail-on-drift 2) $(PYTEST_ARGS)
 
 # Accept the last `make parity` run as the baseline that later runs report drift against.
 baseline:
@@ -38,7 +40,7 @@ baseline:
 # did not change keep their files and recorded torch float32 errors; REFRESH_ERRORS=1 re-measures those errors.
 golden: $(STAMP)
 	$(PY) -m pytest tests/parity -m "parity and not slow" --regen-golden --benchmark-disable \
-		$(if $(REFRESH_ERRORS),--refresh-errors)
+		$(if $(REFRESH_ERRORS),--refresh-errors) $(PYTEST_ARGS)
 
 # MLX vs torch speed of every component at 1/10/60 s; prints the ratio table saved in reports/bench.json.
 bench: $(STAMP)

@@ -85,12 +85,20 @@ class Pipeline:
                 pitchff[pitchf > 0] = 1
                 pitchff[pitchf < 1] = protect
                 feats = feats * pitchff.unsqueeze(-1) + feats0 * (1 - pitchff.unsqueeze(-1))
-                feats = feats.to(feats0.dtype)
+                feats = tap("pipeline.protected", feats.to(feats0.dtype))
         feats = feats[0, :p_len].numpy()
         noise = make_noise(cfg, p_len, seed)
+        # the synthesizer's inputs (net_g.infer(feats, p_len, pitch, pitchf, sid) in the original)
+        tap("pipeline.synth.phone", feats[None])
         if pitch_guidance:
-            return self.synth.infer(feats, pitch[0].numpy(), pitchf[0].numpy(), int(sid), noise)
-        return self.synth.infer(feats, None, None, int(sid), noise)
+            tap("pipeline.synth.pitch", pitch)
+            tap("pipeline.synth.f0", pitchf)
+        tap("pipeline.synth.noise", noise.eps_zp)
+        if pitch_guidance:
+            out = self.synth.infer(feats, pitch[0].numpy(), pitchf[0].numpy(), int(sid), noise)
+        else:
+            out = self.synth.infer(feats, None, None, int(sid), noise)
+        return tap("pipeline.synth.audio", out)
 
     # ------------------------------------------------------------------------------------- pipeline
     def split_points(self, audio):
@@ -122,7 +130,7 @@ class Pipeline:
         s = 0
         audio_opt = []
         t = None
-        audio_pad = np.pad(audio, (self.t_pad, self.t_pad), mode="reflect")
+        audio_pad = tap("pipeline.padded", np.pad(audio, (self.t_pad, self.t_pad), mode="reflect"))
         p_len = audio_pad.shape[0] // self.window
         pitch_guidance = self.synth.cfg.use_f0
         if pitch_guidance:
@@ -147,9 +155,10 @@ class Pipeline:
                                     None if pitchf is None else pitchf[:, last], index, big_npy, index_rate,
                                     protect, seed + len(opt_ts))
         audio_opt.append(tap("pipeline.segment_audio", out[self.t_pad_tgt: -self.t_pad_tgt]))
-        audio_opt = np.concatenate(audio_opt)
+        audio_opt = tap("pipeline.trimmed", np.concatenate(audio_opt))
         if volume_envelope != 1:
-            audio_opt = change_rms(audio, self.cfg.sample_rate, audio_opt, self.synth.cfg.sr, volume_envelope)
+            audio_opt = tap("pipeline.rms_mixed", change_rms(audio, self.cfg.sample_rate, audio_opt,
+                                                             self.synth.cfg.sr, volume_envelope))
         audio_max = np.abs(audio_opt).max() / 0.99
         if audio_max > 1:
             audio_opt /= audio_max

@@ -5,6 +5,9 @@ HuBERT features (F, 768 | 256) at 50 fps, upsampled x2 per segment; output audio
 Where the original has bugs (no-f0 models crash on `pitchf.float()`; `resample_sr` relabels the output rate
 without resampling) this pipeline does the right thing: no-f0 models get no pitch, and the output is written at
 the model's own rate.
+Every step the original has is a tap (`pipeline.*`, the twin's names and order): input, padded, f0, pitch_coarse;
+per segment features, retrieved, protected, synth.phone / pitch / f0 / noise, synth.audio, segment_audio; then
+trimmed (the segments joined), rms_mixed, audio.
 """
 
 from __future__ import annotations
@@ -45,6 +48,13 @@ class ConvertOptions:
                 raise ValueError(f"{name} must lie in [{lo}, {hi}], got {v}")
         if not -48 <= self.pitch <= 48:
             raise ValueError(f"pitch shift must lie in [-48, 48] semitones, got {self.pitch}")
+
+
+def protect_weights(pitchf: np.ndarray, protect: float) -> np.ndarray:
+    """Per-frame weight of the retrieved features, (frames, 1) float32: 1 on voiced frames, `protect` where
+    pitchf < 1 (the original's two-step mask); the raw features get 1 - weight."""
+    w = np.where(pitchf > 0, 1.0, pitchf)
+    return np.where(pitchf < 1, protect, w).astype(np.float32)[:, None]
 
 
 def split_points(audio: np.ndarray, cfg: PipelineConfig = PIPELINE) -> list[int]:
@@ -134,19 +144,25 @@ class Pipeline:
         if scfg.use_f0:
             pitch, pitchf = pitch[:p_len], pitchf[:p_len]
             if opts.protect < 0.5:
-                # 1 on voiced frames, `protect` where pitchf < 1 (the original's two-step mask)
-                w = np.where(pitchf > 0, 1.0, pitchf)
-                w = np.where(pitchf < 1, opts.protect, w).astype(np.float32)[:, None]
+                w = protect_weights(pitchf, opts.protect)
                 feats = feats * mx.array(w) + mx.repeat(feats0, 2, axis=0)[:p_len] * mx.array(1 - w)
+                tap("pipeline.protected", feats[None])
         else:
             pitch = pitchf = None
         feats = np.array(feats)
+        noise = make_noise(scfg, p_len, seed)
+        # the synthesizer's inputs, as the original passes them (phone (1, T, d), pitch / pitchf (1, T))
+        tap("pipeline.synth.phone", feats[None])
+        if scfg.use_f0:
+            tap("pipeline.synth.pitch", np.asarray(pitch)[None])
+            tap("pipeline.synth.f0", np.asarray(pitchf)[None])
+        tap("pipeline.synth.noise", noise.eps_zp)
         # Each model reuses MLX's cached buffers only at its own sizes: HuBERT's leftovers in the cache make the
         # synthesizer allocate afresh (1.3x slower at 10 s); free them between models.
         mx.clear_cache()
-        out = self.synth.infer_mx(feats, pitch, pitchf, opts.speaker_id, make_noise(scfg, p_len, seed))
+        out = self.synth.infer_mx(feats, pitch, pitchf, opts.speaker_id, noise)
         mx.eval(out)
-        return np.array(out)
+        return tap("pipeline.synth.audio", np.array(out))
 
     def convert(self, audio: np.ndarray, sr: int, opts: ConvertOptions | None = None,
                 progress: Callable[[int, int], None] | None = None) -> tuple[np.ndarray, int]:
@@ -156,7 +172,7 @@ class Pipeline:
         cfg = self.cfg
         audio16 = self.prepare(audio, sr)
         points = split_points(audio16, cfg)
-        audio_pad = np.pad(audio16, (cfg.t_pad, cfg.t_pad), mode="reflect")
+        audio_pad = tap("pipeline.padded", np.pad(audio16, (cfg.t_pad, cfg.t_pad), mode="reflect"))
         mx.clear_cache()  # a previous conversion's buffers (see segment)
         pitch, pitchf = self.pitch_track(audio_pad, opts) if self.synth.cfg.use_f0 else (None, None)
         t_pad_tgt = cfg.t_pad_at(self.sample_rate)
@@ -173,9 +189,9 @@ class Pipeline:
             if progress is not None:
                 progress(i + 1, len(starts) + 1)
             s = t
-        out = np.concatenate(outputs)
+        out = tap("pipeline.trimmed", np.concatenate(outputs))
         if opts.rms_mix != 1:
-            out = rms_mix(audio16, cfg.sample_rate, out, self.sample_rate, opts.rms_mix)
+            out = tap("pipeline.rms_mixed", rms_mix(audio16, cfg.sample_rate, out, self.sample_rate, opts.rms_mix))
         return tap("pipeline.audio", limit_peak(out, cfg.output_peak).astype(np.float32)), self.sample_rate
 
 

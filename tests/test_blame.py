@@ -82,15 +82,34 @@ def test_a_nan_planted_in_one_synthesizer_layer_is_named_as_the_first_non_finite
 def test_a_pipeline_padding_bug_is_blamed_on_the_first_tap_whose_shape_differs(parity, monkeypatch):
     from rvc_mlx.config import PipelineConfig
 
-    # the reflect padding shortened from 1 s to 0.1 s (the trimming still takes 1 s): the output length changes
-    monkeypatch.setattr(PipelineConfig, "t_pad", property(lambda cfg: round(cfg.sample_rate * cfg.x_pad / 10)))
+    # the reflect padding lengthened from 1 s to 1.5 s (the trimming still takes 1 s): the output length changes
+    monkeypatch.setattr(PipelineConfig, "t_pad", property(lambda cfg: round(cfg.sample_rate * cfg.x_pad * 1.5)))
     result = parity.check("pipeline", "speech-v2-40k-f0", record=False)  # must not raise in the audio metrics
     assert not result.passed
     shapes = [t for t in result.taps if t.status == "shape"]
     assert shapes and result.blame is shapes[0], result.failure_message()
+    assert shapes[0].name == "pipeline.padded", result.failure_message()  # the step that pads is tapped
     first = result.failure_message().splitlines()[0]
     assert f"first divergence at {shapes[0].name} (" in first and ": MLX shape (" in first, first
     assert any("pipeline domain metrics could not be computed (ValueError" in p for p in result.problems)
+
+
+@pytest.mark.slow  # a whole-pipeline run: in make parity
+@pytest.mark.parity
+def test_an_inverted_protect_mask_is_blamed_on_the_protected_features(parity, monkeypatch):
+    import rvc_mlx.pipeline as pipeline
+
+    weights = pipeline.protect_weights
+    monkeypatch.setattr(pipeline, "protect_weights", lambda pitchf, protect: 1 - weights(pitchf, protect))
+    result = parity.check("pipeline", "speech-v2-40k-f0", record=False)
+    assert not result.passed
+    # the features and retrieval before the mix pass; the mix is the first step that diverges
+    passed = {t.name for t in result.taps if t.status == "pass"}
+    assert {"pipeline.padded", "pipeline.f0", "pipeline.features", "pipeline.retrieved"} <= passed, \
+        result.failure_message()
+    assert result.blame.name == "pipeline.protected", result.failure_message()
+    first = result.failure_message().splitlines()[0]
+    assert "first divergence at pipeline.protected (" in first, result.failure_message()
 
 
 def _result(local_passed: bool):

@@ -24,7 +24,7 @@ import platform
 import shutil
 import sys
 import tempfile
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -355,6 +355,26 @@ class GoldenTransaction:
                 delta += "\n" + self._table(old, data)
         self.staged[data.key] = Staged(entry, data, status, delta, path, old)
         return data
+
+    def adopt(self, staged: Staged) -> None:
+        """Take over a case another process staged (a pytest-xdist worker, maybe on another host): its file is
+        re-encoded here (the encoding is deterministic; the hash must match), so that one process alone writes
+        golden/."""
+        if self.failed:
+            raise GoldenError(self.failed)
+        if staged.path is not None:
+            entry, blob = self._encode(staged.data)
+            if entry["sha256"] != staged.entry["sha256"]:
+                raise GoldenError(f"golden {staged.data.key} from a worker does not re-encode to the bytes it "
+                                  "staged; golden/ is unchanged")
+            path = self.staging / staged.entry["file"]
+            try:
+                write_synced(path, blob)
+            except OSError as e:
+                self.failed = f"staging golden {staged.data.key} failed ({one_line(e)}); golden/ is unchanged"
+                raise GoldenError(self.failed) from None
+            staged = replace(staged, path=path)
+        self.staged[staged.data.key] = staged
 
     @staticmethod
     def _encode(data: CaseData) -> tuple[dict[str, Any], bytes]:

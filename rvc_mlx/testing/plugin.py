@@ -5,6 +5,8 @@ and recorded torch float32 errors), --refresh-errors (with --regen-golden: re-me
 --weights-dir DIR (real checkpoints, judged against a live float64 twin run instead of golden), --report PATH (JSON;
 the HTML is written beside it), --golden-dir DIR, --mlx-device cpu|gpu (MLX's default device; gpu fails in one line
 where MLX has none).
+Under pytest-xdist (`-n N --dist loadgroup`: a component's cases share one worker's models) the workers' results
+merge into one report and one process writes golden/ (rvc_mlx.testing.parallel); benchmarks are deselected there.
 Fixture `parity`: `parity.check(component, case, live=False, teacher=False, path="kernels")` returns a CaseResult
 (the shipped path, with the layer-by-layer run attached) on this machine's default path (the kernels where built,
 unless RVC_MLX_KERNELS=0); `path="mlx"` judges the pure-MLX path. Harness errors (corrupt golden, wrong
@@ -22,6 +24,7 @@ import pytest
 from rvc_mlx.checkpoints import CheckpointError
 from rvc_mlx.dispatch import KernelError
 from rvc_mlx.testing.components import GOLDEN, SpecError
+from rvc_mlx.testing import parallel
 from rvc_mlx.testing.golden import GoldenError
 from rvc_mlx.testing.taps import TapError
 from rvc_mlx.testing.tolerances import ToleranceError
@@ -159,6 +162,35 @@ def pytest_sessionstart(session):
             raise pytest.UsageError(f"golden NOT regenerated: {e}") from None
 
 
+@pytest.hookimpl(tryfirst=True)  # before xdist's loadgroup reads the groups
+def pytest_collection_modifyitems(session, config, items):
+    """Benchmarks leave the run where they cannot time (under xdist) or cannot run (pytest-benchmark not loaded);
+    under xdist, a parity test joins its component's group."""
+    bench = [i for i in items if "benchmark" in getattr(i, "fixturenames", ())]
+    why = None
+    if bench and not config.pluginmanager.hasplugin("benchmark"):
+        why = parallel.BENCH_UNLOADED
+    elif bench and parallel.is_worker(config):
+        why = parallel.BENCH_REFUSED
+    if why is not None:
+        config.hook.pytest_deselected(items=bench)
+        items[:] = [i for i in items if i not in set(bench)]
+        config._rvc_bench_deselected = why.format(n=len(bench))
+    if config.pluginmanager.hasplugin("xdist"):
+        for item in items:
+            name = parallel.group(item)
+            if name is not None and not item.get_closest_marker("xdist_group"):
+                item.add_marker(pytest.mark.xdist_group(name))
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_testnodedown(node, error):
+    """xdist controller: keep what a finished worker handed back (merged at the session's end)."""
+    blob = getattr(node, "workeroutput", {}).get(parallel.KEY)
+    if blob is not None:
+        node.config.__dict__.setdefault("_rvc_worker_outputs", []).append(parallel.unpack(blob))
+
+
 @pytest.fixture(scope="session")
 def parity(request) -> ParityFixture:
     try:
@@ -197,6 +229,22 @@ def pure_mlx():
 def pytest_sessionfinish(session, exitstatus):
     config = session.config
     h = getattr(config, "_rvc_parity", None)
+    if parallel.is_worker(config):  # the controller reports and commits (pytest_testnodedown)
+        if h is not None:
+            config.workeroutput[parallel.KEY] = parallel.pack(h, getattr(config, "_rvc_bench_deselected", None))
+        elif getattr(config, "_rvc_bench_deselected", None):
+            config.workeroutput[parallel.KEY] = parallel.pack(None, config._rvc_bench_deselected)
+        return
+    outputs = getattr(config, "_rvc_worker_outputs", [])
+    results = h.results if h is not None else []
+    if outputs:
+        notes = {o["bench"] for o in outputs if o["bench"]}
+        if any(o["results"] or o["staged"] or o["regen_errors"] for o in outputs):
+            h = _harness(config)
+            results = parallel.merge(h, outputs)
+    else:
+        notes = {config._rvc_bench_deselected} if getattr(config, "_rvc_bench_deselected", None) else set()
+    results = parallel.ordered(results)
     tr = config.pluginmanager.get_plugin("terminalreporter")
     said = []
 
@@ -207,6 +255,8 @@ def pytest_sessionfinish(session, exitstatus):
             tr.write_line("")
         said.append(text)
         tr.write_line(text)
+    for note in sorted(notes):
+        say(note)
     if h is not None and h.txn is not None:
         interrupted = exitstatus == pytest.ExitCode.INTERRUPTED and not h.regen_errors
         if h.regen_errors or interrupted or not h.txn.staged:
@@ -232,7 +282,7 @@ def pytest_sessionfinish(session, exitstatus):
                 except OSError as e:  # the goldens are committed; only the page is missing
                     say(f"golden diff page NOT written ({e})")
     report = config.getoption("--report")
-    if report is not None and h is not None and h.results:
+    if report is not None and h is not None and results:
         from rvc_mlx.testing import report as rep
 
         bench = None
@@ -243,5 +293,5 @@ def pytest_sessionfinish(session, exitstatus):
                 bench = json.loads(path.read_text())
             except (OSError, ValueError):
                 bench = None
-        html_path = rep.write(report, h.results, h.policy, bench, _baseline(config))
+        html_path = rep.write(report, results, h.policy, bench, _baseline(config), parallel.origin(outputs))
         say(f"parity report: {report} and {html_path}")

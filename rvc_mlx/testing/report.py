@@ -94,14 +94,17 @@ def bench_table(bench: dict[str, Any] | None) -> list[dict[str, Any]]:
 
 
 def build(results: list[CaseResult], policy: Policy, bench: dict[str, Any] | None = None,
-          baseline: dict[str, Any] | None = None) -> dict[str, Any]:
+          baseline: dict[str, Any] | None = None, origin: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The report's data; `origin` = the versions and environment the cases ran under when that was another
+    process (an xdist worker's), else this one's."""
+    origin = origin or {"versions": versions(), "environment": environment()}
     comps: dict[str, list[dict[str, Any]]] = {}
     for r in results:
         comps.setdefault(r.component, []).append(case_json(r))
     out = _num({
         "tool": "rvc-mlx parity harness",
-        "versions": versions(),
-        "environment": environment(),
+        "versions": origin["versions"],
+        "environment": origin["environment"],
         "policy": {"K": policy.K, "floor": policy.floor, "metrics": list(policy.metrics),
                    "pitch": {"cents_p99": policy.pitch.cents_p99,
                              "voicing_agreement": policy.pitch.voicing_agreement},
@@ -349,11 +352,11 @@ def _bench_html(rows: list[dict[str, Any]]) -> list[str]:
 
 
 def write(path: str | Path, results: list[CaseResult], policy: Policy, bench: dict[str, Any] | None = None,
-          baseline: dict[str, Any] | None = None) -> Path:
+          baseline: dict[str, Any] | None = None, origin: dict[str, Any] | None = None) -> Path:
     """Write `path` (.json) and the HTML beside it; returns the HTML path."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    report = build(results, policy, bench, baseline)
+    report = build(results, policy, bench, baseline, origin)
     path.write_text(json.dumps(report, indent=1, allow_nan=False))
     html_path = path.with_suffix(".html")
     html_path.write_text(to_html(report, results))

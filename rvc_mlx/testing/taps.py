@@ -158,7 +158,8 @@ class Recorder:
     def extra(self, name: str, value: Any, layout: str) -> None:
         name = self._call_name(name)
         if self.wanted(name):
-            self._store(name, to_torch_layout(self.to_numpy(value), layout, name), "tap", "extra")
+            # a copy: the model may change the array in place after tapping it (the original's `audio_opt /= max`)
+            self._store(name, to_torch_layout(np.array(self.to_numpy(value)), layout, name), "tap", "extra")
 
     def to_numpy(self, value: Any) -> np.ndarray:  # pragma: no cover - overridden
         return np.asarray(value)
@@ -385,6 +386,8 @@ class MLXRecorder(Recorder):
         self.events.append(("done", name, ""))
         top.since, top.own_since = set(), set()
         if self.wanted(name):
+            if isinstance(value, np.ndarray):  # host arrays can change in place before the run ends
+                value = value.copy()
             self._pending.append(_Pending(name, value, "tap", "extra", layout))
 
     def __exit__(self, *exc) -> None:

@@ -8,7 +8,7 @@ from rvc_mlx.testing.golden import UNCHANGED_RTOL
 from rvc_mlx.testing.harness import live_reference
 
 # The float64 twin runs that cost `make test` most (CREPE-full over whole inputs: ~30 s and ~6 GB each; the
-# pipeline over 4.4 s of padded speech: ~35 s) are checked by `make parity`; in `make test` the same twin code is
+# pipeline over 3 s of padded speech: ~20 s) are checked by `make parity`; in `make test` the same twin code is
 # checked fresh on full-*-blocks (the network), tiny-speech (the decoding) and the stereo pipeline case.
 HEAVY = {"crepe/full-speech", "crepe/full-harmonic", "pipeline/speech-v2-40k-f0"}
 CASES = [pytest.param(c.component, c.name, id=f"{c.component}/{c.name}",

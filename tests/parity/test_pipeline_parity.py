@@ -1,6 +1,7 @@
-"""End-to-end pipeline: MLX vs the golden float64 twin run at every pipeline tap (the prepared 16 kHz input, F0,
-coarse bins, features, retrieval, per-segment and final audio, with audio metrics), with the kernels and on the
-pure-MLX path; every variant and f0 method in `make parity`."""
+"""End-to-end pipeline: MLX vs the golden float64 twin run at every step of the original (the prepared 16 kHz and
+padded input, F0, coarse bins; per segment the features, retrieval, protect mix, the synthesizer's inputs and
+output, the trimmed audio; the joined, RMS-mixed and final audio, with audio metrics), with the kernels and on
+the pure-MLX path; every variant and f0 method in `make parity`."""
 
 import numpy as np
 import pytest

@@ -40,6 +40,7 @@ class CaseSpec:
     skip: tuple[str, ...] = ()  # tap globs the golden leaves out even though `store` selects them
     f0_method: str = "rmvpe"  # pipeline cases: rmvpe | crepe | crepe-tiny | fcpe
     index: bool = False  # pipeline cases: retrieve from the synthetic faiss index (index_rate 0.75)
+    rms_mix: float = 1.0  # pipeline cases: the volume envelope mix (1 = the output's own loudness, no mixing)
     truth: str | None = None  # CSV under golden/inputs with the input's true F0 (time_s, f0_hz)
     variant: str | None = None  # synthesizer variant (e.g. "v2-40k-f0"): selects the checkpoint
     frames: int | None = None  # generated inputs: number of frames

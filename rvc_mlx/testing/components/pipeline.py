@@ -144,6 +144,8 @@ class PipelineComponent(Component):
         clip = audio[case.start:None if case.samples is None else case.start + case.samples]
         options = {"f0_method": case.f0_method, "index_rate": 0.75 if case.index else 0.0, "protect": 0.33,
                    "seed": case.seed}
+        if case.rms_mix != 1:  # recorded only where it applies: older manifests have none
+            options["rms_mix"] = case.rms_mix
         info = {"file": f"inputs/{case.input}", "sha256": hashlib.sha256(audio.tobytes()).hexdigest(),
                 "start": case.start, "samples": int(clip.shape[0]), "options": options}
         if sr != 16000 or clip.ndim != 1:  # recorded only where they differ: older manifests have neither
@@ -152,6 +154,8 @@ class PipelineComponent(Component):
 
     def run_twin(self, twin: Any, inputs: dict) -> Any:
         opts = dict(inputs)
+        if "rms_mix" in opts:  # the original's name
+            opts["volume_envelope"] = opts.pop("rms_mix")
         return twin.convert(opts.pop("audio"), opts.pop("sr"), **opts)
 
     def run_mlx(self, model: Any, inputs: dict) -> Any:
