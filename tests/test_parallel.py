@@ -156,7 +156,7 @@ def _report(tmp_path, name, *args):
 @pytest.mark.slow  # nine parity tests twice: in make parity
 def test_a_parity_run_on_two_xdist_workers_reports_what_the_serial_run_reports(tmp_path):
     serial, serial_html, _ = _report(tmp_path, "serial")
-    parallel, parallel_html, out = _report(tmp_path, "parallel", "-n", "2", "--dist", "loadgroup")
+    parallel, parallel_html, out = _report(tmp_path, "parallel", "-n", "2")  # loadgroup by default
     assert "created: 2/2 workers" in out, out
     assert serial["summary"]["cases"] >= 6
     assert parallel == serial

@@ -5,8 +5,9 @@ and recorded torch float32 errors), --refresh-errors (with --regen-golden: re-me
 --weights-dir DIR (real checkpoints, judged against a live float64 twin run instead of golden), --report PATH (JSON;
 the HTML is written beside it), --golden-dir DIR, --mlx-device cpu|gpu (MLX's default device; gpu fails in one line
 where MLX has none).
-Under pytest-xdist (`-n N --dist loadgroup`: a component's cases share one worker's models) the workers' results
-merge into one report and one process writes golden/ (rvc_mlx.testing.parallel); benchmarks are deselected there.
+Under pytest-xdist (`-n N`, by default with --dist loadgroup: a component's cases share one worker's models) the
+workers' results merge into one report and one process writes golden/ (rvc_mlx.testing.parallel); benchmarks are
+deselected there.
 Fixture `parity`: `parity.check(component, case, live=False, teacher=False, path="kernels")` returns a CaseResult
 (the shipped path, with the layer-by-layer run attached) on this machine's default path (the kernels where built,
 unless RVC_MLX_KERNELS=0); `path="mlx"` judges the pure-MLX path. Harness errors (corrupt golden, wrong
@@ -51,6 +52,14 @@ def pytest_addoption(parser):
     g.addoption("--golden-dir", type=Path, default=GOLDEN, help="golden store to use (default: golden/)")
     g.addoption("--mlx-device", choices=("cpu", "gpu"), default="cpu", help="MLX's device for the MLX side "
                 "(gpu: Metal or CUDA; the C++ kernels are CPU-only, so gpu runs the pure-MLX ops there)")
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist's own, which turns a plain -n into --dist load
+def pytest_cmdline_main(config):
+    """`-n N` without --dist distributes by component (loadgroup): each component's models load on one worker."""
+    if getattr(config.option, "numprocesses", None) and getattr(config.option, "dist", None) == "no" \
+            and not getattr(config.option, "distload", False):
+        config.option.dist = "loadgroup"
 
 
 def pytest_configure(config):
