@@ -1,4 +1,6 @@
-"""`rvc-mlx` command line: `convert` (voice conversion), `info` (what a model is), `convert-weights`."""
+"""`rvc-mlx` command line: `convert` (voice conversion), `info` (what a model is), `convert-weights`; plus the
+commands other packages register under the `rvc_mlx.commands` entry-point group (the parity harness adds `check`
+and `golden export` for other implementations; they run before, and without, MLX)."""
 
 from __future__ import annotations
 
@@ -7,7 +9,6 @@ import sys
 from pathlib import Path
 
 from rvc_mlx.checkpoints import CheckpointError, convert_checkpoint
-from rvc_mlx.dispatch import KernelError
 from rvc_mlx.outputs import AUDIO_FORMATS, OutputError, check_output, describe, write_audio
 
 
@@ -139,7 +140,20 @@ def cmd_info(a: argparse.Namespace) -> int:
     return 0
 
 
+def _registered() -> dict:
+    """Commands registered by installed packages: name -> entry point of a `main(argv) -> exit code`."""
+    from importlib.metadata import entry_points
+
+    return {ep.name: ep for ep in entry_points(group="rvc_mlx.commands")}
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    registered = _registered()
+    if argv and argv[0] in registered:  # before anything imports MLX: they may run without it
+        return registered[argv[0]].load()(argv)
+    from rvc_mlx.dispatch import KernelError
+
     p = argparse.ArgumentParser(prog="rvc-mlx", description="RVC inference on MLX")
     p.add_argument("--mlx-device", choices=["cpu", "gpu"], default="cpu",
                    help="MLX device (gpu: Metal, or CUDA with mlx[cuda]; the C++ CPU kernels then sit out)")
@@ -173,6 +187,8 @@ def main(argv: list[str] | None = None) -> int:
     c.add_argument("-o", "--output", type=Path, default=None)
     c.add_argument("--force", action="store_true")
     c.set_defaults(func=cmd_convert_weights)
+    for name in sorted(registered):  # listed in --help; run above
+        sub.add_parser(name, help=f"from {registered[name].value.split(':')[0]}: see rvc-mlx {name} -h")
     a = p.parse_args(argv)
     try:
         from rvc_mlx import dispatch

@@ -161,3 +161,12 @@ def test_a_parity_run_on_two_xdist_workers_reports_what_the_serial_run_reports(t
     assert serial["summary"]["cases"] >= 6
     assert parallel == serial
     assert parallel_html == serial_html
+
+
+def test_untimed_benchmarks_run_under_xdist_as_plain_tests(pytester):
+    pytester.makepyfile(BENCH)
+    res = pytester.runpytest_subprocess("-p", "rvc_mlx.testing.plugin", "-n", "2", "--benchmark-disable",
+                                        "-p", "no:cacheprovider")
+    assert res.ret == 0, res.stdout.str()
+    assert "benchmarks do not run" not in res.stdout.str()
+    res.assert_outcomes(passed=2)

@@ -229,12 +229,12 @@ def _nonfinite(value: np.ndarray, ref: np.ndarray) -> int:
 
 
 def _judge(res: TapResult, info: TapInfo, value: np.ndarray, refv: np.ndarray, ref: CaseData, policy: Policy,
-           pitch_ignore: dict[str, np.ndarray] | None) -> None:
+           pitch_ignore: dict[str, np.ndarray] | None, subject: str = "MLX") -> None:
     if info.kind in ("tensor", "f0"):
         bad = _nonfinite(np.asarray(value), np.asarray(refv))
         if bad:
             res.status = "nonfinite"
-            res.detail = f"{bad} of {value.size} MLX values are NaN or Inf (the reference's are finite)"
+            res.detail = f"{bad} of {value.size} {subject} values are NaN or Inf (the reference's are finite)"
             return
     if info.kind == "tensor":
         _judge_tensor(res, value, refv, info, policy.rule(ref.component, info.name))
@@ -250,9 +250,10 @@ def _judge(res: TapResult, info: TapInfo, value: np.ndarray, refv: np.ndarray, r
 
 
 def compare_case(ref: CaseData, values: dict[str, np.ndarray], policy: Policy,
-                 pitch_ignore: dict[str, np.ndarray] | None = None, names: set[str] | None = None) -> CaseResult:
+                 pitch_ignore: dict[str, np.ndarray] | None = None, names: set[str] | None = None,
+                 subject: str = "MLX") -> CaseResult:
     """Judge every reference tap (or those in `names`: missing, shape, tolerance / pitch / exact) in execution
-    order."""
+    order; `subject` names the implementation judged in the details (MLX, or a foreign dump)."""
     results = []
     for info in ref.ordered():
         if names is not None and info.name not in names:
@@ -267,11 +268,11 @@ def compare_case(ref: CaseData, values: dict[str, np.ndarray], policy: Policy,
             continue
         if tuple(value.shape) != tuple(info.shape):
             res.status = "shape"
-            res.detail = f"MLX shape {tuple(value.shape)} vs reference {tuple(info.shape)} (PyTorch layout)"
+            res.detail = f"{subject} shape {tuple(value.shape)} vs reference {tuple(info.shape)} (PyTorch layout)"
             continue
         refv = ref.value(info.name)
         try:
-            _judge(res, info, value, refv, ref, policy, pitch_ignore)
+            _judge(res, info, value, refv, ref, policy, pitch_ignore, subject)
         except Exception as e:  # a metric that cannot be computed fails this tap, never the whole check
             text = (str(e).strip().splitlines() or [""])[0]
             res.status, res.detail = "error", f"computing its metrics raised {type(e).__name__}: {text}"

@@ -5,7 +5,8 @@ its end it packs its CaseResults, staged cases and regeneration errors into `wor
 come from this run's own worker processes, never from a file) and drops its staging dir. The controller unpacks
 them as each worker goes down, adopts every staged case into its own transaction (re-encoded there, so workers
 may run on other hosts: `--tx ssh=...`), commits once (the one writer of golden/) and writes one report.
-Benchmarks need the whole machine for their timings: under xdist they are deselected, said in one line.
+Benchmarks need the whole machine for their timings: under xdist they are deselected, said in one line (unless
+--benchmark-disable makes them plain untimed tests, as `make test` does).
 """
 
 from __future__ import annotations

@@ -179,7 +179,7 @@ def pytest_collection_modifyitems(session, config, items):
     why = None
     if bench and not config.pluginmanager.hasplugin("benchmark"):
         why = parallel.BENCH_UNLOADED
-    elif bench and parallel.is_worker(config):
+    elif bench and parallel.is_worker(config) and not _untimed(config):
         why = parallel.BENCH_REFUSED
     if why is not None:
         config.hook.pytest_deselected(items=bench)
@@ -190,6 +190,12 @@ def pytest_collection_modifyitems(session, config, items):
             name = parallel.group(item)
             if name is not None and not item.get_closest_marker("xdist_group"):
                 item.add_marker(pytest.mark.xdist_group(name))
+
+
+def _untimed(config) -> bool:
+    """--benchmark-disable / --benchmark-skip: a benchmark test runs once as a plain test, or not at all; nothing
+    is timed, so xdist may run it."""
+    return bool(config.getoption("benchmark_disable", False) or config.getoption("benchmark_skip", False))
 
 
 @pytest.hookimpl(optionalhook=True)

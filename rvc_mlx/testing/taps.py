@@ -296,6 +296,7 @@ class MLXRecorder(Recorder):
         self._swapped: list[tuple[Any, type]] = []
         self._modules: dict[int, tuple[str, str]] = {}  # id -> (tap path, class name)
         self._pending: list[_Pending] = []
+        self.layouts_used: dict[str, str] = {}  # tap -> the MLX layout it was converted from
         self._frames: list[_Frame] = [_Frame(None)]
         self._mode: Any = None
 
@@ -404,6 +405,7 @@ class MLXRecorder(Recorder):
 
         mx.eval([p.value for p in self._pending if _mlx_is_array(p.value)])
         for p in self._pending:
+            self.layouts_used[p.name] = p.layout
             value = to_torch_layout(np.array(p.value), p.layout, p.name)
             ins = p.inputs
             if ins is not None:

@@ -162,6 +162,7 @@ class Component:
     name: str = ""
     root: str = "model"  # tap name of the top module
     layouts: LayoutMap
+    extra_layouts: dict[str, str] = {}  # tap-name glob -> MLX layout of taps model code names (default "same")
 
     def __init__(self, spec: ComponentSpec):
         self.spec = spec
@@ -275,8 +276,14 @@ class Component:
         info["sha256"] = self.weights_sha256(path)
         return Weights(path, info)
 
-    def weights_sha256(self, path: Path) -> str:  # pragma: no cover - abstract
+    def state_dict(self, path: Path) -> dict[str, np.ndarray]:  # pragma: no cover - abstract
+        """The checkpoint's tensors under their original state-dict names, PyTorch layout and dtype."""
         raise NotImplementedError
+
+    def weights_sha256(self, path: Path) -> str:
+        from rvc_mlx.checkpoints import state_sha256
+
+        return state_sha256(self.state_dict(path))
 
     def twin_class(self) -> Any:  # pragma: no cover - abstract
         """The twin's predictor class (`from_checkpoint(path, dtype=...)`), imported lazily (torch)."""

@@ -26,10 +26,10 @@ class CREPEComponent(Component):
             raise SpecError("crepe cases need `variant = \"full\"` or `\"tiny\"` in golden/cases.toml")
         return f"crepe-{case.variant}"
 
-    def weights_sha256(self, path: Path) -> str:
-        from rvc_mlx.checkpoints import load_torch_checkpoint, state_sha256, tensors_to_numpy
+    def state_dict(self, path: Path) -> dict[str, np.ndarray]:
+        from rvc_mlx.checkpoints import load_torch_checkpoint, tensors_to_numpy
 
-        return state_sha256(tensors_to_numpy(load_torch_checkpoint(path), path, self.name))
+        return tensors_to_numpy(load_torch_checkpoint(path), path, self.name)
 
     def twin_class(self) -> Any:
         from reference_torch.crepe import CREPE

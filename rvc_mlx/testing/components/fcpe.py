@@ -35,11 +35,11 @@ class FCPEComponent(Component):
         LayoutRule("output_proj", output="same"),
     ))
 
-    def weights_sha256(self, path: Path) -> str:
-        from rvc_mlx.checkpoints import load_torch_checkpoint, state_sha256, tensors_to_numpy
+    def state_dict(self, path: Path) -> dict[str, np.ndarray]:
+        from rvc_mlx.checkpoints import load_torch_checkpoint, tensors_to_numpy
 
         raw = load_torch_checkpoint(path)
-        return state_sha256(tensors_to_numpy(raw.get("model") if isinstance(raw, dict) else raw, path, self.name))
+        return tensors_to_numpy(raw.get("model") if isinstance(raw, dict) else raw, path, self.name)
 
     def twin_class(self) -> Any:
         from reference_torch.fcpe import FCPE

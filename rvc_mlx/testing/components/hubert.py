@@ -22,10 +22,10 @@ class HubertComponent(Component):
         LayoutRule("*", output="same"),
     ))
 
-    def weights_sha256(self, path: Path) -> str:
-        from rvc_mlx.checkpoints import read_contentvec_dir, state_sha256
+    def state_dict(self, path: Path) -> dict[str, np.ndarray]:
+        from rvc_mlx.checkpoints import read_contentvec_dir
 
-        return state_sha256(read_contentvec_dir(path)[1])
+        return read_contentvec_dir(path)[1]
 
     def twin_class(self) -> Any:
         from reference_torch.hubert import HuBERT

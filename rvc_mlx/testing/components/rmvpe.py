@@ -21,11 +21,13 @@ class RMVPEComponent(Component):
         LayoutRule("unet*", output="NHWC"),
         LayoutRule("cnn", output="NHWC"),
     ))
+    # the layouts of the taps model code names (`instrument.tap(..., layout=)`; a test checks them against a run)
+    extra_layouts = {"rmvpe.mel": "NLC"}
 
-    def weights_sha256(self, path: Path) -> str:
-        from rvc_mlx.checkpoints import load_torch_checkpoint, state_sha256, tensors_to_numpy
+    def state_dict(self, path: Path) -> dict[str, np.ndarray]:
+        from rvc_mlx.checkpoints import load_torch_checkpoint, tensors_to_numpy
 
-        return state_sha256(tensors_to_numpy(load_torch_checkpoint(path), path, self.name))
+        return tensors_to_numpy(load_torch_checkpoint(path), path, self.name)
 
     def twin_class(self) -> Any:
         from reference_torch.rmvpe import RMVPE

@@ -28,16 +28,18 @@ class SynthComponent(Component):
         LayoutRule("dec.m_source*", output=S),
         LayoutRule("*", output=N),
     ))
+    # the layouts of the taps model code names (`instrument.tap(..., layout=)`; a test checks them against a run)
+    extra_layouts = {"synth.z_p": N, "synth.upsampled*": N, "synth.stage*": N}
 
     def weights_key(self, case: CaseSpec | None) -> str:
         if case is None or not case.variant:
             raise SpecError("synth cases need a `variant` in golden/cases.toml")
         return f"synth-{case.variant}"
 
-    def weights_sha256(self, path: Path) -> str:
-        from rvc_mlx.checkpoints import read_rvc_checkpoint, state_sha256
+    def state_dict(self, path: Path) -> dict[str, np.ndarray]:
+        from rvc_mlx.checkpoints import read_rvc_checkpoint
 
-        return state_sha256(read_rvc_checkpoint(path)[1])
+        return read_rvc_checkpoint(path)[1]
 
     def load_input(self, case: CaseSpec) -> tuple[dict, dict[str, Any]]:
         from rvc_mlx.config import synth_variants
