@@ -172,6 +172,9 @@ def test_name_map_renames_by_globs_and_index_arithmetic(tmp_path):
     path.write_text('[names]\n"a.*" = "b"\n')
     with pytest.raises(foreign.DumpError, match="as many `\\*` on both sides"):
         foreign.NameMap.read(path)
+    path.write_text('[names]\n"dec.ups.{i}" = "dec.up_{j}"\n')
+    with pytest.raises(foreign.DumpError, match="uses \\{j\\}, which the golden side does not bind"):
+        foreign.NameMap.read(path)
 
 
 def test_extra_taps_layouts_are_the_ones_mlx_records(parity):
@@ -270,3 +273,42 @@ def test_a_pipeline_bundle_carries_each_segments_noise_as_the_twin_drew_it(store
     for i, tap in enumerate(segments):
         np.testing.assert_array_equal(noise[f"segment{i}.noise.eps_zp"], ref.value(tap))
         assert noise[f"segment{i}.noise.eps_sine"].shape == (1, ref.taps[tap].shape[-1] * 320, 1)  # 32k: upp 320
+
+
+def test_a_nan_in_a_dump_is_reported_as_the_first_non_finite_tap(store, tmp_path):
+    dump = tmp_path / "dump.safetensors"
+    values = _golden_dump(store, "rmvpe", "harmonic", dump)
+    values["unet.decoder.layers.2"] = values["unet.decoder.layers.2"].copy()
+    values["unet.decoder.layers.2"][0, 3, 1, 2:5] = np.nan
+    save_file(values, str(dump))
+    rc, out, err = _cli("check", dump, "rmvpe", "harmonic")
+    assert rc == 1, out + err
+    assert ("first non-finite value at unet.decoder.layers.2 (ResDecoderBlock): 3 of" in out.splitlines()[0]
+            and "dump values are NaN or Inf" in out.splitlines()[0]), out
+
+
+def test_a_per_tap_layout_file_converts_the_taps_it_names(store, tmp_path):
+    dump = tmp_path / "dump.safetensors"
+    channels_last = "unet.decoder.layers.[0-9]"  # a port holding only the decoder blocks channels-last
+    _golden_dump(store, "rmvpe", "harmonic", dump,
+                 layout=lambda n: "NHWC" if foreign.fnmatch.fnmatchcase(n, channels_last) else "same")
+    layouts = tmp_path / "layouts.toml"
+    layouts.write_text(f'"{channels_last}" = "NHWC"\n')
+    rc, out, err = _cli("check", dump, "rmvpe", "harmonic", "--layout", layouts)
+    assert rc == 0, out + err
+    layouts.write_text('"unet.decoder.layers.[0-9]" = "NCHW"\n')
+    rc, out, err = _cli("check", dump, "rmvpe", "harmonic", "--layout", layouts)
+    assert rc == 2 and "unknown layouts" in err and len(err.splitlines()) == 1, err
+
+
+def test_export_refuses_a_golden_made_from_other_weights(store, policy, monkeypatch):
+    comp = registry()["fcpe"]
+    real = type(comp).weights
+
+    def other_weights(self, weights_dir, case=None):
+        w = real(self, weights_dir, case)
+        return type(w)(w.path, {**w.info, "sha256": "0" * 64})
+
+    monkeypatch.setattr(type(comp), "weights", other_weights)
+    with pytest.raises(bundle.GoldenError, match="golden fcpe/speech was made from other weights"):
+        bundle.build("fcpe", "speech", store, policy)

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from rvc_mlx.outputs import atomic_write_bytes, safetensors_bytes
-from rvc_mlx.testing.golden import CaseData, GoldenStore
+from rvc_mlx.testing.golden import CaseData, GoldenError, GoldenStore
 from rvc_mlx.testing.tolerances import Policy
 
 FORMAT = "rvc-mlx-case/1"
@@ -127,12 +127,18 @@ def describe_taps(comp, case, ref: CaseData, policy: Policy) -> list[dict[str, A
 
 def build(component: str, case_name: str, store: GoldenStore, policy: Policy) -> dict[str, Any]:
     """The bundle of one golden case: {file name: bytes}."""
-    from rvc_mlx.testing.components import registry
+    from rvc_mlx.testing.components import CHUNK_CONSTANTS, registry
 
     comp = registry()[component]
     case = comp.spec.case(case_name)
     ref = store.load(component, case_name)
-    inputs, _ = comp.load_input(case)
+    if comp.name == "pipeline" and case.f0_method != "rmvpe":
+        raise ValueError(f"{ref.key}: pipeline bundles hold RMVPE only so far (CREPE's dither and FCPE's weights "
+                         "inside the pipeline are not exported)")
+    inputs, input_info = comp.load_input(case)
+    if _json(input_info) != _json(ref.input):
+        raise GoldenError(f"golden {ref.key} was made from other inputs than golden/cases.toml gives now: run "
+                          "`make golden`, then export")
     arrays: dict[str, np.ndarray] = {}
     scalars: dict[str, Any] = {}
     if isinstance(inputs, dict):
@@ -143,6 +149,9 @@ def build(component: str, case_name: str, store: GoldenStore, policy: Policy) ->
     injected = _injected(comp, case, ref)
     arrays.update(injected)
     state, provenance = _weights(comp, case)
+    if provenance.get("sha256") != ref.weights.get("sha256"):
+        raise GoldenError(f"golden {ref.key} was made from other weights than the checkpoint exported now: run "
+                          "`make golden`, then export")
     taps = describe_taps(comp, case, ref, policy)
     doc = {
         "format": FORMAT,
@@ -152,7 +161,9 @@ def build(component: str, case_name: str, store: GoldenStore, policy: Policy) ->
                    "arrays": {k: {"shape": list(v.shape), "dtype": v.dtype.name} for k, v in sorted(arrays.items())},
                    "scalars": scalars, "injected_noise": sorted(injected),
                    "provenance": ref.input},
-        "constants": dict(case.constants),
+        # config values the case sets (a port applies them) and MLX-only split sizes (exact by construction)
+        "constants": {k: v for k, v in case.constants.items() if k not in CHUNK_CONSTANTS},
+        "mlx_only_constants": {k: v for k, v in case.constants.items() if k in CHUNK_CONSTANTS},
         "weights": {"file": "weights.safetensors", "tensors": len(state), "provenance": provenance},
         "expected": {"file": "expected.safetensors", "taps": len(taps)},
         "policy": {"K": policy.K, "floor": policy.floor, "metrics": list(policy.metrics),
@@ -168,6 +179,10 @@ def build(component: str, case_name: str, store: GoldenStore, policy: Policy) ->
         "expected.safetensors": safetensors_bytes(expected, meta),
         "case.json": (json.dumps(_finite(doc), indent=1) + "\n").encode(),
     }
+
+
+def _json(x: Any) -> Any:
+    return json.loads(json.dumps(x))
 
 
 def _finite(x: Any) -> Any:

@@ -88,9 +88,14 @@ class NameMap:
             raise DumpError(f"--names {path}: [absent] taps must be a list of tap-name globs")
         out = cls(list(names.items()), list(absent), str(path))
         for golden, dump in out.rules:
-            _golden_regex(golden)
+            _, binds = _golden_regex(golden)
             if dump.count("*") != golden.count("*"):
                 raise DumpError(f"--names {path}: rule {golden!r} = {dump!r} needs as many `*` on both sides")
+            bound = {spec[1] for kind, spec in binds if kind == "index"}
+            unbound = sorted({m.group(2) for m in _INDEX.finditer(dump)} - bound)
+            if unbound:
+                raise DumpError(f"--names {path}: rule {golden!r} = {dump!r} uses {{{unbound[0]}}}, which the "
+                                "golden side does not bind")
         return out
 
     def is_absent(self, name: str) -> bool:

@@ -31,7 +31,7 @@ def cmd_check(a: argparse.Namespace) -> int:
     if key not in store.manifest()["cases"]:
         known = sorted(k for k in store.manifest()["cases"] if k.startswith(f"{a.component}/"))
         raise foreign.DumpError(f"no golden case {key}; {a.component} has: {', '.join(known) or 'none'}")
-    done = foreign.check(dump, a.component, a.case, store, policy, names, layout, label=f"dump {a.dump.name}")
+    done = foreign.check(dump, a.component, a.case, store, policy, names, layout, label=a.dump.name)
     print(done.message())
     if a.report is not None:
         from rvc_mlx.testing import report
