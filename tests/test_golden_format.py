@@ -9,10 +9,8 @@ import numpy as np
 import pytest
 
 from rvc_mlx.testing import bundle, foreign, golden
-from rvc_mlx.testing.components import GOLDEN, REPO, registry
-from rvc_mlx.testing.golden import GoldenStore
+from rvc_mlx.testing.components import REPO, registry
 from rvc_mlx.testing.taps import from_torch_layout
-from rvc_mlx.testing.tolerances import load_policy
 
 DOC = REPO / "docs" / "golden-format.md"
 # A small real bundle (2 MB of weights, ~1 s): tensor and f0 taps, ignore_frames, injected noise, constants.
@@ -30,13 +28,13 @@ def doc():
 
 
 @pytest.fixture(scope="module")
-def store():
-    return GoldenStore(GOLDEN)
+def store(parity):
+    return parity.store
 
 
 @pytest.fixture(scope="module")
-def policy():
-    return load_policy(GOLDEN / "tolerances.toml")
+def policy(parity):
+    return parity.policy
 
 
 def section(text: str, title: str) -> str:

@@ -12,6 +12,7 @@ import pytest
 
 from rvc_mlx.testing.components import GOLDEN, REPO
 from rvc_mlx.testing.golden import CaseData, GoldenStore, TapInfo
+from test_golden_store import MANIFEST_RENAME_FAILS  # the same failing rename, now under xdist
 
 pytest.importorskip("xdist", reason="pytest-xdist is a dev dependency: run `make install`")
 
@@ -45,21 +46,6 @@ def test_c(parity):
 def test_d(parity):
     _stage(parity, "d", 5.0)
 """
-
-MANIFEST_RENAME_FAILS = """
-import errno, os
-from pathlib import Path
-
-_replace = os.replace
-
-def replace(src, dst):
-    if Path(dst).name == "manifest.json":
-        raise OSError(errno.EIO, "Input/output error", str(dst))
-    return _replace(src, dst)
-
-os.replace = replace
-"""
-
 
 def _golden(tmp_path):
     """A golden dir with the repository's tolerances and one toy case (a), which the run changes."""

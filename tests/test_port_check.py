@@ -12,11 +12,9 @@ from safetensors.numpy import load_file, save_file
 
 from rvc_mlx.testing import bundle, foreign
 from rvc_mlx.testing.compare import compare_case
-from rvc_mlx.testing.components import GOLDEN, REPO, registry
-from rvc_mlx.testing.golden import GoldenStore
+from rvc_mlx.testing.components import REPO, registry
 from rvc_mlx.testing.metrics import tensor_metrics
 from rvc_mlx.testing.taps import from_torch_layout
-from rvc_mlx.testing.tolerances import load_policy
 
 # The seed Swift port's names (issue 19): lists became numbered properties, and only the coupling layers of the
 # flow are modules there.
@@ -44,13 +42,13 @@ sys.exit(main(sys.argv[1:]))
 
 
 @pytest.fixture(scope="module")
-def store():
-    return GoldenStore(GOLDEN)
+def store(parity):
+    return parity.store
 
 
 @pytest.fixture(scope="module")
-def policy():
-    return load_policy(GOLDEN / "tolerances.toml")
+def policy(parity):
+    return parity.policy
 
 
 def _cli(*args):

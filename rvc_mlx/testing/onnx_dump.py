@@ -11,6 +11,7 @@ statistics are initializers under their state-dict names (a test changes one). T
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -74,9 +75,11 @@ def export(model, example: tuple, path: str | Path, input_names: list[str], root
     handles = [m.register_forward_hook(lambda m, a, o, p=(name or root): hook(m, a, o, p))
                for name, m in model.named_modules() if not isinstance(m, torch.nn.ModuleList)]
     try:
-        torch.onnx.export(KeepTaps(), example, str(path), dynamo=False, opset_version=opset,
-                          do_constant_folding=False, input_names=input_names, output_names=["output"],
-                          custom_opsets={"tap": 1})
+        with warnings.catch_warnings():  # "the trace is static" warnings: this export is for one input size
+            warnings.simplefilter("ignore")
+            torch.onnx.export(KeepTaps(), example, str(path), dynamo=False, opset_version=opset,
+                              do_constant_folding=False, input_names=input_names, output_names=["output"],
+                              custom_opsets={"tap": 1})
     finally:
         for h in handles:
             h.remove()
