@@ -156,3 +156,37 @@ def test_untimed_benchmarks_run_under_xdist_as_plain_tests(pytester):
     assert res.ret == 0, res.stdout.str()
     assert "benchmarks do not run" not in res.stdout.str()
     res.assert_outcomes(passed=2)
+
+
+KILL_ONE_WORKER = """
+import os
+import numpy as np
+from rvc_mlx.testing.golden import CaseData, TapInfo
+
+def _stage(parity, case, value):
+    taps = {"x": TapInfo("x", (4,), 0, "Linear", torch32={"max_rel": 1e-7})}
+    parity.txn.stage(CaseData("toy", case, {"x": np.full(4, value, np.float32)}, taps, {}, {}))
+
+def test_a(parity):
+    _stage(parity, "a", 2.0)
+
+def test_b(parity):
+    _stage(parity, "b", 3.0)
+    os._exit(3)  # the worker dies with a case staged
+"""
+
+
+def test_a_worker_that_dies_during_regeneration_commits_nothing(pytester, tmp_path):
+    root = _golden(tmp_path)
+    before = _files(root)
+    pytester.makepyfile(KILL_ONE_WORKER)
+    res = pytester.runpytest_subprocess("-p", "rvc_mlx.testing.plugin", "--regen-golden", "--golden-dir",
+                                        str(root), "-n", "2", "--max-worker-restart", "0", "-p", "no:cacheprovider")
+    text = res.stdout.str() + res.stderr.str()
+    assert res.ret != 0, text
+    lines = [ln for ln in text.splitlines() if "golden NOT regenerated" in ln]
+    assert len(lines) == 1 and "died" in lines[0], text
+    # only the dead worker's staging dir is left (it could not clean up); the next regeneration sweeps it
+    assert {k: v for k, v in _files(root).items() if not k.startswith(".staging-")} == before
+    GoldenStore(root).transaction().abort()
+    assert _files(root) == before

@@ -204,6 +204,10 @@ def pytest_testnodedown(node, error):
     blob = getattr(node, "workeroutput", {}).get(parallel.KEY)
     if blob is not None:
         node.config.__dict__.setdefault("_rvc_worker_outputs", []).append(parallel.unpack(blob))
+    if error is not None:  # a crashed worker hands back nothing: its cases are neither reported nor staged
+        worker = getattr(node, "workerinput", {}).get("workerid", "?")
+        why = (str(error).strip().splitlines() or [repr(error)])[-1]
+        node.config.__dict__.setdefault("_rvc_worker_deaths", []).append(f"worker {worker} died ({why})")
 
 
 @pytest.fixture(scope="session")
@@ -260,6 +264,11 @@ def pytest_sessionfinish(session, exitstatus):
     else:
         notes = {config._rvc_bench_deselected} if getattr(config, "_rvc_bench_deselected", None) else set()
     results = parallel.ordered(results)
+    deaths = getattr(config, "_rvc_worker_deaths", [])
+    if deaths and h is None and config.getoption("--regen-golden"):
+        h = _harness(config)
+    if deaths and h is not None and h.txn is not None:
+        h.regen_errors += [d for d in deaths if d not in h.regen_errors]
     tr = config.pluginmanager.get_plugin("terminalreporter")
     said = []
 
@@ -272,6 +281,8 @@ def pytest_sessionfinish(session, exitstatus):
         tr.write_line(text)
     for note in sorted(notes):
         say(note)
+    for death in deaths:
+        say(f"rvc-mlx: {death}: its cases are missing from the report")
     if h is not None and h.txn is not None:
         interrupted = exitstatus == pytest.ExitCode.INTERRUPTED and not h.regen_errors
         if h.regen_errors or interrupted or not h.txn.staged:
