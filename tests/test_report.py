@@ -86,6 +86,28 @@ def test_report_option_writes_json_and_html_with_benchmarks_from_the_same_run(py
     assert (tmp_path / "r" / "parity.html").is_file()
 
 
+def test_bench_json_records_the_machine_and_the_table_header_states_cpu_isa_kernels_and_blas(pytester, tmp_path,
+                                                                                             capsys):
+    from rvc_mlx import _blas, dispatch
+    from rvc_mlx.testing.bench import print_table
+    from rvc_mlx.testing.environment import cpu_model
+
+    pytester.makepyfile(INNER)
+    bench = tmp_path / "bench.json"
+    res = pytester.runpytest_subprocess("-p", "rvc_mlx.testing.plugin", "--benchmark-json", str(bench), "-q",
+                                        "-k", "speed")
+    assert res.ret == 0, res.stdout.str()
+    env = json.loads(bench.read_text())["machine_info"]["rvc_mlx"]
+    assert env["cpu"] == cpu_model() and env["kernels"] == (dispatch.variant() or "none")
+    capsys.readouterr()  # pytester's own lines
+    assert print_table(bench) == 0
+    header = capsys.readouterr().out.splitlines()[0]
+    assert header.startswith(f"machine: {cpu_model()} (") and f"kernels {env['kernels']}" in header
+    assert f"BLAS {_blas.status()}" in header
+    isa = [f for f in env["vector_isa"] if f.startswith(("avx", "fma"))]
+    assert all(f in header for f in isa), header
+
+
 def test_report_tabulates_pitch_accuracy_vs_truth_with_the_f0_curve_per_model(parity, tmp_path):
     results = [parity.check("crepe", "tiny-harmonic", record=False), parity.check("fcpe", "harmonic", record=False),
                parity.check("rmvpe", "harmonic", record=False)]

@@ -86,16 +86,29 @@ def run(benchmark, impl: str, seconds: float, group: str, fn: Callable[[], Any],
     return result
 
 
+def environment_line(env: dict[str, Any] | None) -> str:
+    """What the timings depend on, in one line: CPU, vector ISA, kernel build, BLAS and its core type, threads."""
+    if not env:
+        return "machine: not recorded in this JSON (written without the rvc-mlx plugin)"
+    isa = ", ".join(f for f in env.get("vector_isa", []) if f.startswith(("avx", "fma", "neon", "sve"))) or "none"
+    threads = f"; torch threads {env['torch_threads']}" if "torch_threads" in env else ""
+    steer = "".join(f"; {k}={v}" for k, v in env.get("variables", {}).items())
+    return (f"machine: {env.get('cpu', '?')} ({env.get('cores', '?')} cores; {isa}); kernels {env.get('kernels')}; "
+            f"MLX {env.get('mlx', '?')} on {env.get('mlx_device', '?')}; BLAS {env.get('blas', '?')}{threads}{steer}")
+
+
 def print_table(path: str | Path) -> int:
     """Print the MLX/torch ratio table of a pytest-benchmark JSON (`make bench`)."""
     import json
 
     from rvc_mlx.testing.report import bench_table
 
-    rows = bench_table(json.loads(Path(path).read_text()))
+    data = json.loads(Path(path).read_text())
+    rows = bench_table(data)
     if not rows:
         print(f"{path}: no benchmarks")
         return 1
+    print(environment_line((data.get("machine_info") or {}).get("rvc_mlx")))
     print(f"{'benchmark':32s} {'MLX s':>8s} {'torch s':>8s} {'MLX/torch':>9s} {'RTF MLX':>8s} {'RTF torch':>9s} "
           f"{'peak MiB MLX':>12s} {'peak MiB torch':>14s}")
     for r in rows:

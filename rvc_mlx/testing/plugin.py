@@ -199,6 +199,15 @@ def _untimed(config) -> bool:
 
 
 @pytest.hookimpl(optionalhook=True)
+def pytest_benchmark_update_machine_info(config, machine_info):
+    """The benchmark JSON records what decides the timings (CPU, ISA, kernel build, BLAS core type, threads):
+    `make bench` prints it above the table."""
+    from rvc_mlx.testing.environment import environment
+
+    machine_info["rvc_mlx"] = environment()
+
+
+@pytest.hookimpl(optionalhook=True)
 def pytest_testnodedown(node, error):
     """xdist controller: keep what a finished worker handed back (merged at the session's end)."""
     blob = getattr(node, "workeroutput", {}).get(parallel.KEY)
