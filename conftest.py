@@ -11,3 +11,15 @@ def _subprocesses_are_not_xdist_workers(monkeypatch):
     variables, and pytest-benchmark would then disable itself there."""
     for name in ("PYTEST_XDIST_WORKER", "PYTEST_XDIST_WORKER_COUNT", "PYTEST_XDIST_TESTRUNUID"):
         monkeypatch.delenv(name, raising=False)
+
+
+@pytest.fixture(scope="session")
+def store(parity):
+    """The golden store the session judges against (--golden-dir)."""
+    return parity.store
+
+
+@pytest.fixture(scope="session")
+def policy(parity):
+    """The tolerance policy of that store (golden/tolerances.toml)."""
+    return parity.policy

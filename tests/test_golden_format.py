@@ -27,16 +27,6 @@ def doc():
     return DOC.read_text()
 
 
-@pytest.fixture(scope="module")
-def store(parity):
-    return parity.store
-
-
-@pytest.fixture(scope="module")
-def policy(parity):
-    return parity.policy
-
-
 def section(text: str, title: str) -> str:
     """The body of the heading that starts with `title`, up to the next heading of the same or a higher level."""
     lines = text.splitlines()

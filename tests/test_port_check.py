@@ -41,16 +41,6 @@ sys.exit(main(sys.argv[1:]))
 """
 
 
-@pytest.fixture(scope="module")
-def store(parity):
-    return parity.store
-
-
-@pytest.fixture(scope="module")
-def policy(parity):
-    return parity.policy
-
-
 def _cli(*args):
     res = subprocess.run([sys.executable, "-c", NO_TORCH_NO_MLX, *map(str, args)], capture_output=True, text=True,
                          cwd=REPO)

@@ -13,14 +13,14 @@ Exporting reads the synthetic checkpoints (torch, weights_only) and the golden s
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from rvc_mlx.outputs import atomic_write_bytes, safetensors_bytes
-from rvc_mlx.testing.golden import CaseData, GoldenError, GoldenStore
+from rvc_mlx.testing.golden import CaseData, GoldenError, GoldenStore, json_round_trip
+from rvc_mlx.testing.report import json_safe
 from rvc_mlx.testing.tolerances import Policy
 
 FORMAT = "rvc-mlx-case/1"
@@ -136,7 +136,7 @@ def build(component: str, case_name: str, store: GoldenStore, policy: Policy) ->
         raise ValueError(f"{ref.key}: pipeline bundles hold RMVPE only so far (CREPE's dither and FCPE's weights "
                          "inside the pipeline are not exported)")
     inputs, input_info = comp.load_input(case)
-    if _json(input_info) != _json(ref.input):
+    if json_round_trip(input_info) != json_round_trip(ref.input):
         raise GoldenError(f"golden {ref.key} was made from other inputs than golden/cases.toml gives now: run "
                           "`make golden`, then export")
     arrays: dict[str, np.ndarray] = {}
@@ -177,23 +177,8 @@ def build(component: str, case_name: str, store: GoldenStore, policy: Policy) ->
         "inputs.safetensors": safetensors_bytes(arrays, meta),
         "weights.safetensors": safetensors_bytes(state, meta),
         "expected.safetensors": safetensors_bytes(expected, meta),
-        "case.json": (json.dumps(_finite(doc), indent=1) + "\n").encode(),
+        "case.json": (json.dumps(json_safe(doc), indent=1) + "\n").encode(),  # strict JSON: no NaN/Inf
     }
-
-
-def _json(x: Any) -> Any:
-    return json.loads(json.dumps(x))
-
-
-def _finite(x: Any) -> Any:
-    """JSON without NaN/Inf (a strict reader refuses them): infinite limits become the string "inf"."""
-    if isinstance(x, float) and not math.isfinite(x):
-        return "nan" if math.isnan(x) else ("inf" if x > 0 else "-inf")
-    if isinstance(x, dict):
-        return {k: _finite(v) for k, v in x.items()}
-    if isinstance(x, list):
-        return [_finite(v) for v in x]
-    return x
 
 
 def export(component: str, case_name: str, out_dir: Path, store: GoldenStore, policy: Policy) -> Path:

@@ -22,6 +22,7 @@ import fnmatch
 import re
 import tomllib
 from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -41,20 +42,23 @@ class DumpError(ValueError):
 
 
 # ----------------------------------------------------------------------------------------------- name maps
+def _affine(m: re.Match) -> tuple[int, str, int]:
+    """`{2i+1}` -> (2, "i", 1): the index a x var + b."""
+    return int(m.group(1) or 1), m.group(2), int(m.group(3) or 0)
+
+
+@lru_cache(maxsize=None)  # each rule is matched against every tap name
 def _golden_regex(pattern: str) -> tuple[re.Pattern, list[tuple[str, Any]]]:
     """Regex for a golden-side pattern and, per group, what it binds: ("glob", None) or ("index", (a, var, b))."""
     parts, binds, pos = [], [], 0
-    tokens = re.finditer(r"\{(\d*)([a-z])([+-]\d+)?\}|\*", pattern)
-    for m in tokens:
+    for m in re.finditer(_INDEX.pattern + r"|\*", pattern):
         parts.append(re.escape(pattern[pos:m.start()]))
         if m.group(0) == "*":
             parts.append("(.*?)")
             binds.append(("glob", None))
         else:
-            a = int(m.group(1)) if m.group(1) else 1
-            b = int(m.group(3)) if m.group(3) else 0
             parts.append(r"(\d+)")
-            binds.append(("index", (a, m.group(2), b)))
+            binds.append(("index", _affine(m)))
         pos = m.end()
     parts.append(re.escape(pattern[pos:]))
     return re.compile("^" + "".join(parts) + r"(?=$|[.:#])"), binds
@@ -124,11 +128,10 @@ def _apply(golden: str, dump: str, name: str) -> str:
         if env.setdefault(var, n // a) != n // a:
             return name
     def index(mm: re.Match) -> str:
-        a = int(mm.group(1)) if mm.group(1) else 1
-        b = int(mm.group(3)) if mm.group(3) else 0
-        if mm.group(2) not in env:
-            raise DumpError(f"name rule {golden!r} = {dump!r}: {{{mm.group(2)}}} is not bound on the golden side")
-        return str(a * env[mm.group(2)] + b)
+        a, var, b = _affine(mm)
+        if var not in env:
+            raise DumpError(f"name rule {golden!r} = {dump!r}: {{{var}}} is not bound on the golden side")
+        return str(a * env[var] + b)
 
     out = _INDEX.sub(index, dump)
     for g in globs:

@@ -125,7 +125,7 @@ def versions() -> dict[str, str]:
     return out
 
 
-def _json(x: Any) -> Any:
+def json_round_trip(x: Any) -> Any:
     """`x` as it reads back from the manifest (tuples become lists), for comparing with a stored entry."""
     return json.loads(json.dumps(x))
 
@@ -146,9 +146,9 @@ def _max_rel_change(old: np.ndarray, new: np.ndarray) -> float:
 def oracle_change(old: CaseData, new: CaseData) -> tuple[str | None, float]:
     """Why `new` differs from the stored `old` beyond float64 noise (None: unchanged, see UNCHANGED_RTOL), and the
     largest relative change of a tap seen up to the verdict."""
-    if _json(old.input) != _json(new.input):
+    if json_round_trip(old.input) != json_round_trip(new.input):
         return "input changed", float("inf")
-    if _json(old.weights) != _json(new.weights):
+    if json_round_trip(old.weights) != json_round_trip(new.weights):
         return "weights changed", float("inf")
     before, after = old.ordered(), new.ordered()
     if [t.name for t in before] != [t.name for t in after]:

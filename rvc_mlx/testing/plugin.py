@@ -257,25 +257,19 @@ def pure_mlx():
 def pytest_sessionfinish(session, exitstatus):
     config = session.config
     h = getattr(config, "_rvc_parity", None)
+    bench_note = getattr(config, "_rvc_bench_deselected", None)
     if parallel.is_worker(config):  # the controller reports and commits (pytest_testnodedown)
-        if h is not None:
-            config.workeroutput[parallel.KEY] = parallel.pack(h, getattr(config, "_rvc_bench_deselected", None))
-        elif getattr(config, "_rvc_bench_deselected", None):
-            config.workeroutput[parallel.KEY] = parallel.pack(None, config._rvc_bench_deselected)
+        if h is not None or bench_note:
+            config.workeroutput[parallel.KEY] = parallel.pack(h, bench_note)
         return
     outputs = getattr(config, "_rvc_worker_outputs", [])
+    notes = {n for n in [bench_note, *(o["bench"] for o in outputs)] if n}
     results = h.results if h is not None else []
-    if outputs:
-        notes = {o["bench"] for o in outputs if o["bench"]}
-        if any(o["results"] or o["staged"] or o["regen_errors"] for o in outputs):
-            h = _harness(config)
-            results = parallel.merge(h, outputs)
-    else:
-        notes = {config._rvc_bench_deselected} if getattr(config, "_rvc_bench_deselected", None) else set()
-    results = parallel.ordered(results)
-    deaths = getattr(config, "_rvc_worker_deaths", [])
-    if deaths and h is None and config.getoption("--regen-golden"):
+    if any(o["results"] or o["staged"] or o["regen_errors"] for o in outputs):
         h = _harness(config)
+        results = parallel.merge(h, outputs)
+    results = parallel.ordered(results)
+    deaths = getattr(config, "_rvc_worker_deaths", [])  # under --regen-golden h exists since sessionstart
     if deaths and h is not None and h.txn is not None:
         h.regen_errors += [d for d in deaths if d not in h.regen_errors]
     tr = config.pluginmanager.get_plugin("terminalreporter")

@@ -27,9 +27,9 @@ def cmd_check(a: argparse.Namespace) -> int:
     names = foreign.NameMap.read(a.names) if a.names is not None else None
     layout: str | dict = a.layout if a.layout in foreign.LAYOUT_MODES else foreign.read_layout_file(a.layout)
     dump = foreign.load_dump(a.dump)
-    key = f"{a.component}/{a.case}"
-    if key not in store.manifest()["cases"]:
-        known = sorted(k for k in store.manifest()["cases"] if k.startswith(f"{a.component}/"))
+    key, cases = f"{a.component}/{a.case}", store.manifest()["cases"]
+    if key not in cases:
+        known = sorted(k for k in cases if k.startswith(f"{a.component}/"))
         raise foreign.DumpError(f"no golden case {key}; {a.component} has: {', '.join(known) or 'none'}")
     done = foreign.check(dump, a.component, a.case, store, policy, names, layout, label=a.dump.name)
     print(done.message())

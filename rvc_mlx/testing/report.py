@@ -18,14 +18,14 @@ from rvc_mlx.testing.golden import versions
 from rvc_mlx.testing.tolerances import Policy
 
 
-def _num(x: Any) -> Any:
+def json_safe(x: Any) -> Any:
     """JSON-safe numbers: non-finite floats become strings."""
     if isinstance(x, float) and not math.isfinite(x):
         return "nan" if math.isnan(x) else ("inf" if x > 0 else "-inf")
     if isinstance(x, dict):
-        return {k: _num(v) for k, v in x.items()}
+        return {k: json_safe(v) for k, v in x.items()}
     if isinstance(x, (list, tuple)):
-        return [_num(v) for v in x]
+        return [json_safe(v) for v in x]
     return x
 
 
@@ -54,7 +54,7 @@ def case_json(r: CaseResult) -> dict[str, Any]:
         "passed": r.passed, "taps_total": len(r.taps), "taps_failed": len(r.failing),
         "taps_left_to_layer_by_layer": r.unjudged, "blame": r.blame_line() if b else None,
         "blame_tap": b.name if b else None, "localisation": r.localisation_line(), "problems": r.problems,
-        "splits": r.splits, "input": _num(r.input), "weights": r.weights, "extra": _num(r.extra),
+        "splits": r.splits, "input": json_safe(r.input), "weights": r.weights, "extra": json_safe(r.extra),
         "taps": [tap_json(t) for t in r.taps],
     }
 
@@ -101,7 +101,7 @@ def build(results: list[CaseResult], policy: Policy, bench: dict[str, Any] | Non
     comps: dict[str, list[dict[str, Any]]] = {}
     for r in results:
         comps.setdefault(r.component, []).append(case_json(r))
-    out = _num({
+    out = json_safe({
         "tool": "rvc-mlx parity harness",
         "versions": origin["versions"],
         "environment": origin["environment"],
