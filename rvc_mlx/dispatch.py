@@ -219,9 +219,11 @@ def mlx_math() -> bool:
     return not sys.platform.startswith("linux") if kind is None else kind == "mlx"
 
 
-def transcendental(op: str) -> bool:
-    """Whether `op` (exp, erf, tanh, sigmoid, silu, gelu, softmax) runs as MLX's own op; reported either way."""
-    native = mlx_math()
+def transcendental(op: str, x: mx.array | None = None) -> bool:
+    """Whether `op` (exp, erf, tanh, sigmoid, silu, gelu, softmax) runs as MLX's own op; reported either way.
+    fastmath's polynomials are float32 forms (Cody-Waite split, float32 exponent bits): an `x` in float16 or
+    bfloat16 always takes MLX's op (whose softmax accumulates in float32: `precise=True`)."""
+    native = mlx_math() or x is not None and x.dtype != mx.float32
     _report(MLX if native else "fastmath", op)
     return native
 
@@ -337,10 +339,11 @@ def conv1d(x: mx.array, weight_shape: tuple[int, ...], groups: int, stride: int,
     return _report(GEMM, "conv1d strided" if stride != 1 else "conv1d 1x1" if k == 1 else "conv1d shifted")
 
 
-def fused(x: mx.array | np.ndarray, op: str, channels: int | None = None) -> bool:
-    """Whether the fused kernel `op` (e.g. 'depthwise1d+glu+silu', 'conv1d+leaky+add') runs on x; reported when
-    it does (the caller's fallback reports its own ops)."""
-    if kernel_for(x, channels):
+def fused(x: mx.array | np.ndarray, op: str, channels: int | None = None, weights: tuple = ()) -> bool:
+    """Whether the fused kernel `op` (e.g. 'depthwise1d+glu+silu', 'conv1d+leaky+add') runs on x with `weights`
+    (a stage of several layers: all float32, or a mixed-precision plan's half layer takes MLX's ops); reported
+    when it does (the caller's fallback reports its own ops)."""
+    if kernel_for(x, channels) and all(w.dtype == mx.float32 for w in weights):
         _report(KERNEL, op)
         return True
     return False

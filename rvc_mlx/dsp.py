@@ -25,8 +25,13 @@ def hann_window(n: int) -> np.ndarray:
 
 
 def stft_magnitude(audio, n_fft: int, hop: int, win_length: int):
-    """|STFT| with centre reflect padding like torch.stft(center=True); audio (B, N) -> (B, frames, n_fft//2+1)."""
+    """|STFT| with centre reflect padding like torch.stft(center=True); audio (B, N) -> (B, frames, n_fft//2+1).
+    Always in float32, as the originals' front ends run in every precision."""
     import mlx.core as mx
+
+    from rvc_mlx.precision import as_float32
+
+    audio = as_float32(audio)
 
     if win_length != n_fft:
         raise ValueError(f"stft_magnitude supports win_length == n_fft only (got {win_length} vs {n_fft})")

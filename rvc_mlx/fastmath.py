@@ -5,6 +5,7 @@
 below, compiled into one kernel each, run ~10x faster than the native ops, with float32 errors at the level of
 torch's own (a few ulp; tests/test_fastmath.py bounds each against float64). On other platforms (Metal, macOS
 Accelerate) MLX's native ops are fast and used instead: `rvc_mlx.dispatch` chooses (RVC_MLX_MATH forces).
+The polynomials are float32 forms: float16 / bfloat16 inputs always take MLX's ops.
 """
 
 from __future__ import annotations
@@ -95,32 +96,33 @@ def _from_exp(parts: str, post: str, x: mx.array, *extra: mx.array) -> mx.array:
 
 
 def exp(x: mx.array) -> mx.array:
-    return mx.exp(x) if dispatch.transcendental("exp") else _from_exp("_exp_parts", "_mul", x)
+    return mx.exp(x) if dispatch.transcendental("exp", x) else _from_exp("_exp_parts", "_mul", x)
 
 
 def erf(x: mx.array) -> mx.array:
-    return mx.erf(x) if dispatch.transcendental("erf") else _k["_erf"](x)
+    return mx.erf(x) if dispatch.transcendental("erf", x) else _k["_erf"](x)
 
 
 def gelu(x: mx.array) -> mx.array:
-    return nn.gelu(x) if dispatch.transcendental("gelu") else _k["_gelu"](x)
+    return nn.gelu(x) if dispatch.transcendental("gelu", x) else _k["_gelu"](x)
 
 
 def sigmoid(x: mx.array) -> mx.array:
-    return mx.sigmoid(x) if dispatch.transcendental("sigmoid") else _from_exp("_neg_parts", "_sigmoid_post", x)
+    return mx.sigmoid(x) if dispatch.transcendental("sigmoid", x) else _from_exp("_neg_parts", "_sigmoid_post", x)
 
 
 def tanh(x: mx.array) -> mx.array:
-    return mx.tanh(x) if dispatch.transcendental("tanh") else _from_exp("_tanh_parts", "_tanh_post", x, x)
+    return mx.tanh(x) if dispatch.transcendental("tanh", x) else _from_exp("_tanh_parts", "_tanh_post", x, x)
 
 
 def silu(x: mx.array) -> mx.array:
-    return nn.silu(x) if dispatch.transcendental("silu") else _from_exp("_neg_parts", "_silu_post", x, x)
+    return nn.silu(x) if dispatch.transcendental("silu", x) else _from_exp("_neg_parts", "_silu_post", x, x)
 
 
 def softmax(x: mx.array, axis: int = -1) -> mx.array:
-    """Softmax with float32 accumulation (MLX's precise=True): exp(x - max) / sum."""
-    if dispatch.transcendental("softmax"):
+    """Softmax with float32 accumulation (MLX's precise=True; fastmath's float32 exp(x - max) / sum): a half
+    softmax accumulated in half is ~10x less accurate, and torch and fairseq accumulate it in float32."""
+    if dispatch.transcendental("softmax", x):
         return mx.softmax(x, axis=axis, precise=True)
     e = exp(x - mx.max(x, axis=axis, keepdims=True))
     return e / mx.sum(e, axis=axis, keepdims=True)

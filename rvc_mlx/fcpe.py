@@ -19,6 +19,7 @@ from rvc_mlx.dsp import hann_window, mel_filterbank
 from rvc_mlx.instrument import layer_by_layer, tap
 from rvc_mlx.fastmath import GLU, SiLU, sigmoid
 from rvc_mlx.layers import Conv1d
+from rvc_mlx import precision
 
 
 def read_fcpe_state(raw: object, source: Path) -> dict[str, np.ndarray]:
@@ -42,18 +43,26 @@ class GroupNorm(nn.GroupNorm):
 
     nn.GroupNorm reduces each group (T frames x 128 channels, inputs up to ~1e3) in one float32 pass of
     mx.fast.layer_norm: 5e-6 relative error on 2.4 s of speech against torch float32's 8e-8; this gives 4e-7.
+    Half inputs are normalised in float32 (as torch accumulates them): squared deviations of ~1e3 overflow
+    float16, and the layer's output collapsed to its bias.
     """
 
     def __init__(self, num_groups: int, dims: int, eps: float = 1e-5):
         super().__init__(num_groups, dims, eps=eps, pytorch_compatible=True)
 
     def __call__(self, x: mx.array) -> mx.array:
+        if x.dtype != mx.float32:
+            return self._normalise(x.astype(mx.float32), self.weight.astype(mx.float32),
+                                   self.bias.astype(mx.float32)).astype(x.dtype)
+        return self._normalise(x, self.weight, self.bias)
+
+    def _normalise(self, x: mx.array, weight: mx.array, bias: mx.array) -> mx.array:
         b, t, c = x.shape
         g = x.reshape(b, t, self.num_groups, c // self.num_groups)
         # Means over time per channel, then over the group's channels: two short float32 sums, not one long one.
         d = g - mx.mean(mx.mean(g, axis=1, keepdims=True), axis=3, keepdims=True)
         var = mx.mean(mx.mean(d * d, axis=1, keepdims=True), axis=3, keepdims=True)
-        return self.weight * (d * mx.rsqrt(var + self.eps)).reshape(b, t, c) + self.bias
+        return weight * (d * mx.rsqrt(var + self.eps)).reshape(b, t, c) + bias
 
 
 class DepthWiseConv1d(nn.Module):
@@ -123,6 +132,12 @@ class ConformerNaiveEncoder(nn.Module):
 class CFNaiveMelPE(nn.Module):
     """mel (B, T, 128) -> latent (B, T, 360) = sigmoid(pitch-bin logits); `cent_table` (360,) comes from the file."""
 
+    # Kept in float32 in every precision (`precision`); the mel front end (_log_mel) and the decode
+    # (decode_f0) are the predictor's, float32 too.
+    FLOAT32 = {
+        "cent_table": "the F0 decode's bin -> cents map (2051..9151 cents: float16 rounds it by up to 4 cents)",
+    }
+
     def __init__(self, cfg: FCPEConfig = FCPE_CFG):
         super().__init__()
         self.input_stack = [
@@ -147,7 +162,8 @@ class CFNaiveMelPE(nn.Module):
 
 
 def _log_mel(audio: mx.array, basis: np.ndarray, cfg: FCPEConfig) -> mx.array:
-    """torchfcpe's Wav2MelModule: (B, N) -> log-mel (B, N//hop + 1, n_mels)."""
+    """torchfcpe's Wav2MelModule: (B, N) -> log-mel (B, N//hop + 1, n_mels); always float32."""
+    audio = precision.as_float32(audio)
     n = audio.shape[1]
     pad = cfg.pad
     # The original reflects when the input is longer than the pad and zero-pads otherwise (reflect needs
@@ -170,6 +186,7 @@ def _log_mel(audio: mx.array, basis: np.ndarray, cfg: FCPEConfig) -> mx.array:
 
 def decode_f0(latent: mx.array, cent_table: mx.array, threshold: float, cfg: FCPEConfig = FCPE_CFG) -> mx.array:
     """local_argmax: salience-weighted mean of cents over argmax +- 4 (clamped) bins -> Hz; 0 where max <= thr."""
+    latent, cent_table = precision.as_float32(latent), precision.as_float32(cent_table)  # cents, Hz: float32
     r, n = cfg.decode_radius, latent.shape[-1]
     center = mx.argmax(latent, axis=-1)
     # Clamped, not zero-padded: near the edges the first / last bin is counted more than once, as in the original.
@@ -192,12 +209,15 @@ class FCPE:
                                         htk=cfg.mel_htk)
 
     @classmethod
-    def from_checkpoint(cls, path: str | Path) -> "FCPE":
-        """Load torchfcpe's `fcpe_c_v001.pt` (converted once, cached) or an already converted `.safetensors`."""
+    def from_checkpoint(cls, path: str | Path, dtype: str | None = None,
+                        plan: precision.Plan | None = None) -> "FCPE":
+        """Load torchfcpe's `fcpe_c_v001.pt` (converted once, cached) or an already converted `.safetensors`;
+        `dtype` (float16, bfloat16) runs it with the committed plan for that dtype, `plan` with that one."""
         from rvc_mlx.checkpoints import load_mlx_weights
 
         model = CFNaiveMelPE()
         load_mlx_weights(model, path, component="fcpe", read_state=read_fcpe_state)
+        precision.configure(model, "fcpe", dtype, plan)
         return cls(model)
 
     def mel_mx(self, audio_16k: np.ndarray) -> mx.array:
@@ -211,12 +231,12 @@ class FCPE:
     def mel(self, audio_16k: np.ndarray) -> np.ndarray:
         out = self.mel_mx(audio_16k)
         mx.eval(out)
-        return np.array(out)
+        return precision.host(out)
 
     def latent(self, audio_16k: np.ndarray) -> np.ndarray:
         out = self.latent_mx(audio_16k)
         mx.eval(out)
-        return np.array(out)
+        return precision.host(out)
 
     def f0(self, audio_16k: np.ndarray, threshold: float | None = None) -> np.ndarray:
         thr = self.cfg.threshold if threshold is None else threshold

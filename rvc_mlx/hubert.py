@@ -16,7 +16,7 @@ from rvc_mlx.audio import check_mono
 from rvc_mlx.config import HUBERT, HubertConfig
 from rvc_mlx.fastmath import GELU, softmax
 from rvc_mlx.layers import Conv1d
-from rvc_mlx import dispatch
+from rvc_mlx import dispatch, precision
 from rvc_mlx.instrument import layer_by_layer, split
 
 
@@ -190,6 +190,13 @@ class Encoder(nn.Module):
 class HubertModel(nn.Module):
     """ContentVec: waveform (B, N) -> hidden states (B, T, 768), T = floor((N - 400) / 320) + 1."""
 
+    # Modules the original keeps in float32 in half mode (`precision`). Its attention softmax also runs in
+    # float32 (fairseq's utils.softmax): fastmath.softmax accumulates half inputs in float32 (precise=True).
+    FLOAT32 = {
+        "feature_extractor.conv_layers.0.layer_norm": "fairseq's Fp32GroupNorm: per-channel statistics over "
+                                                       "every frame of the first conv's output, in float32",
+    }
+
     def __init__(self, cfg: HubertConfig = HUBERT, final_proj: bool = True):
         super().__init__()
         self.cfg = cfg
@@ -217,9 +224,11 @@ class HuBERT:
         self.source = source  # named in errors
 
     @classmethod
-    def from_checkpoint(cls, path: str | Path) -> "HuBERT":
+    def from_checkpoint(cls, path: str | Path, dtype: str | None = None,
+                        plan: precision.Plan | None = None) -> "HuBERT":
         """A ContentVec directory (config.json + pytorch_model.bin | model.safetensors) or a fairseq `.pt`
-        (both converted once and cached), or a converted `.safetensors`; with final_proj when the file has one."""
+        (both converted once and cached), or a converted `.safetensors`; with final_proj when the file has one.
+        `dtype` (float16, bfloat16) runs it with the committed plan for that dtype, `plan` with that one."""
         from rvc_mlx.checkpoints import convert_contentvec, load_mlx_weights, mlx_weight_shape, read_mlx_metadata
 
         path = Path(path)
@@ -227,6 +236,7 @@ class HuBERT:
         cfg = HubertConfig.from_hf(json.loads(read_mlx_metadata(converted, "hubert")["config"]), str(converted))
         model = HubertModel(cfg, final_proj=mlx_weight_shape(converted, "hubert", "final_proj.weight") is not None)
         load_mlx_weights(model, converted, component="hubert")
+        precision.configure(model, "hubert", dtype, plan)
         return cls(model, source=str(path))
 
     @property
@@ -256,4 +266,4 @@ class HuBERT:
     def features(self, audio_16k: np.ndarray, layer: int = 12, final_proj: bool = False) -> np.ndarray:
         out = self.features_mx(audio_16k, layer, final_proj)
         mx.eval(out)
-        return np.array(out)
+        return precision.host(out)

@@ -12,6 +12,7 @@ from threadpoolctl import threadpool_limits
 from rvc_mlx import cpu_kernels, dispatch, fastmath
 from rvc_mlx.dispatch import GEMM, KERNEL, MLX
 from rvc_mlx.instrument import profiled
+from rvc_mlx.precision import host
 
 
 class GRU(nn.Module):
@@ -43,9 +44,9 @@ class GRU(nn.Module):
         b_hh = getattr(self, "bias_hh" + suffix)
         gi = self._input_projection(x, suffix)
         steps = range(x.shape[1] - 1, -1, -1) if reverse else range(x.shape[1])
-        if impl == GEMM:
-            out, h = _gru_scan_host(np.array(gi), np.array(w_hh), np.array(b_hh), steps)
-            return mx.array(out), mx.array(h)
+        if impl == GEMM:  # in float32 whatever x's dtype (numpy has no bfloat16), the result in x's
+            out, h = _gru_scan_host(host(gi), host(w_hh), host(b_hh), steps)
+            return _in(mx.array(out), x.dtype), _in(mx.array(h), x.dtype)
         h = mx.zeros((x.shape[0], H), dtype=x.dtype)
         outs: list[mx.array] = [None] * x.shape[1]  # type: ignore[list-item]
         for t in steps:
@@ -66,6 +67,10 @@ class GRU(nn.Module):
             return out, h[None]
         out_r, h_r = self._direction(x, "_l0_reverse", reverse=True, impl=impl)
         return mx.concatenate([out, out_r], axis=-1), mx.stack([h, h_r])
+
+
+def _in(x: mx.array, dtype: mx.Dtype) -> mx.array:
+    return x if x.dtype == dtype else x.astype(dtype)
 
 
 @mx.compile
@@ -191,6 +196,8 @@ class Conv1d(nn.Conv1d):
     MLX's CPU kernel for dilated convs is 15-60x slower than torch; the shifted-GEMM sum is as fast as torch and
     accurate to torch's level (each GEMM sums over C only)."""
 
+    PRECISION_ENTRY_POINTS = ("glu_depthwise_silu",)  # take the layer's input: precision.apply casts them too
+
     def __call__(self, x: mx.array, pad: bool = True) -> mx.array:
         """`pad=False`: the caller's input already carries the zero margins (the output is 2 * padding shorter)."""
         o, k, c = self.weight.shape
@@ -268,6 +275,8 @@ class ConvTranspose1d(nn.ConvTranspose1d):
 
     MLX's CPU transposed conv is ~50x slower than torch; here every input frame is multiplied by the whole
     (C_in, K * C_out) kernel once and tap k lands on output phase k % stride, shifted by k // stride frames."""
+
+    PRECISION_ENTRY_POINTS = ("leaky_add",)  # take the layer's input: precision.apply casts them too
 
     def __call__(self, x: mx.array) -> mx.array:
         impl = dispatch.conv_transpose(x, self.dilation, one_d=True)
@@ -352,6 +361,8 @@ class Conv2d(nn.Conv2d):
     tap is one GEMM (inner dimension C) accumulated by addmm; the 2p wrap-around columns are cropped at the end.
     The kernel is 2-4x faster again: it keeps its accumulators in registers over the whole reduction."""
 
+    PRECISION_ENTRY_POINTS = ("conv_bn_relu",)  # take the layer's input: precision.apply casts them too
+
     def _simple(self) -> bool:
         return _pair(self.stride) == (1, 1) and self.groups == 1 and _pair(self.dilation) == (1, 1)
 
@@ -406,6 +417,8 @@ class ConvTranspose2d(nn.ConvTranspose2d):
 
     MLX's CPU transposed conv2d is ~100x slower than torch on RMVPE's decoder; as in ConvTranspose1d, tap (i, j)
     lands on output phase (i % sh, j % sw), shifted by (i // sh, j // sw) input pixels."""
+
+    PRECISION_ENTRY_POINTS = ("conv_bn_relu",)  # take the layer's input: precision.apply casts them too
 
     def __call__(self, x: mx.array) -> mx.array:
         impl = dispatch.conv_transpose(x, _pair(self.dilation), one_d=False)
@@ -465,11 +478,15 @@ class BatchNorm(nn.BatchNorm):
         return not self.training and "running_mean" in self
 
     def affine(self) -> tuple[mx.array, mx.array]:
-        """(alpha, beta) of the eval transform x * alpha + beta."""
-        alpha = 1.0 / mx.sqrt(self.running_var + self.eps)
+        """(alpha, beta) of the eval transform x * alpha + beta; computed in float32 from half statistics (eps and
+        1 / sqrt in float16 lose up to 1e-2 on small variances), then rounded to the layer's dtype."""
+        dtype = self.running_var.dtype
+        f32 = (lambda a: a) if dtype == mx.float32 else (lambda a: a.astype(mx.float32))
+        alpha = 1.0 / mx.sqrt(f32(self.running_var) + self.eps)
         if "weight" in self:
-            alpha = alpha * self.weight
-        return alpha, (self.bias if "bias" in self else 0.0) - self.running_mean * alpha
+            alpha = alpha * f32(self.weight)
+        beta = (f32(self.bias) if "bias" in self else 0.0) - f32(self.running_mean) * alpha
+        return (alpha, beta) if dtype == mx.float32 else (alpha.astype(dtype), beta.astype(dtype))
 
 
 @partial(mx.compile, shapeless=True)

@@ -19,6 +19,7 @@ from typing import Callable
 import mlx.core as mx
 import numpy as np
 
+from rvc_mlx import precision
 from rvc_mlx.config import PIPELINE, PipelineConfig
 from rvc_mlx.pipeline_audio import highpass, limit_peak, rms_mix, shift_f0, to_16k_mono
 from rvc_mlx.synthesizer.inputs import coarse_pitch, make_noise
@@ -90,6 +91,25 @@ class Pipeline:
         if synth.cfg.version == "v1":  # v1 reads final_proj features: refuse now, not on the first segment
             hubert.require_final_proj()
 
+    @classmethod
+    def load(cls, model: str | Path, hubert: str | Path, rmvpe: str | Path | None = None,
+             crepe_full: str | Path | None = None, crepe_tiny: str | Path | None = None,
+             fcpe: str | Path | None = None, index: str | Path | None = None, dtype: str | None = None,
+             cfg: PipelineConfig = PIPELINE) -> "Pipeline":
+        """A pipeline from weight files: the RVC model, ContentVec/HuBERT, the f0 methods' weights (loaded on first
+        use; CREPE/FCPE default to the packaged ones) and a faiss index; every model in `dtype` (float16,
+        bfloat16: each with its committed plan, `precision.load_plan`). The output audio is float32 regardless."""
+        from rvc_mlx.hubert import HuBERT
+        from rvc_mlx.synthesizer.model import Synthesizer
+
+        feature_index = None
+        if index is not None:
+            from rvc_mlx.index import FeatureIndex
+
+            feature_index = FeatureIndex.read(index)
+        return cls(HuBERT.from_checkpoint(hubert, dtype=dtype), Synthesizer.from_checkpoint(model, dtype=dtype),
+                   pitch_loaders(rmvpe, crepe_full, crepe_tiny, fcpe, dtype=dtype), feature_index, cfg)
+
     @property
     def sample_rate(self) -> int:
         return self.synth.cfg.sr
@@ -135,7 +155,7 @@ class Pipeline:
         feats0 = feats
         if self.index is not None and opts.index_rate > 0:
             mx.eval(feats)
-            retrieved = mx.array(self.index.retrieved(np.array(feats)))
+            retrieved = mx.array(self.index.retrieved(precision.host(feats)))
             feats = opts.index_rate * retrieved + (1 - opts.index_rate) * feats
             tap("pipeline.retrieved", feats[None])
         feats = mx.repeat(feats, 2, axis=0)  # F.interpolate(scale_factor=2), nearest: 50 -> 100 fps
@@ -149,7 +169,7 @@ class Pipeline:
                 tap("pipeline.protected", feats[None])
         else:
             pitch = pitchf = None
-        feats = np.array(feats)
+        feats = precision.host(feats)  # float32 (a half HuBERT's too); the synthesizer casts to its own dtype
         noise = make_noise(scfg, p_len, seed)
         # the synthesizer's inputs, as the original passes them (phone (1, T, d), pitch / pitchf (1, T))
         tap("pipeline.synth.phone", feats[None])
@@ -162,7 +182,7 @@ class Pipeline:
         mx.clear_cache()
         out = self.synth.infer_mx(feats, pitch, pitchf, opts.speaker_id, noise)
         mx.eval(out)
-        return tap("pipeline.synth.audio", np.array(out))
+        return tap("pipeline.synth.audio", precision.host(out))
 
     def convert(self, audio: np.ndarray, sr: int, opts: ConvertOptions | None = None,
                 progress: Callable[[int, int], None] | None = None) -> tuple[np.ndarray, int]:
@@ -213,8 +233,10 @@ def packaged_pitch_weights() -> dict[str, Path]:
 
 
 def pitch_loaders(rmvpe: str | Path | None = None, crepe_full: str | Path | None = None,
-                  crepe_tiny: str | Path | None = None, fcpe: str | Path | None = None) -> dict[str, Callable]:
-    """Lazy MLX loaders per f0 method for the weight files given (CREPE/FCPE default to the packaged ones)."""
+                  crepe_tiny: str | Path | None = None, fcpe: str | Path | None = None,
+                  dtype: str | None = None) -> dict[str, Callable]:
+    """Lazy MLX loaders per f0 method for the weight files given (CREPE/FCPE default to the packaged ones); each
+    model in `dtype` (None: float32) with its committed plan."""
     packaged = packaged_pitch_weights()
     paths = {"rmvpe": rmvpe, "crepe": crepe_full or packaged.get("crepe"),
              "crepe-tiny": crepe_tiny or packaged.get("crepe-tiny"), "fcpe": fcpe or packaged.get("fcpe")}
@@ -224,14 +246,14 @@ def pitch_loaders(rmvpe: str | Path | None = None, crepe_full: str | Path | None
             if method == "rmvpe":
                 from rvc_mlx.rmvpe import RMVPE
 
-                return RMVPE.from_checkpoint(path)
+                return RMVPE.from_checkpoint(path, dtype=dtype)
             if method == "fcpe":
                 from rvc_mlx.fcpe import FCPE
 
-                return FCPE.from_checkpoint(path)
+                return FCPE.from_checkpoint(path, dtype=dtype)
             from rvc_mlx.crepe import CREPE
 
-            return CREPE.from_checkpoint(path, model="tiny" if method == "crepe-tiny" else "full")
+            return CREPE.from_checkpoint(path, model="tiny" if method == "crepe-tiny" else "full", dtype=dtype)
         return load
 
     return {m: loader(m, Path(p)) for m, p in paths.items() if p is not None}

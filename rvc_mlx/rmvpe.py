@@ -18,6 +18,7 @@ from rvc_mlx.dsp import log_mel, mel_filterbank
 from rvc_mlx.fastmath import Sigmoid
 from rvc_mlx.layers import GRU, BatchNorm, Conv2d, ConvTranspose2d
 from rvc_mlx.instrument import layer_by_layer, output, split, tap
+from rvc_mlx import precision
 
 
 class ConvBlockRes(nn.Module):
@@ -179,6 +180,10 @@ class BiGRU(nn.Module):
 class E2E(nn.Module):
     """mel (B, T, 128) -> salience (B, T, 360); T a multiple of 32."""
 
+    # Modules the original keeps in float32 in half mode (`precision`): none. Its float32 steps are the
+    # predictor's: the mel front end (RMVPE.mel) and the F0 decode (float64 on the host, decode_f0).
+    FLOAT32: dict[str, str] = {}
+
     def __init__(self, cfg: RMVPEConfig = CFG):
         super().__init__()
         if cfg.n_gru != 1:
@@ -230,17 +235,20 @@ class RMVPE:
         self.mel_basis = mel_filterbank(cfg.sample_rate, cfg.n_fft, cfg.n_mels, cfg.mel_fmin, cfg.mel_fmax)
 
     @classmethod
-    def from_checkpoint(cls, path: str | Path) -> "RMVPE":
-        """Load `rmvpe.pt` (converted once, cached) or an already converted `.safetensors`."""
+    def from_checkpoint(cls, path: str | Path, dtype: str | None = None,
+                        plan: precision.Plan | None = None) -> "RMVPE":
+        """Load `rmvpe.pt` (converted once, cached) or an already converted `.safetensors`; `dtype` (float16,
+        bfloat16) runs it with the committed plan for that dtype (`precision.load_plan`), `plan` with that one."""
         from rvc_mlx.checkpoints import load_mlx_weights
 
         model = E2E()
         load_mlx_weights(model, path, component="rmvpe")
+        precision.configure(model, "rmvpe", dtype, plan)
         return cls(model)
 
     def mel(self, audio: np.ndarray) -> mx.array:
         cfg = self.cfg
-        x = mx.array(check_mono(audio, cfg.min_samples, "RMVPE", cfg.sample_rate))[None]
+        x = mx.array(check_mono(audio, cfg.min_samples, "RMVPE", cfg.sample_rate))[None]  # float32 front end
         return tap("rmvpe.mel", log_mel(x, self.mel_basis, cfg.n_fft, cfg.hop_length, cfg.win_length,
                                         cfg.mel_clamp), layout="NLC")
 
@@ -261,7 +269,7 @@ class RMVPE:
     def salience(self, audio_16k: np.ndarray, chunk_frames: int | None = None) -> np.ndarray:
         out = self.salience_mx(audio_16k, chunk_frames)
         mx.eval(out)
-        return np.array(out)
+        return precision.host(out)  # float32 (a half model's salience too): decode_f0 reads it in float64
 
     def f0(self, audio_16k: np.ndarray, threshold: float | None = None,
            chunk_frames: int | None = None) -> np.ndarray:

@@ -16,10 +16,18 @@ from rvc_mlx.synthesizer.nsf_hifigan import HiFiGANGenerator, HiFiGANNSFGenerato
 from rvc_mlx.synthesizer.text_encoder import TextEncoder
 from rvc_mlx.instrument import tap
 from rvc_mlx.fastmath import exp
+from rvc_mlx import precision
 
 
 class SynthesizerModel(nn.Module):
     """enc_p, flow, dec, emb_g; inference path of the original `Synthesizer.infer`; (B, T, C) throughout."""
+
+    # Modules the original keeps in float32 in half mode (`precision`); the sine phase itself is functional
+    # (SineGenerator: float32 from its f0 input on).
+    FLOAT32 = {
+        "dec.m_source": "NSF source: the sine phase is a cumulative sum over the segment; the original builds it "
+                        "in float32 (its 1-channel mix costs nothing)",
+    }
 
     def __init__(self, cfg: SynthConfig):
         super().__init__()
@@ -48,8 +56,10 @@ class Synthesizer:
         self.cfg = model.cfg
 
     @classmethod
-    def from_checkpoint(cls, path: str | Path) -> "Synthesizer":
-        """An RVC `.pth` (converted once, cached) or a converted `.safetensors` (config in its metadata)."""
+    def from_checkpoint(cls, path: str | Path, dtype: str | None = None,
+                        plan: precision.Plan | None = None) -> "Synthesizer":
+        """An RVC `.pth` (converted once, cached) or a converted `.safetensors` (config in its metadata); `dtype`
+        (float16, bfloat16) runs it with the committed plan for that dtype, `plan` with that one."""
         from rvc_mlx.checkpoints import convert_rvc_model, load_mlx_weights, read_mlx_metadata
 
         path = Path(path)
@@ -58,6 +68,7 @@ class Synthesizer:
         cfg = SynthConfig.from_list(meta["config"], meta["f0"], meta["version"], meta["vocoder"], str(converted))
         model = SynthesizerModel(cfg)
         load_mlx_weights(model, converted, component="synthesizer")
+        precision.configure(model, "synth", dtype, plan)
         return cls(model)
 
     def infer_mx(self, features, pitch_coarse=None, pitch_hz=None, speaker_id: int = 0,
@@ -72,10 +83,10 @@ class Synthesizer:
             pitch, nsff0 = mx.array(coarse)[None], mx.array(hz)[None]
             sine = mx.random.normal((1, t * self.cfg.upp, 1)) if eps_sine is None else mx.array(eps_sine)
         audio = self.model(mx.array(feats)[None], mx.array([t]), pitch, nsff0, mx.array([speaker_id]), eps_zp, sine)
-        return tap("synth.audio", audio[0, :, 0])
+        return tap("synth.audio", precision.as_float32(audio[0, :, 0]))  # float32 audio in every precision
 
     def infer(self, features, pitch_coarse=None, pitch_hz=None, speaker_id: int = 0,
               noise: SynthNoise | None = None) -> np.ndarray:
         out = self.infer_mx(features, pitch_coarse, pitch_hz, speaker_id, noise)
         mx.eval(out)
-        return np.array(out)
+        return precision.host(out)

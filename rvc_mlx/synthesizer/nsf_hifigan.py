@@ -16,6 +16,7 @@ from rvc_mlx.config import SynthConfig
 from rvc_mlx.fastmath import Tanh, tanh
 from rvc_mlx.instrument import layer_by_layer, split, tap
 from rvc_mlx.layers import Conv1d, ConvTranspose1d, leaky_relu, pad_time
+from rvc_mlx.precision import as_float32
 
 
 def _zero_margins(x: mx.array, width: int, beyond: tuple[int, int]) -> mx.array:
@@ -98,7 +99,8 @@ def resblock_stage(blocks: list[ResBlock], x: mx.array) -> mx.array:
     length = x.shape[1]
     rows = dispatch.resblock_frames(x.shape[0], x.shape[2], widest)
     # the whole stage on the host, one copy into MLX at the end
-    fused = dispatch.fused(x, "conv1d+leaky+add", x.shape[2])
+    fused = dispatch.fused(x, "conv1d+leaky+add", x.shape[2],
+                           tuple(c.weight for b in blocks for c in (*b.convs1, *b.convs2)))
     if fused:
         padded, out = cpu_kernels.host(padded), np.empty(x.shape, dtype=np.float32)
     chunks = []
@@ -138,7 +140,7 @@ class SineGenerator(nn.Module):
         self.noise_stddev = noise_std
 
     def __call__(self, f0: mx.array, upp: int, eps_sine: mx.array):
-        f0 = f0[..., None]
+        f0 = as_float32(f0)[..., None]  # the phase (a cumulative sum over the segment) in float32, as the original
         b = f0.shape[0]
         inc = (f0 / self.sampling_rate) * mx.arange(1, upp + 1, dtype=f0.dtype)
         wrap = mx.remainder(inc[:, :-1, -1:] + 0.5, 1.0) - 0.5  # fmod == remainder for non-negative input

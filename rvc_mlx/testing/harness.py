@@ -7,7 +7,7 @@ from __future__ import annotations
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 
@@ -17,7 +17,7 @@ from rvc_mlx.testing.components import GOLDEN, CaseSpec, Component, SpecError, W
 from rvc_mlx.testing.golden import CaseData, GoldenError, GoldenStore, TapInfo, tensor_sha256, tensor_stats, versions
 from rvc_mlx.testing.metrics import tensor_metrics
 from rvc_mlx.testing.taps import (CallInfo, MLXRecorder, TorchRecorder, _flatten, _mlx_or_host_array,
-                                  _torch_is_array, from_torch_layout, to_torch_layout, tree_map)
+                                  _torch_is_array, from_torch_layout, host_array, to_torch_layout, tree_map)
 from rvc_mlx.testing.tolerances import Policy, load_policy
 
 
@@ -82,10 +82,10 @@ class MLXRun:
 
 
 def mlx_run(comp: Component, weights: Weights, case: CaseSpec, audio: Any, names: list[str],
-            layer_by_layer: bool = False) -> MLXRun:
-    """Run the MLX model on the case's input (with its constants) on the shipped path, or layer by layer; keep
-    the taps in `names`."""
-    model = comp.mlx(weights)
+            layer_by_layer: bool = False, model: Any = None) -> MLXRun:
+    """Run the MLX model (the session's, or `model`) on the case's input (with its constants) on the shipped
+    path, or layer by layer; keep the taps in `names`."""
+    model = comp.mlx(weights) if model is None else model
     with comp.constants(case, model), MLXRecorder(comp.mlx_module(model), comp.layouts, root=comp.root,
                                                   select=names, layer_by_layer=layer_by_layer) as rec:
         comp.run_mlx(model, audio)
@@ -140,12 +140,32 @@ def teacher_forced(comp: Component, ref: CaseData, weights: Weights, policy: Pol
 
 def _teacher_forced(comp: Component, ref: CaseData, weights: Weights, policy: Policy,
                     names: set[str] | None) -> dict[str, dict]:
-    import mlx.core as mx
     import torch
 
     mlx_root = comp.mlx_module(comp.mlx(weights))
     t32_root = comp.twin_module(comp.twin(weights, torch.float32))
     out: dict[str, dict] = {}
+    for name, m_val, t_val in local_outputs(comp, ref, mlx_root, t32_root, names):
+        target = ref.value(name)
+        if m_val.shape != target.shape:
+            out[name] = {"passed": False, "detail": f"shape {m_val.shape} vs {target.shape}"}
+            continue
+        m_met, t_met = tensor_metrics(m_val, target), tensor_metrics(t_val, target)
+        rule = policy.rule(comp.name, name)
+        checks = [Check(m, m_met[m], rule.limit(t_met[m]), t_met[m]) for m in rule.metrics]
+        out[name] = {"mlx": m_met, "torch": t_met, "passed": all(c.ok for c in checks),
+                     "limits": {c.metric: c.limit for c in checks}}
+    return out
+
+
+def local_outputs(comp: Component, ref: CaseData, mlx_root: Any, t32_root: Any | None,
+                  names: set[str] | None) -> Iterator[tuple[str, np.ndarray, np.ndarray | None]]:
+    """For each tapped module with recorded oracle inputs (those in `names`): (tap, the MLX module's output on
+    those inputs, the float32 twin module's output or None without `t32_root`), in PyTorch layout."""
+    import mlx.core as mx
+    import torch
+
+    is_np = lambda a: isinstance(a, np.ndarray)  # noqa: E731
     for info in ref.ordered():
         path = info.name.split(":")[0]
         inputs = ref.oracle_inputs.get(info.name)
@@ -153,7 +173,6 @@ def _teacher_forced(comp: Component, ref: CaseData, weights: Weights, policy: Po
             continue
         args, kwargs = inputs
         in_layout = comp.layouts.inputs(path)
-        is_np = lambda a: isinstance(a, np.ndarray)  # noqa: E731
 
         def to_mlx(a, lay, n=info.name):
             a = from_torch_layout(a, lay, n)
@@ -169,29 +188,21 @@ def _teacher_forced(comp: Component, ref: CaseData, weights: Weights, policy: Po
         m_kwargs = tree_map(lambda a, lay=kw_layout: to_mlx(a, lay), kwargs, is_np)
         m_out = _mlx_submodule(mlx_root, path, comp.root)(*m_args, **m_kwargs)
         m_flat = dict(_flatten(path, m_out, _mlx_or_host_array))
-        t_args, t_kwargs = tree_map(
-            lambda a: torch.from_numpy(np.asarray(a, np.float32 if a.dtype.kind == "f" else a.dtype)),
-            (args, kwargs), is_np)
-        with torch.no_grad():
-            t_mod = t32_root if path == comp.root else t32_root.get_submodule(path)
-            t_out = t_mod(*t_args, **t_kwargs)
-        t_flat = dict(_flatten(path, t_out, _torch_is_array))
-        if info.name not in m_flat or info.name not in t_flat:
+        t_flat = None
+        if t32_root is not None:
+            t_args, t_kwargs = tree_map(
+                lambda a: torch.from_numpy(np.asarray(a, np.float32 if a.dtype.kind == "f" else a.dtype)),
+                (args, kwargs), is_np)
+            with torch.no_grad():
+                t_mod = t32_root if path == comp.root else t32_root.get_submodule(path)
+                t_flat = dict(_flatten(path, t_mod(*t_args, **t_kwargs), _torch_is_array))
+        if info.name not in m_flat or t_flat is not None and info.name not in t_flat:
             continue
-        if not isinstance(m_flat[info.name], np.ndarray):
-            mx.eval(m_flat[info.name])
-        m_val = to_torch_layout(np.array(m_flat[info.name]), comp.layouts.output(info.name), info.name)
-        t_val = t_flat[info.name].numpy()
-        target = ref.value(info.name)
-        if m_val.shape != target.shape:
-            out[info.name] = {"passed": False, "detail": f"shape {m_val.shape} vs {target.shape}"}
-            continue
-        m_met, t_met = tensor_metrics(m_val, target), tensor_metrics(t_val, target)
-        rule = policy.rule(comp.name, info.name)
-        checks = [Check(m, m_met[m], rule.limit(t_met[m]), t_met[m]) for m in rule.metrics]
-        out[info.name] = {"mlx": m_met, "torch": t_met, "passed": all(c.ok for c in checks),
-                          "limits": {c.metric: c.limit for c in checks}}
-    return out
+        m_val = m_flat[info.name]
+        if not isinstance(m_val, np.ndarray):
+            m_val = host_array(m_val)
+        m_val = to_torch_layout(m_val, comp.layouts.output(info.name), info.name)
+        yield info.name, m_val, (t_flat[info.name].numpy() if t_flat is not None else None)
 
 
 def _f0_taps(ref: CaseData) -> list[str]:

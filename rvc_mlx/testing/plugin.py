@@ -3,7 +3,8 @@
 Options: --regen-golden (refused when CI is set; a case whose float64 oracle did not change keeps its golden file
 and recorded torch float32 errors), --refresh-errors (with --regen-golden: re-measure those errors too),
 --weights-dir DIR (real checkpoints, judged against a live float64 twin run instead of golden), --report PATH (JSON;
-the HTML is written beside it), --golden-dir DIR, --mlx-device cpu|gpu (MLX's default device; gpu fails in one line
+the HTML is written beside it), --precision (with --report: the committed mixed-precision plans' study as a
+section of the report), --golden-dir DIR, --mlx-device cpu|gpu (MLX's default device; gpu fails in one line
 where MLX has none).
 Under pytest-xdist (`-n N`, by default with --dist loadgroup: a component's cases share one worker's models) the
 workers' results merge into one report and one process writes golden/ (rvc_mlx.testing.parallel); benchmarks are
@@ -50,6 +51,8 @@ def pytest_addoption(parser):
     g.addoption("--fail-on-drift", type=float, default=None, metavar="F",
                 help="fail a case whose taps' MLX error grew by more than F x against --baseline")
     g.addoption("--golden-dir", type=Path, default=GOLDEN, help="golden store to use (default: golden/)")
+    g.addoption("--precision", action="store_true", help="with --report: add the precision study of the committed "
+                "mixed-precision plans (golden/precision.toml; float16, bfloat16, plans vs float32) to the report")
     g.addoption("--mlx-device", choices=("cpu", "gpu"), default="cpu", help="MLX's device for the MLX side "
                 "(gpu: Metal or CUDA; the C++ kernels are CPU-only, so gpu runs the pure-MLX ops there)")
 
@@ -322,5 +325,11 @@ def pytest_sessionfinish(session, exitstatus):
                 bench = json.loads(path.read_text())
             except (OSError, ValueError):
                 bench = None
-        html_path = rep.write(report, results, h.policy, bench, _baseline(config), parallel.origin(outputs))
+        study = None
+        if config.getoption("--precision"):
+            from rvc_mlx.testing import precision_study
+
+            study = precision_study.run(search=False, log=lambda s: say(f"precision: {s}"))
+        html_path = rep.write(report, results, h.policy, bench, _baseline(config), parallel.origin(outputs),
+                              study)
         say(f"parity report: {report} and {html_path}")

@@ -94,7 +94,8 @@ def bench_table(bench: dict[str, Any] | None) -> list[dict[str, Any]]:
 
 
 def build(results: list[CaseResult], policy: Policy, bench: dict[str, Any] | None = None,
-          baseline: dict[str, Any] | None = None, origin: dict[str, Any] | None = None) -> dict[str, Any]:
+          baseline: dict[str, Any] | None = None, origin: dict[str, Any] | None = None,
+          precision: dict[str, Any] | None = None) -> dict[str, Any]:
     """The report's data; `origin` = the versions and environment the cases ran under when that was another
     process (an xdist worker's), else this one's."""
     origin = origin or {"versions": versions(), "environment": environment()}
@@ -115,6 +116,8 @@ def build(results: list[CaseResult], policy: Policy, bench: dict[str, Any] | Non
         "benchmarks": bench_table(bench),
     })
     out["drift"] = drift.compare(out, baseline) if baseline is not None else None
+    if precision is not None:  # --precision: the committed plans' study (rvc_mlx.testing.precision_study)
+        out["precision"] = json_safe(precision)
     return out
 
 
@@ -236,6 +239,11 @@ def to_html(report: dict[str, Any], results: list[CaseResult]) -> str:
     out.append("</table>")
     if report.get("benchmarks"):
         out.extend(_bench_html(report["benchmarks"]))
+    if report.get("precision"):
+        from rvc_mlx.testing.precision_report import section
+
+        out.append("<h2>Precision: float16, bfloat16 and the mixed-precision plans</h2>")
+        out.extend(section(report["precision"], level=3))
     # one row per case and tap (a case checked by several tests appears once)
     truth_rows = list({(r.key, name): (r, name, d) for r in results
                        for name, d in r.extra.get("truth", {}).items()}.values())
@@ -352,11 +360,12 @@ def _bench_html(rows: list[dict[str, Any]]) -> list[str]:
 
 
 def write(path: str | Path, results: list[CaseResult], policy: Policy, bench: dict[str, Any] | None = None,
-          baseline: dict[str, Any] | None = None, origin: dict[str, Any] | None = None) -> Path:
+          baseline: dict[str, Any] | None = None, origin: dict[str, Any] | None = None,
+          precision: dict[str, Any] | None = None) -> Path:
     """Write `path` (.json) and the HTML beside it; returns the HTML path."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    report = build(results, policy, bench, baseline, origin)
+    report = build(results, policy, bench, baseline, origin, precision)
     path.write_text(json.dumps(report, indent=1, allow_nan=False))
     html_path = path.with_suffix(".html")
     html_path.write_text(to_html(report, results))

@@ -241,6 +241,17 @@ def _mlx_or_host_array(v: Any) -> bool:
     return _mlx_is_array(v) or isinstance(v, np.ndarray)
 
 
+def host_array(v: Any) -> np.ndarray:
+    """An MLX (or host) array as numpy; float16 / bfloat16 as float32 (numpy has no bfloat16)."""
+    if isinstance(v, np.ndarray):
+        return v
+    import mlx.core as mx
+
+    if v.dtype in (mx.float16, mx.bfloat16):
+        v = v.astype(mx.float32)
+    return np.array(v)
+
+
 @dataclass
 class _Pending:
     name: str
@@ -406,10 +417,10 @@ class MLXRecorder(Recorder):
         mx.eval([p.value for p in self._pending if _mlx_is_array(p.value)])
         for p in self._pending:
             self.layouts_used[p.name] = p.layout
-            value = to_torch_layout(np.array(p.value), p.layout, p.name)
+            value = to_torch_layout(host_array(p.value), p.layout, p.name)
             ins = p.inputs
             if ins is not None:
-                ins = tree_map(lambda a, p=p: to_torch_layout(np.array(a), p.in_layout, p.name), ins,
+                ins = tree_map(lambda a, p=p: to_torch_layout(host_array(a), p.in_layout, p.name), ins,
                                _mlx_or_host_array)
             self._store(p.name, value, p.module_type, p.kind, ins)
         self._pending.clear()

@@ -307,6 +307,19 @@ class Component:
             self._mlx[key] = self.mlx_class().from_checkpoint(weights.path)
         return self._mlx[key]
 
+    def plan_key(self, case: CaseSpec) -> str:
+        """The model's entry in golden/precision.toml (`rvc_mlx.precision.load_plan`)."""
+        return self.name
+
+    def build_mlx(self, weights: Weights, case: CaseSpec, plans: dict[str, Any]) -> Any:
+        """A fresh MLX predictor (not the session's) with its precision plan (`plans[plan_key]`, else float32)
+        applied: the precision study's subject."""
+        from rvc_mlx import precision
+
+        model = self.mlx_class().from_checkpoint(weights.path)
+        precision.apply(self.mlx_module(model), plans.get(self.plan_key(case), precision.Plan()))
+        return model
+
     def twin_module(self, twin: Any) -> Any:
         """The nn.Module the torch recorder hooks (every predictor keeps it as `.model`)."""
         return twin.model

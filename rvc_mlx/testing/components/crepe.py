@@ -26,6 +26,9 @@ class CREPEComponent(Component):
             raise SpecError("crepe cases need `variant = \"full\"` or `\"tiny\"` in golden/cases.toml")
         return f"crepe-{case.variant}"
 
+    def plan_key(self, case: CaseSpec) -> str:
+        return "crepe" if case.variant == "full" else "crepe-tiny"
+
     def state_dict(self, path: Path) -> dict[str, np.ndarray]:
         from rvc_mlx.checkpoints import load_torch_checkpoint, tensors_to_numpy
 

@@ -119,6 +119,28 @@ class PipelineComponent(Component):
                                       self._part(("mlx",), Synthesizer.from_checkpoint, m.synth), shared, index)
         return self._mlx[key]
 
+    def build_mlx(self, weights: Weights, case: CaseSpec, plans: dict[str, Any]) -> Any:
+        """A fresh pipeline whose models each carry their own precision plan (`plans` by model: hubert, the f0
+        method, synth)."""
+        from rvc_mlx import precision
+        from rvc_mlx.hubert import HuBERT
+        from rvc_mlx.index import FeatureIndex
+        from rvc_mlx.pipeline import Pipeline, pitch_loaders
+        from rvc_mlx.synthesizer.model import Synthesizer
+
+        def planned(key: str, predictor: Any) -> Any:
+            precision.apply(predictor.model, plans.get(key, precision.Plan()))
+            return predictor
+
+        m = self._models(weights)
+        method = weights.info["f0_method"]
+        load = pitch_loaders(rmvpe=m.pitch["rmvpe"], crepe_full=m.pitch.get("crepe"),
+                             crepe_tiny=m.pitch.get("crepe-tiny"), fcpe=m.pitch.get("fcpe"))[method]
+        pitch = planned(method, load())
+        return Pipeline(planned("hubert", HuBERT.from_checkpoint(m.hubert)),
+                        planned("synth", Synthesizer.from_checkpoint(m.synth)), {method: lambda: pitch},
+                        FeatureIndex.read(m.index) if m.index is not None else None)
+
     def twin_module(self, twin: Any) -> Any:
         import torch
 
