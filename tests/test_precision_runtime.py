@@ -142,8 +142,10 @@ def _assert_pitch_close(f0: np.ndarray, ref: np.ndarray) -> None:
 
 
 @pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
-@pytest.mark.parametrize("key", [*SUBJECTS.keys() - {"crepe-full"},
-                                 pytest.param("crepe-full", marks=pytest.mark.slow)])  # ~30 s per dtype here
+# crepe-full: ~30 s per dtype here; RMVPE, HuBERT and FCPE run in both dtypes in make test with their committed
+# plans (tests/test_precision_study.py)
+@pytest.mark.parametrize("key", ["synth", "crepe-tiny", *(pytest.param(k, marks=pytest.mark.slow)
+                                                          for k in ("crepe-full", "rmvpe", "hubert", "fcpe"))])
 def test_each_component_runs_in_half_precision_close_to_float32(subjects, key, dtype):
     s = subjects[key]
     ref = s.run(s.load())

@@ -23,7 +23,8 @@ def _roots(model, impl):
 
 
 @pytest.mark.parametrize("seconds", SECONDS)
-@pytest.mark.parametrize("impl", ["mlx", "torch"])
+# the torch pipeline's 1 s smoke run (~14 s) re-checks only the twin that the pipeline goldens' freshness test runs
+@pytest.mark.parametrize("impl", ["mlx", pytest.param("torch", marks=pytest.mark.slow)])
 def test_bench_pipeline(benchmark, parity, impl, seconds):
     comp = parity.component("pipeline")
     w = comp.weights(None, CASE)
