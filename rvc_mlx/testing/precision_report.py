@@ -19,7 +19,7 @@ from typing import Any
 
 from rvc_mlx.precision import PLAN_FILE, REDUCED
 from rvc_mlx.testing import precision_study as ps
-from rvc_mlx.testing.report import CSS, _figure, _png, json_safe
+from rvc_mlx.testing.report import CSS, depth_png, figure, json_safe
 
 COLUMNS = ps.PRECISIONS
 
@@ -76,18 +76,13 @@ def text_table(report: dict) -> str:
 
 
 def _depth_plot(key: str, subj: dict) -> str:
-    fig, ax = _figure(3.0)
+    fig, ax = figure(3.0)
     for name in COLUMNS:
         p = subj["precisions"].get(name)
         if p and p["taps"]:
             ax.semilogy([t["order"] for t in p["taps"]], [max(t["rmse_rel"], 1e-12) for t in p["taps"]], ".-",
                         ms=3, lw=0.6, label=name)
-    ax.set_xlabel("tap (execution order)")
-    ax.set_ylabel("rms |err| / rms |ref| vs fp64")
-    ax.set_title(f"{key} ({subj['case']}): error vs depth")
-    ax.legend(fontsize=7, loc="upper left")
-    ax.grid(alpha=0.3)
-    return _png(fig)
+    return depth_png(fig, ax, "rms |err| / rms |ref| vs fp64", f"{key} ({subj['case']}): error vs depth")
 
 
 def to_html(report: dict) -> str:

@@ -122,7 +122,7 @@ def build(results: list[CaseResult], policy: Policy, bench: dict[str, Any] | Non
 
 
 # ----------------------------------------------------------------------------------------------- HTML
-def _figure(height: float):
+def figure(height: float):
     import matplotlib
 
     matplotlib.use("Agg")
@@ -145,7 +145,7 @@ def _png(fig) -> str:
 def _depth_plot(r: CaseResult) -> str:
     """PNG (base64) of max_rel error vs tap order: MLX, torch fp32, and the tolerance."""
     taps = [t for t in r.taps if t.checks]
-    fig, ax = _figure(3.2)
+    fig, ax = figure(3.2)
     if taps:
         xs = [t.order for t in taps]
         get = lambda t, attr: next((getattr(c, attr) for c in t.checks if c.metric == "max_rel"), float("nan"))  # noqa: E731
@@ -156,9 +156,14 @@ def _depth_plot(r: CaseResult) -> str:
         bad = [t for t in taps if not t.passed]
         if bad:
             ax.semilogy([t.order for t in bad], [max(get(t, "value"), floor) for t in bad], "rx", label="failing")
+    return depth_png(fig, ax, "max |err| / max |ref|", f"{r.key}: error vs depth")
+
+
+def depth_png(fig, ax, ylabel: str, title: str) -> str:
+    """An error-vs-depth figure (x: tap execution order) labelled, legended and rendered (base64 PNG)."""
     ax.set_xlabel("tap (execution order)")
-    ax.set_ylabel("max |err| / max |ref|")
-    ax.set_title(f"{r.key}: error vs depth")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
     ax.legend(fontsize=7, loc="upper left")
     ax.grid(alpha=0.3)
     return _png(fig)
@@ -178,7 +183,7 @@ def _f0_plot(name: str, d: dict[str, Any]) -> str:
     """PNG (base64) of F0 over frames: truth, reference and MLX."""
     import numpy as np
 
-    fig, ax = _figure(2.8)
+    fig, ax = figure(2.8)
     for key, style, label in (("f0_truth", "-", "truth"), ("f0_reference", "o", "reference (float64 twin)"),
                               ("f0_mlx", ".", "MLX")):
         y = np.asarray(d[key], dtype=float)
