@@ -49,10 +49,11 @@ bench: $(STAMP)
 	$(PY) -m rvc_mlx.testing.bench reports/bench.json
 
 # Precision study: float16 / bfloat16 / mixed-precision plans of every component vs the float64 oracle; prints and
-# saves reports/precision.{json,html} and writes the plans to golden/precision.toml (SUBJECTS=hubert,rmvpe: a subset).
+# saves reports/precision.{json,html} and writes the plans to golden/precision.toml (SUBJECTS=hubert,rmvpe: a subset;
+# DTYPES=float16: one dtype, the other's plans kept; two such runs in parallel, then --combine their JSON).
 precision: $(STAMP)
 	mkdir -p reports
-	$(PY) -m rvc_mlx.testing.precision_report $(if $(SUBJECTS),--subjects $(SUBJECTS))
+	$(PY) -m rvc_mlx.testing.precision_report $(if $(SUBJECTS),--subjects $(SUBJECTS)) $(if $(DTYPES),--dtypes $(DTYPES))
 
 clean:
 	rm -rf $(VENV) reports/*.json reports/*.html .pytest_cache

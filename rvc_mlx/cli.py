@@ -107,10 +107,11 @@ def cmd_convert(a: argparse.Namespace) -> int:
     check_input(audio, sr)
 
     from rvc_mlx.hubert import HuBERT
-    from rvc_mlx.pipeline import Pipeline, pitch_loaders
+    from rvc_mlx.pipeline import Pipeline, model_plan, pitch_loaders
     from rvc_mlx.synthesizer.model import Synthesizer
 
-    synth = Synthesizer.from_checkpoint(model, dtype=a.dtype)  # converted into the cache on first use
+    # converted into the cache on first use; --dtype: the pipeline's committed plan for each model
+    synth = Synthesizer.from_checkpoint(model, plan=model_plan("synth", a.dtype))
     loaders = pitch_loaders(rmvpe=rmvpe if rmvpe.is_file() else None, crepe_full=a.crepe, crepe_tiny=a.crepe_tiny,
                             fcpe=a.fcpe, dtype=a.dtype)
     if synth.cfg.use_f0 and opts.f0_method not in loaders:
@@ -121,7 +122,7 @@ def cmd_convert(a: argparse.Namespace) -> int:
         from rvc_mlx.index import FeatureIndex
 
         index = FeatureIndex.read(a.index)
-    pipe = Pipeline(HuBERT.from_checkpoint(hubert_path, dtype=a.dtype), synth, loaders, index)
+    pipe = Pipeline(HuBERT.from_checkpoint(hubert_path, plan=model_plan("hubert", a.dtype)), synth, loaders, index)
     out, out_sr = pipe.convert(audio, sr, opts, progress=_progress)
     write_audio(output, out, out_sr)
     print(f"wrote {output} ({out.shape[0] / out_sr:.2f} s at {out_sr} Hz, {synth.cfg.variant})")

@@ -98,7 +98,8 @@ class Pipeline:
              cfg: PipelineConfig = PIPELINE) -> "Pipeline":
         """A pipeline from weight files: the RVC model, ContentVec/HuBERT, the f0 methods' weights (loaded on first
         use; CREPE/FCPE default to the packaged ones) and a faiss index; every model in `dtype` (float16,
-        bfloat16: each with its committed plan, `precision.load_plan`). The output audio is float32 regardless."""
+        bfloat16: each with the pipeline's committed plan, `precision.pipeline_plan`). The output audio is
+        float32 regardless."""
         from rvc_mlx.hubert import HuBERT
         from rvc_mlx.synthesizer.model import Synthesizer
 
@@ -107,7 +108,8 @@ class Pipeline:
             from rvc_mlx.index import FeatureIndex
 
             feature_index = FeatureIndex.read(index)
-        return cls(HuBERT.from_checkpoint(hubert, dtype=dtype), Synthesizer.from_checkpoint(model, dtype=dtype),
+        return cls(HuBERT.from_checkpoint(hubert, plan=model_plan("hubert", dtype)),
+                   Synthesizer.from_checkpoint(model, plan=model_plan("synth", dtype)),
                    pitch_loaders(rmvpe, crepe_full, crepe_tiny, fcpe, dtype=dtype), feature_index, cfg)
 
     @property
@@ -232,28 +234,35 @@ def packaged_pitch_weights() -> dict[str, Path]:
     return found
 
 
+def model_plan(key: str, dtype: str | None) -> precision.Plan | None:
+    """The precision plan of a pipeline's model (hubert, synth, an f0 method) in `dtype`: None (as loaded, float32)
+    for None, else the pipeline's committed plan for it (`precision.pipeline_plan`)."""
+    return precision.pipeline_plan(key, dtype) if dtype is not None else None
+
+
 def pitch_loaders(rmvpe: str | Path | None = None, crepe_full: str | Path | None = None,
                   crepe_tiny: str | Path | None = None, fcpe: str | Path | None = None,
                   dtype: str | None = None) -> dict[str, Callable]:
     """Lazy MLX loaders per f0 method for the weight files given (CREPE/FCPE default to the packaged ones); each
-    model in `dtype` (None: float32) with its committed plan."""
+    model in `dtype` (None: float32) with the pipeline's committed plan for it (`model_plan`)."""
     packaged = packaged_pitch_weights()
     paths = {"rmvpe": rmvpe, "crepe": crepe_full or packaged.get("crepe"),
              "crepe-tiny": crepe_tiny or packaged.get("crepe-tiny"), "fcpe": fcpe or packaged.get("fcpe")}
 
     def loader(method: str, path: Path) -> Callable:
         def load():
+            kw = {"plan": model_plan(method, dtype)}
             if method == "rmvpe":
                 from rvc_mlx.rmvpe import RMVPE
 
-                return RMVPE.from_checkpoint(path, dtype=dtype)
+                return RMVPE.from_checkpoint(path, **kw)
             if method == "fcpe":
                 from rvc_mlx.fcpe import FCPE
 
-                return FCPE.from_checkpoint(path, dtype=dtype)
+                return FCPE.from_checkpoint(path, **kw)
             from rvc_mlx.crepe import CREPE
 
-            return CREPE.from_checkpoint(path, model="tiny" if method == "crepe-tiny" else "full", dtype=dtype)
+            return CREPE.from_checkpoint(path, model="tiny" if method == "crepe-tiny" else "full", **kw)
         return load
 
     return {m: loader(m, Path(p)) for m, p in paths.items() if p is not None}

@@ -30,6 +30,7 @@ import numpy as np
 DTYPES = {"float32": mx.float32, "float16": mx.float16, "bfloat16": mx.bfloat16}
 REDUCED = ("float16", "bfloat16")
 PLAN_FILE = Path(__file__).resolve().parents[1] / "golden" / "precision.toml"
+PIPELINE = "pipeline"  # the plan file's end-to-end entry: a keep list per model of the pipeline
 
 
 class PrecisionError(ValueError):
@@ -181,20 +182,40 @@ def host(x: mx.array) -> np.ndarray:
 
 
 # ----------------------------------------------------------------------------------------------- plans on disk
+def _entry(key: str, dtype: str, path: Path | None) -> dict:
+    """The `[key.dtype]` table of the plan file (empty when the file or the entry is missing)."""
+    path = PLAN_FILE if path is None else Path(path)
+    if not path.is_file():
+        return {}
+    try:
+        data = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as e:
+        raise PrecisionError(f"{path}: not valid TOML ({e})") from None
+    return data.get(key, {}).get(dtype, {})
+
+
 def load_plan(component: str, dtype: str, path: Path | None = None) -> Plan:
     """The mixed-precision plan of `component` in `dtype` from golden/precision.toml (`make precision` writes
     it): `dtype` plus the modules it keeps in float32; float32 for 'float32'. A missing file or entry gives
     the plain reduced-precision model."""
     dtype = dtype_name(dtype)
-    path = PLAN_FILE if path is None else Path(path)
-    if dtype == "float32" or not path.is_file():
+    if dtype == "float32":
         return Plan(dtype)
-    try:
-        data = tomllib.loads(path.read_text())
-    except tomllib.TOMLDecodeError as e:
-        raise PrecisionError(f"{path}: not valid TOML ({e})") from None
-    entry = data.get(component, {}).get(dtype, {})
-    return Plan(dtype, tuple(entry.get("keep", ())))
+    keep = _entry(component, dtype, path).get("keep", ())
+    if isinstance(keep, dict):
+        raise PrecisionError(f"{component}'s {dtype} plan is per model: read it with pipeline_plan(model, dtype)")
+    return Plan(dtype, tuple(keep))
+
+
+def pipeline_plan(model: str, dtype: str, path: Path | None = None) -> Plan:
+    """The plan `model` (hubert, synth, an f0 method) runs with inside a pipeline in `dtype`: the pipeline entry's
+    (searched end to end, because the NSF phase integrates any F0 error, so the audio target needs more float32
+    than each model's own target) where it names the model, else the model's own plan (`load_plan`)."""
+    dtype = dtype_name(dtype)
+    keep = _entry(PIPELINE, dtype, path).get("keep", {}) if dtype != "float32" else {}
+    if model in keep:
+        return Plan(dtype, tuple(keep[model]))
+    return load_plan(model, dtype, path)
 
 
 def configure(model: Any, component: str, dtype: Any = None, plan: Plan | None = None) -> Plan:

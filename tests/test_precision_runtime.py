@@ -195,7 +195,8 @@ def plan_file(tmp_path, monkeypatch):
     path = tmp_path / "precision.toml"
     path.write_text('[rmvpe.float16]\nkeep = ["fc"]\n[hubert.float16]\nkeep = ["final_proj"]\n'
                     '[crepe.float16]\nkeep = ["classifier"]\n[crepe-tiny.float16]\nkeep = ["conv1"]\n'
-                    '[fcpe.float16]\nkeep = ["output_proj"]\n[synth.float16]\nkeep = ["emb_g"]\n')
+                    '[fcpe.float16]\nkeep = ["output_proj"]\n[synth.float16]\nkeep = ["emb_g"]\n'
+                    '[pipeline.float16]\nkeep.rmvpe = ["*"]\nkeep.synth = ["dec.ups"]\n')
     monkeypatch.setattr(precision, "PLAN_FILE", path)
     return {"rmvpe": "fc", "hubert": "final_proj", "crepe": "classifier", "crepe-tiny": "conv1", "fcpe": "output_proj",
             "synth": "emb_g"}
@@ -226,19 +227,27 @@ def test_from_checkpoint_takes_an_explicit_plan_and_float32_leaves_the_model_unt
     assert not any(getattr(type(m), "_casts_inputs", False) for _, m in plain.named_modules())  # no wrappers
 
 
-def test_pitch_loaders_and_pipeline_load_pass_the_dtype(subjects, plan_file):
+def test_pipeline_load_applies_the_pipelines_plan_and_each_models_own_where_it_names_none(subjects, plan_file):
     from rvc_mlx.pipeline import Pipeline, pitch_loaders
     from rvc_mlx.testing.synthetic import cached_checkpoint
 
     loaders = pitch_loaders(rmvpe=subjects["rmvpe"].path, crepe_tiny=subjects["crepe-tiny"].path,
                             fcpe=subjects["fcpe"].path, dtype="float16")
-    for method in ("rmvpe", "crepe-tiny", "fcpe"):
-        assert precision.plan_of(loaders[method]().model).dtype == "float16", method
-    assert precision.plan_of(loaders["rmvpe"]().model).keep == ("fc",)
+    assert precision.plan_of(loaders["crepe-tiny"]().model) == Plan("float16", ("conv1",))  # not in the entry
+    assert precision.plan_of(loaders["fcpe"]().model) == Plan("float16", ("output_proj",))
+    pipe = Pipeline.load(cached_checkpoint("synth-v2-40k-f0"), cached_checkpoint("contentvec"),
+                         rmvpe=subjects["rmvpe"].path, dtype="float16")
+    assert precision.plan_of(pipe.hubert.model) == Plan("float16", ("final_proj",))
+    assert precision.plan_of(pipe.synth.model) == Plan("float16", ("dec.ups",))
+    rmvpe = pipe.pitch_model("rmvpe").model
+    assert precision.plan_of(rmvpe) == Plan("float16", ("*",))
+    assert set(_array_dtypes(rmvpe).values()) == {"float32"}  # "*": the whole model
+    with pytest.raises(PrecisionError, match="per model"):
+        precision.load_plan("pipeline", "float16")
     pipe = Pipeline.load(cached_checkpoint("synth-v2-40k-f0"), cached_checkpoint("contentvec"),
                          rmvpe=subjects["rmvpe"].path, dtype="bfloat16")
     for model in (pipe.hubert.model, pipe.synth.model, pipe.pitch_model("rmvpe").model):
-        assert precision.plan_of(model) == Plan("bfloat16")
+        assert precision.plan_of(model) == Plan("bfloat16")  # no entry in the file: the plain reduced models
 
 
 # ----------------------------------------------------------------------------------------------- the CLI

@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from rvc_mlx.precision import PLAN_FILE, REDUCED
+from rvc_mlx.precision import PLAN_FILE, REDUCED, dtype_name
 from rvc_mlx.testing import precision_study as ps
 from rvc_mlx.testing.report import CSS, depth_png, figure, json_safe
 
@@ -33,8 +33,20 @@ def _domain_cell(subj: dict, p: dict) -> str:
     return f"SNR {d['snr_db']:.1f} dB"
 
 
-def _keep_count(keep: Any) -> int:
-    return sum(len(v) for v in keep.values()) if isinstance(keep, dict) else len(keep)
+def _keep_count(keep: Any) -> int | str:
+    """How many entries a plan keeps in float32; the pipeline's per model ('all': the model whole)."""
+    if isinstance(keep, dict):
+        return "/".join("all" if list(v) == list(ps.WHOLE) else str(len(v)) for v in keep.values())
+    return len(keep)
+
+
+def _keep_text(keep: Any) -> str:
+    if keep is None:
+        return "no plan meets the target"
+    if isinstance(keep, dict):
+        return "; ".join(f"{m}: " + ("all (the model in float32)" if list(k) == list(ps.WHOLE) else
+                                     ", ".join(k) or "nothing") for m, k in keep.items())
+    return ", ".join(keep) or "nothing"
 
 
 def rows(report: dict) -> list[dict]:
@@ -44,6 +56,8 @@ def rows(report: dict) -> list[dict]:
         base = subj["precisions"].get("float32", {})
         for name in COLUMNS:
             p = subj["precisions"].get(name)
+            if p is None and name.split()[-1] not in subj["precisions"]:
+                continue  # a dtype this study did not run (--dtypes)
             if p is None:
                 out.append({"subject": key, "precision": name, "missing": True,
                             "why": "no plan meets the target" if name.startswith("plan") else "not run"})
@@ -117,9 +131,11 @@ def section(report: dict, level: int = 2) -> list[str]:
     for key, subj in report["subjects"].items():
         out.append(f"<{h}>{key}</{h}>")
         for dtype, plan in subj["plans"].items():
-            keep = plan.get("keep")
-            text = "no plan meets the target" if keep is None else (", ".join(keep) or "nothing")
+            text = _keep_text(plan.get("keep"))
             out.append(f"<p>{dtype} plan keeps in float32: {html.escape(text)} ({plan['trials']} trial runs)</p>")
+            if "models_plans_snr_db" in plan:
+                out.append(f"<p>{dtype}: the models' own plans together give SNR {plan['models_plans_snr_db']:.1f} dB "
+                           "end to end (each meets its own target; the NSF phase integrates the F0 error)</p>")
         for dtype, ranking in subj["ranking"].items():
             top = ", ".join(f"{r['name']} {r.get('damage', r['rmse_rel']):.1e}" for r in ranking[:5])
             out.append(f"<p>{dtype} most damaging layers (output error with that layer alone in {dtype}): "
@@ -136,11 +152,13 @@ def plan_toml(report: dict) -> str:
     lines = ["# Mixed-precision plans, written by `make precision` (rvc_mlx/testing/precision_study.py): per model",
              "# and reduced dtype, the fewest modules (worst first by the error each adds alone) to keep in float32",
              "# so that the domain target holds against the float64 oracle. Applied by rvc_mlx.precision.load_plan",
-             "# (`from_checkpoint(dtype=...)`, `rvc-mlx convert --dtype`); the model's FLOAT32 steps come on top.", ""]
+             "# (`from_checkpoint(dtype=...)`); the model's FLOAT32 steps come on top. [pipeline.*] keeps per model",
+             "# what the end-to-end audio target needs (\"*\": the whole model), applied by Pipeline.load(dtype=)",
+             "# and `rvc-mlx convert --dtype` (precision.pipeline_plan; a model it does not name: its own plan).", ""]
     for key, subj in report["subjects"].items():
         for dtype in REDUCED:
             plan = subj["plans"].get(dtype)
-            if plan is None or plan.get("keep") is None or subj["case"] is None:
+            if plan is None or plan.get("keep") is None:
                 continue
             p = subj["precisions"].get(f"plan {dtype}", {})
             d = p.get("domain", {})
@@ -150,8 +168,10 @@ def plan_toml(report: dict) -> str:
             lines.append(f"case = {json.dumps(subj['domain_case'])}")
             lines.append("measured = { " + ", ".join(f"{k} = {json_safe(round(v, 4))}" for k, v in measured.items())
                          + " }")
-            lines.append("keep = [" + "".join(f"\n  {json.dumps(k)}," for k in plan["keep"])
-                         + ("\n]" if plan["keep"] else "]"))
+            keeps = plan["keep"] if isinstance(plan["keep"], dict) else {"": plan["keep"]}
+            for model, keep in keeps.items():
+                name = f"keep.{model}" if model else "keep"
+                lines.append(f"{name} = [" + "".join(f"\n  {json.dumps(k)}," for k in keep) + ("\n]" if keep else "]"))
             lines.append("")
     return "\n".join(lines)
 
@@ -165,6 +185,8 @@ def write_atomic(path: Path, text: str) -> None:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="make precision", description=__doc__.splitlines()[0])
     ap.add_argument("--subjects", help="comma-separated subset of " + ", ".join(s.key for s in ps.SUBJECTS))
+    ap.add_argument("--dtypes", default=",".join(REDUCED), help="reduced dtypes to study (comma-separated; the "
+                    "plan file keeps the others' plans): run float16 and bfloat16 apart, then --combine")
     ap.add_argument("--no-search", action="store_true", help="run the committed plans instead of searching")
     ap.add_argument("--out", default="reports/precision", help="report path stem (.json and .html)")
     ap.add_argument("--plans", default=str(PLAN_FILE), help="the plan file to read and (after a search) write")
@@ -179,6 +201,7 @@ def main(argv: list[str] | None = None) -> int:
     keys = args.subjects.split(",") if args.subjects else None
     for k in keys or ():
         ps.subject(k)  # an unknown name: one line, before any work
+    dtypes = [dtype_name(d) for d in args.dtypes.split(",")]
     start = time.perf_counter()
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -190,7 +213,7 @@ def main(argv: list[str] | None = None) -> int:
             write_atomic(Path(args.plans), _merge_plans(Path(args.plans), report))
 
     report = ps.run(keys, search=not args.no_search, plan_path=Path(args.plans), timing_rounds=args.rounds,
-                    weights_dir=args.weights_dir, done=save,
+                    weights_dir=args.weights_dir, done=save, dtypes=dtypes,
                     log=lambda s: print(f"[{time.perf_counter() - start:6.0f} s] {s}", file=sys.stderr, flush=True))
     print(text_table(report))
     print(f"saved {out.with_suffix('.json')} and .html" + ("" if args.no_search else f"; plans in {args.plans}"))
@@ -212,9 +235,19 @@ def _combine(paths: list[Path], out: Path) -> int:
     """One report from several: the first one's environment, every subject in the study's order."""
     reports = [_numbers(json.loads(p.read_text())) for p in paths]
     order = [s.key for s in ps.SUBJECTS]
-    subjects = {k: v for r in reports for k, v in r["subjects"].items()}
+    subjects: dict[str, dict] = {}
+    for r in reports:
+        for k, v in r["subjects"].items():  # one subject studied in several (e.g. one dtype each): merged
+            if k in subjects:
+                for part in ("ranking", "plans", "precisions"):
+                    subjects[k][part] = {**subjects[k][part], **v[part]}
+            else:
+                subjects[k] = v
     report = {**reports[0], "subjects": dict(sorted(subjects.items(), key=lambda kv: order.index(kv[0])))}
-    report["plans"] = {k: v for r in reports for k, v in r.get("plans", {}).items()}
+    report["plans"] = {}
+    for r in reports:
+        for k, v in r.get("plans", {}).items():
+            report["plans"][k] = {**report["plans"].get(k, {}), **v}
     out.parent.mkdir(parents=True, exist_ok=True)
     write_atomic(out.with_suffix(".json"), json.dumps(json_safe(report), indent=1, allow_nan=False))
     write_atomic(out.with_suffix(".html"), to_html(report))
@@ -224,22 +257,30 @@ def _combine(paths: list[Path], out: Path) -> int:
 
 
 def _merge_plans(path: Path, report: dict) -> str:
-    """The plan file with the subjects studied now replaced and the others kept as they were."""
+    """The plan file with the plans studied now replaced and the others (subjects, or dtypes of a subject,
+    studied apart) kept as they were."""
     import tomllib
 
     old = tomllib.loads(path.read_text()) if path.is_file() else {}
-    studied = set(report["subjects"])
+    studied = {(k, d) for k, subj in report["subjects"].items() for d in REDUCED
+               if d in subj["plans"] or d in subj["precisions"]}  # a dtype this study ran
     kept = {"subjects": {}}
     for key, dtypes in old.items():
-        if key in studied:
-            continue
-        kept["subjects"][key] = {"case": True, "target": "", "domain_case": "", "plans": {}, "precisions": {}}
+        kept["subjects"][key] = {"target": "", "domain_case": "", "plans": {}, "precisions": {}}
         for dtype, entry in dtypes.items():
+            if (key, dtype) in studied:
+                continue
             kept["subjects"][key]["target"] = entry.get("target", "")
             kept["subjects"][key]["domain_case"] = entry.get("case", "")
-            kept["subjects"][key]["plans"][dtype] = {"keep": list(entry.get("keep", []))}
+            keep = entry.get("keep", [])
+            kept["subjects"][key]["plans"][dtype] = {"keep": {m: list(k) for m, k in keep.items()}
+                                                     if isinstance(keep, dict) else list(keep)}
             kept["subjects"][key]["precisions"][f"plan {dtype}"] = {"domain": entry.get("measured", {})}
-    merged = {"subjects": {**kept["subjects"], **report["subjects"]}}
+    merged = {"subjects": kept["subjects"]}
+    for key, subj in report["subjects"].items():
+        old_subj = merged["subjects"].get(key, {"plans": {}, "precisions": {}})
+        merged["subjects"][key] = {**subj, "plans": {**old_subj["plans"], **subj["plans"]},
+                                   "precisions": {**old_subj["precisions"], **subj["precisions"]}}
     order = [s.key for s in ps.SUBJECTS]
     merged["subjects"] = dict(sorted(merged["subjects"].items(), key=lambda kv: order.index(kv[0])
                                      if kv[0] in order else len(order)))

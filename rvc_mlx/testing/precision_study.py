@@ -161,6 +161,47 @@ def compact(keep: list[str], candidates: Iterable[str]) -> list[str]:
     return out
 
 
+WHOLE = ("*",)  # a model's keep list when every one of its layers stays float32
+
+
+def search_pipeline_plan(base: dict[str, list[str]], ranking: Callable[[str], list[str]],
+                         measure: Callable[[dict[str, list[str]]], tuple[bool, float]]) -> tuple[dict | None, int]:
+    """The pipeline's plan (a keep list per model): the models' own plans (`base`) if they meet the end-to-end
+    target; else models kept whole in float32, the most helpful first (each tried alone), until it holds; then
+    each of those back to its own plan plus the shortest passing prefix of its worst-first `ranking(model)`
+    (bisection). `measure(keeps)` runs the pipeline: (meets the target, score). Returns (plan or None, runs)."""
+    memo: dict[tuple, tuple[bool, float]] = {}
+
+    def run(keeps: dict[str, list[str]]) -> tuple[bool, float]:
+        key = tuple(sorted((p, tuple(k)) for p, k in keeps.items()))
+        if key not in memo:
+            memo[key] = measure({p: list(k) for p, k in keeps.items()})
+        return memo[key]
+
+    current = {p: list(k) for p, k in base.items()}
+    if run(current)[0]:
+        return current, len(memo)
+    alone = {p: run({**current, p: list(WHOLE)})[1] for p in base}
+    whole = []
+    for part in sorted(base, key=lambda p: -alone[p]):
+        current[part] = list(WHOLE)
+        whole.append(part)
+        if run(current)[0]:
+            break
+    else:
+        return None, len(memo)
+    for part in reversed(whole):  # the one needed least first
+        rest = [k for k in ranking(part) if not precision.matches(k, base[part])]  # the model's plan: globs
+
+        def passes(k: list[str], p: str = part, n: int = len(rest)) -> bool:  # all of `rest`: the model whole
+            return run({**current, p: list(WHOLE) if len(k) == n else base[p] + k})[0]
+
+        prefix, _ = bisect_plan(rest, passes)
+        if prefix is not None and len(prefix) < len(rest):
+            current[part] = base[part] + prefix
+    return current, len(memo)
+
+
 # ----------------------------------------------------------------------------------------------- runs
 @dataclass
 class Run:
@@ -178,29 +219,42 @@ class Study:
     """The precision study of the subjects, on one Parity harness (golden store, weights, live oracle)."""
 
     def __init__(self, parity: Parity | None = None, plans: dict[str, dict[str, Plan]] | None = None,
-                 timing_rounds: int = 3, log: Callable[[str], None] = lambda s: None):
+                 timing_rounds: int = 3, log: Callable[[str], None] = lambda s: None,
+                 pipeline_plans: dict[str, dict[str, Plan]] | None = None):
         self.parity = parity or Parity()
         self.plans = plans if plans is not None else {}  # key -> dtype -> Plan (searched or loaded)
+        # the pipeline's plan: dtype -> model -> Plan (searched end to end, or loaded)
+        self.pipeline_plans = pipeline_plans if pipeline_plans is not None else {}
+        self.rankings: dict[tuple[str, str], list[dict]] = {}  # (key, dtype) -> worst-first layers
         self.timing_rounds = timing_rounds
         self.log = log
 
     # --- building and running -----------------------------------------------------------------------
+    def models_plans(self, dtype: str) -> dict[str, Plan]:
+        """The pipeline's models each with its own plan in `dtype` (the bare dtype where it has none)."""
+        return {part: self.plans.get(part, {}).get(dtype) or Plan(dtype) for part in PIPELINE_PARTS}
+
     def _plans_for(self, subj: Subject, plan: Plan, planned: bool) -> dict[str, Plan]:
-        """The plans to build `subj` with: `plan` itself, or for the pipeline its models' (each its own plan in
+        """The plans to build `subj` with: `plan` itself, or for the pipeline its models' (the pipeline's plan in
         `plan.dtype` when `planned`, else the bare dtype)."""
         if subj.key != "pipeline":
             return {subj.key: plan}
-        return {part: (self.plans.get(part, {}).get(plan.dtype) if planned else None) or Plan(plan.dtype)
-                for part in PIPELINE_PARTS}
+        if not planned:
+            return {part: Plan(plan.dtype) for part in PIPELINE_PARTS}
+        return dict(self.pipeline_plans.get(plan.dtype) or self.models_plans(plan.dtype))
 
-    def build(self, subj: Subject, case: str, plan: Plan, planned: bool = False) -> Any:
+    def build(self, subj: Subject, case: str, plan: Plan, planned: bool = False,
+              parts: dict[str, Plan] | None = None) -> Any:
         comp = self.parity.component(subj.component)
         spec = comp.spec.case(case)
-        return comp.build_mlx(self.parity.weights(comp, case), spec, self._plans_for(subj, plan, planned))
+        return comp.build_mlx(self.parity.weights(comp, case), spec,
+                              parts if parts is not None else self._plans_for(subj, plan, planned))
 
-    def domain_run(self, subj: Subject, plan: Plan, timed: bool = False, planned: bool = False) -> Run:
+    def domain_run(self, subj: Subject, plan: Plan, timed: bool = False, planned: bool = False,
+                   parts: dict[str, Plan] | None = None) -> Run:
         """Run `plan` on the subject's domain case: its output against the golden oracle (and, `timed`, the
-        median seconds of `timing_rounds` runs and MLX's peak memory)."""
+        median seconds of `timing_rounds` runs and MLX's peak memory). The pipeline: its models with their
+        `planned` plans, or `parts` (model -> Plan)."""
         import mlx.core as mx
 
         comp = self.parity.component(subj.component)
@@ -208,7 +262,7 @@ class Study:
         weights = self.parity.weights(comp, subj.domain_case)
         ref = self.parity.reference(comp, subj.domain_case)
         audio, _ = comp.load_input(spec)
-        model = self.build(subj, subj.domain_case, plan, planned)
+        model = self.build(subj, subj.domain_case, plan, planned, parts)
         run = mlx_run(comp, weights, spec, audio, [subj.output], model=model)
         out = Run(plan)
         out.domain = domain_metrics(subj, run.values[subj.output], ref.value(subj.output), self._rate(subj, ref))
@@ -291,10 +345,49 @@ class Study:
             out[name] = tensor_metrics(run.values[subj.probe], target)["rmse_rel"]
         return out
 
+    def ranking(self, subj: Subject, dtype: str, ref=None) -> list[dict]:
+        """The subject's layers worst first by their damage in `dtype` (each with its own error), computed once."""
+        if (subj.key, dtype) not in self.rankings:
+            if ref is None:
+                comp = self.parity.component(subj.component)
+                ref = self.parity.reference(comp, subj.case, live=True, keep_inputs=True)
+            self.log(f"{subj.key}: {dtype} layers teacher-forced, then one at a time")
+            local = self.local_errors(subj, Plan(dtype), ref)
+            hurt = self.damage(subj, dtype, ref, local)
+            self.rankings[subj.key, dtype] = [{"name": n, "damage": hurt[n], **local[n]}
+                                              for n in sorted(local, key=lambda n: -hurt[n])]
+        return self.rankings[subj.key, dtype]
+
+    def search_pipeline(self, subj: Subject, dtype: str) -> dict:
+        """The pipeline's plan in `dtype` (`search_pipeline_plan`, from its models' own plans): the plans entry of
+        the study's result. Each trial is one run of the pipeline's domain case."""
+        base = self.models_plans(dtype)
+        scores: list[dict] = []
+
+        def measure(keeps: dict[str, list[str]]) -> tuple[bool, float]:
+            run = self.domain_run(subj, Plan(dtype), parts={p: Plan(dtype, tuple(k)) for p, k in keeps.items()})
+            scores.append({"keep": {p: len(k) if list(k) != list(WHOLE) else "all" for p, k in keeps.items()},
+                           "snr_db": run.domain["snr_db"]})
+            self.log(f"pipeline: {dtype} trial {scores[-1]['keep']}: SNR {run.domain['snr_db']:.2f} dB")
+            return meets(subj, run.domain, margin=True), run.domain["snr_db"]
+
+        keep, trials = search_pipeline_plan({p: list(q.keep) for p, q in base.items()},
+                                            lambda part: [r["name"] for r in self.ranking(subject(part), dtype)],
+                                            measure)
+        if keep is None:
+            self.pipeline_plans.pop(dtype, None)
+        else:
+            # a refined model's list compacted over its layers (the others are their committed plans, as written)
+            keep = {p: compact(k, [r["name"] for r in self.rankings[p, dtype]])
+                    if k != list(WHOLE) and (p, dtype) in self.rankings else k for p, k in keep.items()}
+            self.pipeline_plans[dtype] = {p: Plan(dtype, tuple(k)) for p, k in keep.items()}
+        return {"keep": keep, "trials": trials, "found": keep is not None, "models_plans_snr_db": scores[0]["snr_db"],
+                "trial_runs": scores}
+
     # --- the study of one subject -------------------------------------------------------------------
-    def analyse(self, subj: Subject, search: bool = True) -> dict:
-        """Per-tap errors, the worst-first ranking and (with `search`) the plan of each reduced dtype, then every
-        precision's domain metrics, speed and memory."""
+    def analyse(self, subj: Subject, search: bool = True, dtypes: Iterable[str] = precision.REDUCED) -> dict:
+        """Per-tap errors, the worst-first ranking and (with `search`) the plan of each reduced dtype in `dtypes`,
+        then the domain metrics, speed and memory of float32 and of those dtypes bare and planned."""
         result: dict[str, Any] = {"component": subj.component, "case": subj.case, "domain_case": subj.domain_case,
                                   "output": subj.output, "domain": subj.domain, "target": TARGETS[subj.domain],
                                   "ranking": {}, "plans": {}, "precisions": {}}
@@ -302,13 +395,20 @@ class Study:
         if subj.case is not None:
             comp = self.parity.component(subj.component)
             ref = self.parity.reference(comp, subj.case, live=True, keep_inputs=True)
-        for dtype in precision.REDUCED:
-            if ref is not None:
-                self.log(f"{subj.key}: {dtype} layers teacher-forced, then one at a time")
-                local = self.local_errors(subj, Plan(dtype), ref)
-                hurt = self.damage(subj, dtype, ref, local)
-                ranking = sorted(local, key=lambda n: -hurt[n])
-                result["ranking"][dtype] = [{"name": n, "damage": hurt[n], **local[n]} for n in ranking]
+        dtypes = [d for d in precision.REDUCED if d in set(dtypes)]
+        for dtype in dtypes:
+            if ref is None:  # the pipeline: searched end to end from its models' plans
+                if search:
+                    self.log(f"{subj.key}: {dtype} plan search from its models' plans")
+                    result["plans"][dtype] = self.search_pipeline(subj, dtype)
+                elif dtype in self.pipeline_plans:
+                    result["plans"][dtype] = {"keep": {p: list(q.keep) for p, q in self.pipeline_plans[dtype].items()},
+                                              "trials": 0, "found": True, "committed": True}
+            else:
+                rows = self.ranking(subj, dtype, ref)
+                result["ranking"][dtype] = rows
+                local = {r["name"]: r for r in rows}
+                ranking = [r["name"] for r in rows]
                 if search:
                     self.log(f"{subj.key}: {dtype} plan search over {len(ranking)} layers")
                     by_own_error = sorted(local, key=lambda n: -np.nan_to_num(local[n]["rmse_rel"], nan=-1.0))
@@ -327,8 +427,12 @@ class Study:
         for name in PRECISIONS:
             planned = name.startswith("plan ")
             dtype = name.split()[-1]
-            plan = (self.plans.get(subj.key, {}).get(dtype) if subj.key != "pipeline" else Plan(dtype)) \
-                if planned else Plan(dtype)
+            if dtype != "float32" and dtype not in dtypes:
+                continue
+            if subj.key == "pipeline":
+                plan = Plan(dtype) if not planned or dtype in self.pipeline_plans else None
+            else:
+                plan = self.plans.get(subj.key, {}).get(dtype) if planned else Plan(dtype)
             if plan is None:
                 continue
             self.log(f"{subj.key}: {name}")
@@ -377,23 +481,37 @@ def loaded_plans(path: Path | None = None) -> dict[str, dict[str, Plan]]:
     path = precision.PLAN_FILE if path is None else Path(path)
     data = tomllib.loads(path.read_text()) if path.is_file() else {}
     return {key: {d: precision.load_plan(key, d, path) for d in precision.REDUCED if d in data[key]}
-            for key in data}
+            for key in data if key != precision.PIPELINE}
+
+
+def loaded_pipeline_plans(path: Path | None = None) -> dict[str, dict[str, Plan]]:
+    """The committed pipeline plans by reduced dtype: model -> Plan (only the dtypes the file holds)."""
+    import tomllib
+
+    path = precision.PLAN_FILE if path is None else Path(path)
+    data = tomllib.loads(path.read_text()).get(precision.PIPELINE, {}) if path.is_file() else {}
+    return {d: {part: precision.pipeline_plan(part, d, path) for part in PIPELINE_PARTS}
+            for d in precision.REDUCED if d in data}
 
 
 def run(keys: Iterable[str] | None = None, search: bool = True, plan_path: Path | None = None,
         log: Callable[[str], None] = print, timing_rounds: int = 3, weights_dir: Path | None = None,
-        done: Callable[[dict], None] = lambda report: None) -> dict:
+        done: Callable[[dict], None] = lambda report: None, dtypes: Iterable[str] = precision.REDUCED) -> dict:
     """The study of `keys` (every subject by default): with `search`, plans are searched; without, the committed
-    plans (`plan_path`) are run. The pipeline applies its models' plans: searched in this run, else committed.
+    plans (`plan_path`) are run. The pipeline's search starts from its models' plans (searched in this run, else
+    committed) and ranks their layers as their own studies do (computed when they were not studied in this run).
     `done(report)` is called after each subject."""
     wanted = [s for s in SUBJECTS if keys is None or s.key in set(keys)]  # in SUBJECTS order: pipeline last
-    study = Study(Parity(weights_dir=weights_dir), loaded_plans(plan_path), timing_rounds, log)
+    study = Study(Parity(weights_dir=weights_dir), loaded_plans(plan_path), timing_rounds, log,
+                  loaded_pipeline_plans(plan_path))
     from rvc_mlx.testing.environment import environment
 
     out = {"tool": "rvc-mlx precision study", "environment": environment(), "targets": TARGETS,
            "threads": os.environ.get("OMP_NUM_THREADS"), "subjects": {}}
     for subj in wanted:
-        out["subjects"][subj.key] = study.analyse(subj, search=search)
+        out["subjects"][subj.key] = study.analyse(subj, search=search, dtypes=dtypes)
         out["plans"] = {k: {d: list(p.keep) for d, p in v.items()} for k, v in study.plans.items()}
+        out["plans"]["pipeline"] = {d: {m: list(p.keep) for m, p in v.items()}
+                                    for d, v in study.pipeline_plans.items()}
         done(out)  # after each subject: an interrupted study keeps what it finished
     return out
