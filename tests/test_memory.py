@@ -28,3 +28,21 @@ def test_configure_cache_never_lowers_a_larger_limit(monkeypatch):
         assert mx.set_cache_limit(8 << 30) == 8 << 30
     finally:
         mx.set_cache_limit(previous)
+
+
+def test_released_harness_models_leave_the_process(parity):
+    """Parity.release (the plugin calls it between test modules and components) drops every cached model, the
+    pipeline's parts included, so nothing keeps them alive; they reload on demand."""
+    import gc
+    import weakref
+
+    comp = parity.component("fcpe")
+    weights = parity.weights(comp, comp.spec.cases[0].name)
+    model = weakref.ref(comp.mlx(weights))
+    pipe = parity.component("pipeline")
+    pipe._parts[("test",)] = part = type("Part", (), {})()
+    part = weakref.ref(part)
+    parity.release()
+    gc.collect()
+    assert model() is None and part() is None
+    assert comp.mlx(weights) is not None  # reloaded

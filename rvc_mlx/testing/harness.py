@@ -216,6 +216,22 @@ def _pure_mlx():
         yield
 
 
+def free_memory() -> None:
+    """Unreachable models collected, MLX's buffer cache emptied and the C heap trimmed (glibc keeps freed pages
+    of large loads otherwise), so that a released model's memory really leaves the process."""
+    import ctypes
+    import gc
+
+    import mlx.core as mx
+
+    gc.collect()
+    mx.clear_cache()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc (macOS): its allocator returns memory itself
+        pass
+
+
 class Parity:
     """One pytest session's harness state: golden store, policy, components, regeneration, results."""
 
@@ -231,6 +247,12 @@ class Parity:
         self.results: list[CaseResult] = []
         self._weights: dict[str, Weights] = {}
         self._regenerated: dict[tuple[str, str], CaseData] = {}
+
+    def release(self) -> None:
+        """Every component forgets its loaded models, and the memory goes back to the system (`free_memory`)."""
+        for comp in self.components.values():
+            comp.release()
+        free_memory()
 
     def component(self, name: str) -> Component:
         try:

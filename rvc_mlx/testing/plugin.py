@@ -164,6 +164,18 @@ def _harness(config):
     return h
 
 
+def pytest_runtest_teardown(item, nextitem):
+    """After a test module, or where a module's tests move to another component (the xdist group), the harness
+    releases its models: the suite's peak memory is that of one module or component, not of every model loaded."""
+    if nextitem is not None:
+        g1, g2 = parallel.group(item), parallel.group(nextitem)
+        if (g1 is not None and g1 == g2) or (nextitem.module is item.module and (g1 is None or g2 is None)):
+            return
+    h = getattr(item.config, "_rvc_parity", None)
+    if h is not None:
+        h.release()
+
+
 def pytest_sessionstart(session):
     """With --regen-golden, open the golden transaction before any case runs: a golden dir that cannot take the
     staged files (read-only, ...) stops the run at once, in one line."""

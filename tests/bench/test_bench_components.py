@@ -14,10 +14,15 @@ SECONDS = [pytest.param(1, id="1s"), pytest.param(10, id="10s", marks=pytest.mar
 MODELS = {"hubert": ("hubert", None, "features"), "rmvpe": ("rmvpe", None, "f0"),
           "crepe-full": ("crepe", "crepe-full", "f0"), "crepe-tiny": ("crepe", "crepe-tiny", "f0"),
           "fcpe": ("fcpe", None, "f0")}
-_loaded: dict = {}
 
 
-def _predictor(parity, name: str, impl: str):
+@pytest.fixture(scope="module")
+def loaded():
+    """The predictors this module benchmarks, loaded once each and freed with the module."""
+    return {}
+
+
+def _predictor(parity, _loaded: dict, name: str, impl: str):
     if (name, impl) not in _loaded:
         comp_name, package, _ = MODELS[name]
         comp = parity.component(comp_name)
@@ -43,8 +48,8 @@ PAIRS = [pytest.param(name, impl, id=f"{name}-{impl}",
 
 @pytest.mark.parametrize("seconds", SECONDS)
 @pytest.mark.parametrize("name, impl", PAIRS)
-def test_bench_component(benchmark, parity, name, impl, seconds):
-    model = _predictor(parity, name, impl)
+def test_bench_component(benchmark, parity, loaded, name, impl, seconds):
+    model = _predictor(parity, loaded, name, impl)
     audio = bench.speech(seconds)
     method = getattr(model, MODELS[name][2])
     def fn():  # np.asarray forces MLX evaluation inside the timed region

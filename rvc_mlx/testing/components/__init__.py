@@ -169,6 +169,11 @@ class Component:
         self._twins: ModelCache = ModelCache(keep=3)  # float64 + float32 of the current weights, + one
         self._mlx: ModelCache = ModelCache(keep=2)
 
+    def release(self) -> None:
+        """Forget the loaded models (reloaded on demand): the suite frees them between test modules."""
+        self._twins.clear()
+        self._mlx.clear()
+
     # --- inputs -------------------------------------------------------------------------------------
     def load_input(self, case: CaseSpec) -> tuple[np.ndarray, dict[str, Any]]:
         from rvc_mlx.testing.signals import read_wav

@@ -68,6 +68,10 @@ class PipelineComponent(Component):
         self._paths[info["sha256"]] = _Models(synth.path, hubert.path, pitch, index)
         return Weights(synth.path, info)
 
+    def release(self) -> None:
+        super().release()
+        self._parts.clear()  # the weight paths (`_paths`) stay: the session's Weights name them
+
     def _models(self, weights: Weights) -> _Models:
         return self._paths[weights.info["sha256"]]
 
