@@ -46,3 +46,26 @@ def test_released_harness_models_leave_the_process(parity):
     gc.collect()
     assert model() is None and part() is None
     assert comp.mlx(weights) is not None  # reloaded
+
+
+def test_the_plugin_releases_models_at_a_module_boundary_only_above_its_memory_bound(monkeypatch):
+    from types import SimpleNamespace
+
+    from rvc_mlx.testing import plugin
+
+    released = []
+    config = SimpleNamespace(_rvc_parity=SimpleNamespace(release=lambda: released.append(True)))
+
+    def item(module):
+        return SimpleNamespace(module=module, config=config, fspath=f"tests/{module}.py")
+
+    a, a2, b = item("test_a"), item("test_a"), item("test_b")
+    a2.module = a.module
+    for resident, pair, want in [(4 << 30, (a, a2), False),  # same module: the models stay
+                                 (1 << 30, (a, b), False),  # another module, but the process is small
+                                 (4 << 30, (a, b), True),
+                                 (None, (b, None), True)]:  # unreadable (not Linux): always
+        released.clear()
+        monkeypatch.setattr(plugin, "_resident_bytes", lambda r=resident: r)
+        plugin.pytest_runtest_teardown(*pair)
+        assert bool(released) == want, (resident, want)
