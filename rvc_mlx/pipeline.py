@@ -251,18 +251,18 @@ def pitch_loaders(rmvpe: str | Path | None = None, crepe_full: str | Path | None
 
     def loader(method: str, path: Path) -> Callable:
         def load():
-            kw = {"plan": model_plan(method, dtype)}
+            plan = model_plan(method, dtype)
             if method == "rmvpe":
                 from rvc_mlx.rmvpe import RMVPE
 
-                return RMVPE.from_checkpoint(path, **kw)
+                return RMVPE.from_checkpoint(path, plan=plan)
             if method == "fcpe":
                 from rvc_mlx.fcpe import FCPE
 
-                return FCPE.from_checkpoint(path, **kw)
+                return FCPE.from_checkpoint(path, plan=plan)
             from rvc_mlx.crepe import CREPE
 
-            return CREPE.from_checkpoint(path, model="tiny" if method == "crepe-tiny" else "full", **kw)
+            return CREPE.from_checkpoint(path, model="tiny" if method == "crepe-tiny" else "full", plan=plan)
         return load
 
     return {m: loader(m, Path(p)) for m, p in paths.items() if p is not None}

@@ -165,7 +165,7 @@ def _harness(config):
 
 
 # Resident memory above which the harness releases its models at a module / component boundary: reloading costs
-# time, so models stay while the process is small (make test peaks at ~5 GB with this, 17 GB without release).
+# time, so models stay while the process is small (make test peaks at 6.3 GB with this, 17 GB without release).
 RELEASE_ABOVE = 3 << 30
 
 

@@ -245,11 +245,9 @@ def host_array(v: Any) -> np.ndarray:
     """An MLX (or host) array as numpy; float16 / bfloat16 as float32 (numpy has no bfloat16)."""
     if isinstance(v, np.ndarray):
         return v
-    import mlx.core as mx
+    from rvc_mlx.precision import host
 
-    if v.dtype in (mx.float16, mx.bfloat16):
-        v = v.astype(mx.float32)
-    return np.array(v)
+    return host(v)
 
 
 @dataclass
