@@ -13,7 +13,8 @@ import sys
 from setuptools import Extension, setup
 from setuptools.command.build_ext import build_ext
 
-SOURCES = ["csrc/module.cpp", "csrc/conv2d.cpp", "csrc/depthwise.cpp", "csrc/gru.cpp", "csrc/pool.cpp"]
+SOURCES = ["csrc/module.cpp", "csrc/conv2d.cpp", "csrc/depthwise.cpp", "csrc/gru.cpp", "csrc/elementwise.cpp",
+           "csrc/pool.cpp"]
 COMMON = ["-O3", "-std=c++17", "-pthread", "-fvisibility=hidden", "-fno-semantic-interposition"]
 X86_FLAGS = {
     "avx512": ["-mavx512f", "-mavx512dq", "-mavx512bw", "-mavx512vl", "-mavx2", "-mfma"],
@@ -27,7 +28,7 @@ def _extensions() -> list[Extension]:
         return []
     x86 = platform.machine().lower() in ("x86_64", "amd64", "i686", "i386")
     flags = X86_FLAGS if x86 else {"generic": []}
-    exts = [Extension(f"rvc_mlx._kernels_{isa}", sources=SOURCES, depends=["csrc/kernels.h"], language="c++",
+    exts = [Extension(f"rvc_mlx._kernels_{isa}", sources=SOURCES, depends=["csrc/kernels.h", "csrc/vmath.h"], language="c++",
                       extra_compile_args=COMMON + extra + [f"-DRVC_KERNELS_ISA={isa}"], extra_link_args=["-pthread"])
             for isa, extra in flags.items()]
     exts.append(Extension("rvc_mlx._cpu", sources=["csrc/cpu.cpp"], language="c++", extra_compile_args=["-O2"]))

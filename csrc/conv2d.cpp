@@ -147,14 +147,24 @@ void channel_passes(const float* in, Shape s, const float* w, const float* bias,
   }
 }
 
+// Pixels per block for 4, 2 and 1 vectors of output channels: the accumulators fill the vector registers but for
+// the weights and the broadcast input. AVX-512 has 32 (24 accumulators); AVX2 and SSE have 16 (12 accumulators,
+// else they spill), where 4-vector blocks of 3 pixels ran slower than 2-vector blocks of 6 (AMD Zen 3): none.
+#if defined(__AVX512F__)
+constexpr int PW4 = 6, PW2 = 12, PW1 = 16;
+#else
+constexpr int PW4 = 0, PW2 = 6, PW1 = 12;
+#endif
+
 // Output channels [o0, o1) of `count` pixels; wider channel blocks reuse each broadcast input value for more FMAs.
 template <class At>
 void channels(const float* in, const Shape& s, const float* w, const float* bias, float* out, At at, int count,
               int o0, int o1) {
   int ob = o0;
-  for (; ob + 4 * LANES <= o1; ob += 4 * LANES) channel_passes<6, 4>(in, s, w, bias, out, at, count, ob);
-  for (; ob + 2 * LANES <= o1; ob += 2 * LANES) channel_passes<12, 2>(in, s, w, bias, out, at, count, ob);
-  for (; ob < o1; ob += LANES) channel_passes<16, 1>(in, s, w, bias, out, at, count, ob);
+  if constexpr (PW4 > 0)
+    for (; ob + 4 * LANES <= o1; ob += 4 * LANES) channel_passes<PW4, 4>(in, s, w, bias, out, at, count, ob);
+  for (; ob + 2 * LANES <= o1; ob += 2 * LANES) channel_passes<PW2, 2>(in, s, w, bias, out, at, count, ob);
+  for (; ob < o1; ob += LANES) channel_passes<PW1, 1>(in, s, w, bias, out, at, count, ob);
 }
 
 // Output pixel (h, w), h < ho, w < wo, reads input pixels (h + i - pt, w + j * dw - pl) (zero outside x), is stored

@@ -5,7 +5,7 @@
 // elementwise kernels: 25 ms per 1000 x 1024 conv, against ~1 ms here (8 frames x 16 channels in registers per
 // tap). Sums per output: tap 0's product, taps 1.. k-1 by fused multiply-adds, then + bias, as layers.Conv1d.
 // exp is fastmath's (Cephes expf: e^r by polynomial times 2^n), so GLU and SiLU round as fastmath's within an ulp.
-#include "kernels.h"
+#include "vmath.h"
 
 #include <atomic>
 #include <cmath>
@@ -13,28 +13,6 @@
 #include <vector>
 
 namespace {
-
-constexpr float LOG2E = 1.4426950408889634f, LN2_HI = 0.693359375f, LN2_LO = -2.12194440e-4f;
-
-typedef int vi __attribute__((vector_size(LANES * 4), aligned(4)));
-
-// fastmath's exp, a vector at a time: x = n ln2 + r, e^r by Cephes' polynomial, 2^n as float32 exponent bits.
-inline vf exp_v(vf x) {
-  const vf lo = vf{} - 87.33654f, hi = vf{} + 88.0f, one = vf{} + 1.0f;
-  x = x < lo ? lo : x;
-  x = x > hi ? hi : x;
-  const vf t = x * LOG2E + 0.5f;
-  vf n = __builtin_convertvector(__builtin_convertvector(t, vi), vf);  // truncated toward zero
-  n = n > t ? n - one : n;                                              // floor
-  const vf r = x - n * LN2_HI - n * LN2_LO;
-  vf p = 1.9875691500e-4f * r + 1.3981999507e-3f;
-  p = p * r + 8.3334519073e-3f;
-  p = p * r + 4.1665795894e-2f;
-  p = p * r + 1.6666665459e-1f;
-  p = p * r + 5.0000001201e-1f;
-  const vf er = p * (r * r) + r + one;
-  return er * (vf)((__builtin_convertvector(n, vi) + 127) << 23);
-}
 
 struct Job {
   const float *x, *w, *bias;  // x (B, T, Cx), w (k, C), bias (C) or null

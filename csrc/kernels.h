@@ -60,3 +60,6 @@ void parallel(int n, const std::function<void(int)>& work);
 PyObject* py_conv2d(PyObject*, PyObject* args);
 PyObject* py_depthwise_conv1d(PyObject*, PyObject* args);
 PyObject* py_gru_scan(PyObject*, PyObject* args);
+PyObject* py_softmax(PyObject*, PyObject* args);
+PyObject* py_gelu(PyObject*, PyObject* args);
+PyObject* py_group_norm_gelu(PyObject*, PyObject* args);

@@ -1,5 +1,5 @@
-// rvc_mlx._kernels_<isa>: CPU kernels MLX's Linux build lacks a fast form of (conv2d.cpp, depthwise.cpp, gru.cpp;
-// worker threads: pool.cpp). setup.py compiles these sources once per ISA (avx512, avx2, generic) and names each
+// rvc_mlx._kernels_<isa>: CPU kernels MLX's Linux build lacks a fast form of (conv2d.cpp, depthwise.cpp, gru.cpp,
+// elementwise.cpp; worker threads: pool.cpp). setup.py compiles these sources once per ISA (avx512, avx2, generic) and names each
 // build with -DRVC_KERNELS_ISA=<isa>; rvc_mlx.dispatch imports one only after rvc_mlx._cpu says the CPU runs it.
 #include "kernels.h"
 
@@ -22,6 +22,12 @@ PyMethodDef methods[] = {
      "c] * w[q, c] (zero outside x), g = x, or a * sigmoid(b) of x's channel halves if glu; then y * sigmoid(y) if "
      "silu. x (B, T, C or 2C), w (k, C), y (B, T + 2 * padding - k + 1, C), float32 C-contiguous, C a multiple "
      "of LANES."},
+    {"softmax", py_softmax, METH_VARARGS,
+     "softmax(x, y, scale): y[r] = softmax(x[r] * scale) for each row r of x (R, N); x, y float32 C-contiguous."},
+    {"gelu", py_gelu, METH_VARARGS, "gelu(x, y): y = x * 0.5 * (1 + erf(x / sqrt 2)); x, y (N,) float32."},
+    {"group_norm_gelu", py_group_norm_gelu, METH_VARARGS,
+     "group_norm_gelu(x, gamma, beta, y, eps, gelu): per (batch, channel) over the L frames of x (B, L, C), "
+     "y = (x - mean) / sqrt(var + eps) * gamma + beta, then GELU if gelu; C a multiple of LANES."},
     {nullptr, nullptr, 0, nullptr}};
 
 #ifndef RVC_KERNELS_ISA

@@ -1,7 +1,7 @@
 """MLX front end of the C++ kernels (csrc/, one build per ISA: `rvc_mlx.dispatch` picks it) for MLX's CPU device:
 direct NHWC conv2d, transposed conv2d and conv1d (one conv per output phase), dilated conv1d (a 1 x k conv2d over
-one row), depthwise conv1d, and the GRU recurrence; with fused neighbours (BatchNorm, ReLU, leaky ReLU, residual
-adds, GLU, SiLU) rounded as MLX's ops.
+one row), depthwise conv1d, the GRU recurrence, softmax, GELU and per-channel GroupNorm + GELU; with fused
+neighbours (BatchNorm, ReLU, leaky ReLU, residual adds, GLU, SiLU) rounded as MLX's ops.
 
 MLX has no fast CPU conv for 16-256 channels (its im2col + GEMM, and the shifted-GEMM sums in layers.py, run
 2-3x slower than torch's oneDNN on RMVPE), and runs depthwise convs and per-step recurrences as chains of
@@ -148,6 +148,36 @@ def gru_scan(gis: list[mx.array], w_hh: list[mx.array], b_hh: list[mx.array]) ->
     _k().gru_scan([(host(gi), _transposed(w), host(bias), out, h, i == 1)
                        for i, (gi, w, bias, out, h) in enumerate(zip(gis, w_hh, b_hh, outs, last, strict=True))])
     return [mx.array(o) for o in outs], [mx.array(h) for h in last]
+
+
+def softmax(x: mx.array, scale: float, in_place: bool = False) -> mx.array:
+    """softmax(x * scale) over x's last axis, one vectorised pass per row (x * scale rounded as MLX's multiply).
+    `in_place`: x is an array only the caller holds (e.g. a matmul's fresh output): written over, no copy."""
+    xn = np.asarray(x)  # evaluates x: a view of MLX's buffer
+    if in_place and xn.flags.c_contiguous and xn.flags.writeable:
+        _k().softmax(xn.reshape(-1, xn.shape[-1]), xn.reshape(-1, xn.shape[-1]), float(scale))
+        return x
+    xn = np.ascontiguousarray(xn)
+    y = np.empty(xn.shape, dtype=np.float32)
+    _k().softmax(xn.reshape(-1, xn.shape[-1]), y.reshape(-1, xn.shape[-1]), float(scale))
+    return mx.array(y)
+
+
+def gelu(x: mx.array) -> mx.array:
+    """torch's exact GELU of x (any layout)."""
+    xn = host(x)
+    y = np.empty(xn.shape, dtype=np.float32)
+    _k().gelu(xn.reshape(-1), y.reshape(-1))
+    return mx.array(y)
+
+
+def group_norm_gelu(norm, x: mx.array) -> mx.array:
+    """`norm` (a GroupNorm with one group per channel: statistics per channel over all frames) of NLC x, then
+    GELU, in one kernel; C in whole vectors."""
+    xn = host(x)
+    y = np.empty(xn.shape, dtype=np.float32)
+    _k().group_norm_gelu(xn, host(norm.weight), host(norm.bias), y, float(norm.eps), True)
+    return mx.array(y)
 
 
 def _transposed(w: mx.array) -> np.ndarray:

@@ -228,6 +228,17 @@ def transcendental(op: str, x: mx.array | None = None) -> bool:
     return native
 
 
+def vectorised(op: str, x: mx.array) -> bool:
+    """Whether a C++ kernel runs `op` (softmax, gelu) on x in one vectorised pass: kernels on (float32, MLX's CPU
+    device) and fastmath's transcendentals chosen (the kernels compute its polynomials). MLX's Linux build has no
+    vector elementwise ops: even fastmath's compiled polynomials run one scalar pass per op. Reported when it does
+    (else `transcendental` chooses and reports)."""
+    if not mlx_math() and kernel_for(x):
+        _report(KERNEL, op)
+        return True
+    return False
+
+
 def execution() -> str:
     """What computes now: 'kernels avx2, fastmath' (Linux's default), 'pure MLX' (no kernels, MLX's
     transcendentals: what macOS runs), 'no kernels, fastmath' ...; and the device when it is not the CPU."""
@@ -371,8 +382,10 @@ def gru(x: mx.array) -> str:
 
 
 # ----------------------------------------------------------------------------------------------- chunk sizes
-ATTENTION_CHUNK_BYTES = 16 << 20  # attention scores per query chunk (all heads): stay in cache, not 430 MB
-ATTENTION_MIN_ROWS = 64
+# attention scores per query chunk (all heads), not all 430 MB at 60 s; fewer than ~400 query rows per GEMM
+# (its other operand, the keys, is repacked per call) cost OpenBLAS half its speed
+ATTENTION_CHUNK_BYTES = 64 << 20
+ATTENTION_MIN_ROWS = 256
 RESBLOCK_CHUNK_BYTES = 4 << 20  # per activation in a time chunk: small enough to stay in cache across its GEMMs
 RESBLOCK_MIN_MARGINS = 4  # a chunk spans at least this many halos (each chunk re-reads its halos)
 

@@ -4,7 +4,8 @@
 (~40 M elements/s, 50-80x slower than torch). Its arithmetic ops are vectorised, so the classic polynomial forms
 below, compiled into one kernel each, run ~10x faster than the native ops, with float32 errors at the level of
 torch's own (a few ulp; tests/test_fastmath.py bounds each against float64). On other platforms (Metal, macOS
-Accelerate) MLX's native ops are fast and used instead: `rvc_mlx.dispatch` chooses (RVC_MLX_MATH forces).
+Accelerate) MLX's native ops are fast and used instead: `rvc_mlx.dispatch` chooses (RVC_MLX_MATH forces). Where
+the C++ kernels run, GELU and softmax take them (the same polynomials, vectorised, one pass).
 The polynomials are float32 forms: float16 / bfloat16 inputs always take MLX's ops.
 """
 
@@ -13,7 +14,7 @@ from __future__ import annotations
 import mlx.core as mx
 import mlx.nn as nn
 
-from rvc_mlx import dispatch
+from rvc_mlx import cpu_kernels, dispatch
 
 _LOG2E = 1.4426950408889634
 _LN2_HI, _LN2_LO = 0.693359375, -2.12194440e-4  # Cody-Waite split of ln 2: n * LN2_HI is exact in float32
@@ -104,6 +105,8 @@ def erf(x: mx.array) -> mx.array:
 
 
 def gelu(x: mx.array) -> mx.array:
+    if dispatch.vectorised("gelu", x):
+        return cpu_kernels.gelu(x)
     return nn.gelu(x) if dispatch.transcendental("gelu", x) else _k["_gelu"](x)
 
 
@@ -119,9 +122,15 @@ def silu(x: mx.array) -> mx.array:
     return nn.silu(x) if dispatch.transcendental("silu", x) else _from_exp("_neg_parts", "_silu_post", x, x)
 
 
-def softmax(x: mx.array, axis: int = -1) -> mx.array:
-    """Softmax with float32 accumulation (MLX's precise=True; fastmath's float32 exp(x - max) / sum): a half
-    softmax accumulated in half is ~10x less accurate, and torch and fairseq accumulate it in float32."""
+def softmax(x: mx.array, axis: int = -1, scale: float | None = None, overwrite: bool = False) -> mx.array:
+    """Softmax (of x * scale, when given: attention's scaled scores) with float32 accumulation (MLX's precise=True;
+    fastmath's float32 exp(x - max) / sum): a half softmax accumulated in half is ~10x less accurate, and torch and
+    fairseq accumulate it in float32. `overwrite`: the caller holds x's only reference (the kernel may write the
+    result over it)."""
+    if axis in (-1, x.ndim - 1) and dispatch.vectorised("softmax", x):
+        return cpu_kernels.softmax(x, 1.0 if scale is None else scale, in_place=overwrite)
+    if scale is not None:
+        x = x * scale
     if dispatch.transcendental("softmax", x):
         return mx.softmax(x, axis=axis, precise=True)
     e = exp(x - mx.max(x, axis=axis, keepdims=True))

@@ -16,7 +16,7 @@ from rvc_mlx.audio import check_mono
 from rvc_mlx.config import HUBERT, HubertConfig
 from rvc_mlx.fastmath import GELU, softmax
 from rvc_mlx.layers import Conv1d
-from rvc_mlx import dispatch, precision
+from rvc_mlx import cpu_kernels, dispatch, precision
 from rvc_mlx.instrument import layer_by_layer, split
 
 
@@ -32,7 +32,11 @@ class GroupNormConvLayer(nn.Module):
         self.activation = GELU()
 
     def __call__(self, x: mx.array) -> mx.array:
-        return self.activation(self.layer_norm(self.conv(x)))
+        x = self.conv(x)
+        if not layer_by_layer() and not dispatch.mlx_math() and dispatch.fused(
+                x, "groupnorm+gelu", x.shape[-1], (self.layer_norm.weight,)):
+            return cpu_kernels.group_norm_gelu(self.layer_norm, x)
+        return self.activation(self.layer_norm(x))
 
 
 class NoLayerNormConvLayer(nn.Module):
@@ -124,13 +128,16 @@ class Attention(nn.Module):
         v = self.v_proj(x).reshape(shape).transpose(0, 2, 1, 3)
         rows = dispatch.attention_rows(b, self.num_heads, t)
         if rows >= t or layer_by_layer():
-            weights = softmax((q @ k.transpose(0, 1, 3, 2)) * self.scaling, axis=-1)
+            weights = softmax(q @ k.transpose(0, 1, 3, 2), axis=-1, scale=self.scaling, overwrite=True)
             out = weights @ v
         else:  # long inputs: query rows in chunks (softmax is per row), so the scores stay in cache, not 430 MB
             weights = None
             k_t = k.transpose(0, 1, 3, 2)
-            out = mx.concatenate([softmax((q[:, :, s:s + rows] @ k_t) * self.scaling, axis=-1) @ v
-                                  for s in range(0, t, rows)], axis=2)
+            chunks = []
+            for s in range(0, t, rows):
+                chunks.append(softmax(q[:, :, s:s + rows] @ k_t, axis=-1, scale=self.scaling, overwrite=True) @ v)
+                mx.eval(chunks[-1])  # one chunk's scores alive at a time (a lazy graph would hold them all)
+            out = mx.concatenate(chunks, axis=2)
             split("hubert attention query chunks", -(-t // rows))
         return self.out_proj(out.transpose(0, 2, 1, 3).reshape(b, t, -1)), weights
 

@@ -18,7 +18,7 @@ def test_the_constants_cases_shrink_default_to_the_originals():
     p = PipelineConfig()
     assert (p.x_pad, p.x_query, p.x_center, p.x_max) == (1, 6, 38, 41)
     assert (p.t_pad, p.t_query, p.t_center, p.t_max) == (16000, 96000, 608000, 656000)
-    assert (dispatch.ATTENTION_CHUNK_BYTES, dispatch.RESBLOCK_CHUNK_BYTES) == (16 << 20, 4 << 20)
+    assert (dispatch.ATTENTION_CHUNK_BYTES, dispatch.RESBLOCK_CHUNK_BYTES) == (64 << 20, 4 << 20)
     assert dispatch.settings().attention_rows is None and dispatch.settings().resblock_frames is None
 
 

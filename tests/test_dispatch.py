@@ -93,11 +93,11 @@ def test_RVC_MLX_ISA_forces_a_build_this_cpu_runs_and_refuses_one_it_cannot_with
 
 def test_chunk_sizes_default_to_the_shipped_constants_and_use_chunks_restores_them():
     assert dispatch.settings().attention_rows is None and dispatch.settings().resblock_frames is None
-    assert dispatch.attention_rows(1, 12, 1000) == max((16 << 20) // (4 * 12 * 1000), 64)
+    assert dispatch.attention_rows(1, 12, 1000) == max((64 << 20) // (4 * 12 * 1000), 256)
     assert dispatch.resblock_frames(1, 32, 60) == (4 << 20) // (4 * 32)
     with dispatch.use_chunks(attention_rows=3, resblock_frames=7):
         assert dispatch.attention_rows(1, 12, 1000) == 3 and dispatch.resblock_frames(1, 32, 60) == 7
-    assert dispatch.attention_rows(1, 12, 1000) == max((16 << 20) // (4 * 12 * 1000), 64)
+    assert dispatch.attention_rows(1, 12, 1000) == max((64 << 20) // (4 * 12 * 1000), 256)
     with pytest.raises(ValueError, match="attention_rows must be a positive integer"):
         dispatch.use_chunks(attention_rows=0)
 

@@ -1,0 +1,194 @@
+// Elementwise kernels for MLX's CPU device: row softmax (of scaled scores), GELU, and per-channel GroupNorm fused
+// with GELU (HuBERT's first feature-extractor layer). MLX's Linux build runs these as chains of scalar passes
+// (fastmath's polynomials compile to one pass each, but with no vector instructions); here each is one or two
+// vectorised passes shared across the cores. Transcendentals are fastmath's polynomials (vmath.h).
+#include "vmath.h"
+
+#include <atomic>
+#include <cmath>
+#include <vector>
+
+namespace {
+
+// Runs item(i) for i in [0, total) on up to cores() threads.
+template <class F>
+void share(long total, F item) {
+  const int n = (int)std::max(1L, std::min<long>(total, cores()));
+  std::atomic<long> next{0};
+  parallel(n, [&](int) {
+    for (long i; (i = next.fetch_add(1, std::memory_order_relaxed)) < total;) item(i);
+  });
+}
+
+// One row of n: y = softmax(x * scale), as fastmath computes it: s = x * scale (rounded), e = exp(s - max),
+// y = e / sum(e). The tail that does not fill a vector is padded with -inf-like values whose exp is dropped.
+void softmax_row(const float* x, float* y, int n, float scale) {
+  const int whole = n - n % LANES;
+  const vf low = vf{} - 3.0e38f;
+  vf m = low;
+  for (int i = 0; i < whole; i += LANES) {
+    const vf s = *(const vf*)(x + i) * scale;
+    m = s > m ? s : m;
+  }
+  vf tail = low;
+  for (int i = whole; i < n; ++i) tail[i - whole] = x[i] * scale;
+  m = tail > m ? tail : m;
+  const float mx = hmax(m);
+  vf acc{};
+  for (int i = 0; i < whole; i += LANES) {
+    const vf e = exp_v(*(const vf*)(x + i) * scale - mx);
+    *(vf*)(y + i) = e;
+    acc += e;
+  }
+  float sum = hsum(acc);
+  if (whole < n) {
+    const vf e = exp_v(tail - mx);
+    for (int i = whole; i < n; ++i) {
+      y[i] = e[i - whole];
+      sum += e[i - whole];
+    }
+  }
+  const vf s = vf{} + sum;
+  for (int i = 0; i < whole; i += LANES) *(vf*)(y + i) = *(vf*)(y + i) / s;
+  for (int i = whole; i < n; ++i) y[i] = y[i] / sum;
+}
+
+constexpr long CHUNK = 1 << 14;  // elements per GELU work item
+
+// GroupNorm with one group per channel: statistics over the L frames of (L, C) channels-last x, per work item
+// GROUP_VECTORS vectors of channels.
+constexpr int STAT_BLOCK = 256;
+constexpr int GROUP_VECTORS = 8;  // channels per GroupNorm work item: 8 vectors
+
+// Sums over the L frames of (x - center)^power (power 1 or 2) for `vecs` vectors of channels at row offset c:
+// float32 vector sums over blocks of STAT_BLOCK frames, the block sums in float64.
+void channel_sums(const float* x, long L, int C, int c, int vecs, const vf* center, int power, double* out) {
+  for (int k = 0; k < vecs * LANES; ++k) out[k] = 0.0;
+  for (long t0 = 0; t0 < L; t0 += STAT_BLOCK) {
+    vf acc[GROUP_VECTORS] = {};
+    for (long t = t0, t1 = std::min(L, t0 + STAT_BLOCK); t < t1; ++t) {
+      const float* row = x + t * C + c;
+      for (int v = 0; v < vecs; ++v) {
+        const vf d = *(const vf*)(row + v * LANES) - center[v];
+        acc[v] += power == 1 ? d : d * d;
+      }
+    }
+    for (int v = 0; v < vecs; ++v)
+      for (int i = 0; i < LANES; ++i) out[v * LANES + i] += acc[v][i];
+  }
+}
+
+void group_norm_gelu_block(const float* x, float* y, const float* gamma, const float* beta, long L, int C, int c,
+                           int vecs, float eps, bool gelu) {
+  double sum[GROUP_VECTORS * 16];
+  vf first[GROUP_VECTORS], mu[GROUP_VECTORS], mu_lo[GROUP_VECTORS], scale[GROUP_VECTORS];
+  // the mean as the first frame plus the mean difference from it: float32 sums of values far from zero would
+  // lose their low bits (a common offset of 50 cost 1e-5 of the mean)
+  for (int v = 0; v < vecs; ++v) first[v] = *(const vf*)(x + c + v * LANES);
+  channel_sums(x, L, C, c, vecs, first, 1, sum);
+  // the mean as two floats (hi + lo): x - hi is exact for x near the mean, so a large common offset costs nothing
+  for (int v = 0; v < vecs; ++v)
+    for (int i = 0; i < LANES; ++i) {
+      const double mean = (double)first[v][i] + sum[v * LANES + i] / (double)L;
+      mu[v][i] = (float)mean;
+      mu_lo[v][i] = (float)(mean - (double)mu[v][i]);
+    }
+  channel_sums(x, L, C, c, vecs, mu, 2, sum);  // the variance about the mean (two passes)
+  for (int v = 0; v < vecs; ++v)
+    for (int i = 0; i < LANES; ++i)  // (x - mean) * rsqrt(var + eps) * gamma + beta, as MLX's GroupNorm rounds it
+      scale[v][i] = 1.0f / std::sqrt((float)(sum[v * LANES + i] / (double)L) + eps);
+  for (long t = 0; t < L; ++t) {
+    const float* row = x + t * C + c;
+    float* dst = y + t * C + c;
+    for (int v = 0; v < vecs; ++v) {
+      const vf g = *(const vf*)(gamma + c + v * LANES), b = *(const vf*)(beta + c + v * LANES);
+      const vf r = (*(const vf*)(row + v * LANES) - mu[v] - mu_lo[v]) * scale[v] * g + b;
+      *(vf*)(dst + v * LANES) = gelu ? gelu_v(r) : r;
+    }
+  }
+}
+
+}  // namespace
+
+PyObject* py_softmax(PyObject*, PyObject* args) {
+  PyObject *xo, *yo;
+  float scale;
+  if (!PyArg_ParseTuple(args, "OOf", &xo, &yo, &scale)) return nullptr;
+  Buffer xb("softmax"), yb("softmax");
+  if (!xb.get(xo, PyBUF_SIMPLE, "x", 2) || !yb.get(yo, PyBUF_WRITABLE, "y", 2)) return nullptr;
+  const long rows = xb.view.shape[0];
+  const int n = (int)xb.view.shape[1];
+  if (yb.view.shape[0] != rows || yb.view.shape[1] != n || n < 1) {
+    PyErr_SetString(PyExc_ValueError, "softmax: x and y must be (rows, n) alike, n >= 1");
+    return nullptr;
+  }
+  const float* x = xb.data();
+  float* y = yb.mutable_data();
+  const long per = std::max(1L, 4096L / n);  // rows per work item
+  Py_BEGIN_ALLOW_THREADS
+  share((rows + per - 1) / per, [&](long item) {
+    for (long r = item * per, end = std::min(rows, r + per); r < end; ++r) softmax_row(x + r * n, y + r * n, n, scale);
+  });
+  Py_END_ALLOW_THREADS
+  Py_RETURN_NONE;
+}
+
+PyObject* py_gelu(PyObject*, PyObject* args) {
+  PyObject *xo, *yo;
+  if (!PyArg_ParseTuple(args, "OO", &xo, &yo)) return nullptr;
+  Buffer xb("gelu"), yb("gelu");
+  if (!xb.get(xo, PyBUF_SIMPLE, "x", 1) || !yb.get(yo, PyBUF_WRITABLE, "y", 1)) return nullptr;
+  const long n = xb.view.shape[0];
+  if (yb.view.shape[0] != n) {
+    PyErr_SetString(PyExc_ValueError, "gelu: x and y must have the same length");
+    return nullptr;
+  }
+  const float* x = xb.data();
+  float* y = yb.mutable_data();
+  Py_BEGIN_ALLOW_THREADS
+  share((n + CHUNK - 1) / CHUNK, [&](long item) {
+    const long a = item * CHUNK, b = std::min(n, a + CHUNK);
+    long i = a;
+    for (; i + LANES <= b; i += LANES) *(vf*)(y + i) = gelu_v(*(const vf*)(x + i));
+    if (i < b) {
+      vf t{};
+      for (long k = i; k < b; ++k) t[k - i] = x[k];
+      t = gelu_v(t);
+      for (long k = i; k < b; ++k) y[k] = t[k - i];
+    }
+  });
+  Py_END_ALLOW_THREADS
+  Py_RETURN_NONE;
+}
+
+PyObject* py_group_norm_gelu(PyObject*, PyObject* args) {
+  PyObject *xo, *go, *bo, *yo;
+  float eps;
+  int gelu;
+  if (!PyArg_ParseTuple(args, "OOOOfp", &xo, &go, &bo, &yo, &eps, &gelu)) return nullptr;
+  Buffer xb("group_norm_gelu"), gb("group_norm_gelu"), bb("group_norm_gelu"), yb("group_norm_gelu");
+  if (!xb.get(xo, PyBUF_SIMPLE, "x", 3) || !gb.get(go, PyBUF_SIMPLE, "gamma", 1) ||
+      !bb.get(bo, PyBUF_SIMPLE, "beta", 1) || !yb.get(yo, PyBUF_WRITABLE, "y", 3))
+    return nullptr;
+  const Py_ssize_t* xs = xb.view.shape;
+  const long B = xs[0], L = xs[1];
+  const int C = (int)xs[2];
+  if (C % LANES || L < 1 || gb.view.shape[0] != C || bb.view.shape[0] != C || yb.view.shape[0] != B ||
+      yb.view.shape[1] != L || yb.view.shape[2] != C) {
+    PyErr_Format(PyExc_ValueError,
+                 "group_norm_gelu: x (B, L, C) with C a multiple of %d, gamma and beta (C,), y shaped as x", LANES);
+    return nullptr;
+  }
+  const float *x = xb.data(), *g = gb.data(), *b = bb.data();
+  float* y = yb.mutable_data();
+  const int blocks = (C / LANES + GROUP_VECTORS - 1) / GROUP_VECTORS;
+  Py_BEGIN_ALLOW_THREADS
+  share(B * blocks, [&](long item) {
+    const long batch = item / blocks;
+    const int c = (int)(item % blocks) * GROUP_VECTORS * LANES;
+    const int vecs = std::min(GROUP_VECTORS, (C - c) / LANES);
+    group_norm_gelu_block(x + batch * L * C, y + batch * L * C, g, b, L, C, c, vecs, eps, gelu != 0);
+  });
+  Py_END_ALLOW_THREADS
+  Py_RETURN_NONE;
+}
