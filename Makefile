@@ -20,9 +20,13 @@ $(STAMP): pyproject.toml setup.py $(wildcard csrc/*.cpp csrc/*.h)
 
 install: $(STAMP)
 
-# The CI suite: harness unit tests, parity of every component vs golden, pipeline tests.
+# The CI suite: harness unit tests, parity of every component vs golden, pipeline tests. Two xdist workers with
+# one math thread each (PYTEST_ARGS="-n 0": one process): on 2 cores, one process leaves a core idle through most
+# of its Python, twin and small-array work. Each worker keeps at most 1 GB of MLX's freed buffers (memory, not
+# speed, is what a second worker costs).
+TEST_ENV := OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 MKL_NUM_THREADS=1 RVC_MLX_CACHE_LIMIT=1e9
 test: $(STAMP)
-	$(PY) -m pytest -m "not slow" --benchmark-disable $(PYTEST_ARGS)
+	$(TEST_ENV) $(PY) -m pytest -n 2 -m "not slow" --benchmark-disable $(PYTEST_ARGS)
 
 # Everything in `test`, plus the live float64 oracle with teacher forcing, benchmarks and the HTML report.
 parity: $(STAMP)

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from pathlib import Path
 
 import pytest
@@ -26,7 +27,7 @@ import pytest
 from rvc_mlx.checkpoints import CheckpointError
 from rvc_mlx.dispatch import KernelError
 from rvc_mlx.testing.components import GOLDEN, SpecError
-from rvc_mlx.testing import parallel
+from rvc_mlx.testing import parallel, phases
 from rvc_mlx.testing.golden import GoldenError
 from rvc_mlx.testing.taps import TapError
 from rvc_mlx.testing.tolerances import ToleranceError
@@ -65,7 +66,18 @@ def pytest_cmdline_main(config):
         config.option.dist = "loadgroup"
 
 
+class _PhaseClock:
+    """Per-config recorder of each test's time by phase (under xdist, the controller receives every report)."""
+
+    def __init__(self) -> None:
+        self.phases = phases.Phases()
+
+    def pytest_runtest_logreport(self, report) -> None:
+        self.phases.add(report.nodeid, report.keywords, report.duration)
+
+
 def pytest_configure(config):
+    config.pluginmanager.register(_PhaseClock(), f"rvc_mlx_phases_{id(config)}")
     if config.getoption("--regen-golden") and os.environ.get("CI"):
         raise pytest.UsageError("refusing to regenerate golden files in CI (CI is set): goldens are reviewed "
                                 "artefacts; run `make golden` locally and commit the result")
@@ -304,6 +316,7 @@ def pytest_sessionfinish(session, exitstatus):
     if deaths and h is not None and h.txn is not None:
         h.regen_errors += [d for d in deaths if d not in h.regen_errors]
     tr = config.pluginmanager.get_plugin("terminalreporter")
+    clock = config.pluginmanager.get_plugin(f"rvc_mlx_phases_{id(config)}")
     said = []
 
     def say(text):
@@ -357,7 +370,15 @@ def pytest_sessionfinish(session, exitstatus):
         if config.getoption("--precision"):
             from rvc_mlx.testing import precision_study
 
+            start = time.monotonic()
             study = precision_study.run(search=False, log=lambda s: say(f"precision: {s}"))
+            if clock is not None:
+                clock.phases.timed("precision plans", time.monotonic() - start)
+        start = time.monotonic()
         html_path = rep.write(report, results, h.policy, bench, _baseline(config), parallel.origin(outputs),
                               study)
         say(f"parity report: {report} and {html_path}")
+        if clock is not None:
+            clock.phases.timed("report", time.monotonic() - start)
+    if clock is not None:
+        say(clock.phases.line())

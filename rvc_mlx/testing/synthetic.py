@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import argparse
 import io
+import os
+import shutil
 import sys
 from pathlib import Path
 
@@ -287,9 +289,16 @@ def cached_checkpoint(component: str, seed: int = 0) -> Path:
     """The synthetic checkpoint for `component`, generated on first use into the cache directory."""
     path = cache_dir() / "synthetic" / GENERATORS[component][1].format(seed=seed, v=GENERATOR_VERSION)
     if not path.exists():
-        tmp = path.with_name(path.name + ".partial")
+        # a temp name of this process's own: parallel test workers may generate the same checkpoint at once
+        tmp = path.with_name(f"{path.name}.{os.getpid()}.partial")
         write_checkpoint(component, tmp, seed)
-        tmp.rename(path)  # a directory appears complete or not at all
+        try:
+            tmp.rename(path)  # a directory appears complete or not at all
+        except OSError:  # another process's rename won (a directory cannot replace a non-empty one)
+            if not path.exists():
+                raise
+        if tmp.exists():
+            shutil.rmtree(tmp) if tmp.is_dir() else tmp.unlink()
     return path
 
 
