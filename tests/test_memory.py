@@ -69,3 +69,9 @@ def test_the_plugin_releases_models_at_a_module_boundary_only_above_its_memory_b
         monkeypatch.setattr(plugin, "_resident_bytes", lambda r=resident: r)
         plugin.pytest_runtest_teardown(*pair)
         assert bool(released) == want, (resident, want)
+    config.workerinput = {"workercount": 2}  # an xdist worker: its share of the bound
+    for resident, want in [(1 << 30, False), (2 << 30, True)]:
+        released.clear()
+        monkeypatch.setattr(plugin, "_resident_bytes", lambda r=resident: r)
+        plugin.pytest_runtest_teardown(a, b)
+        assert bool(released) == want, (resident, want)
