@@ -22,9 +22,9 @@ install: $(STAMP)
 
 # The CI suite: harness unit tests, parity of every component vs golden, pipeline tests. Two xdist workers with
 # one math thread each (PYTEST_ARGS="-n 0": one process): on 2 cores, one process leaves a core idle through most
-# of its Python, twin and small-array work. A second worker costs memory, not speed: each keeps at most 256 MB of
+# of its Python, twin and small-array work. A second worker costs memory, not speed: each keeps at most 256 MiB of
 # MLX's freed buffers and releases its models above half the plugin's bound.
-TEST_ENV := OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 MKL_NUM_THREADS=1 RVC_MLX_CACHE_LIMIT=256e6
+TEST_ENV := OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 MKL_NUM_THREADS=1 RVC_MLX_CACHE_LIMIT=268435456
 test: $(STAMP)
 	$(TEST_ENV) $(PY) -m pytest -n 2 -m "not slow" --benchmark-disable $(PYTEST_ARGS)
 
