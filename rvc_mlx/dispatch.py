@@ -228,15 +228,13 @@ def transcendental(op: str, x: mx.array | None = None) -> bool:
     return native
 
 
-def vectorised(op: str, x: mx.array) -> bool:
-    """Whether a C++ kernel runs `op` (softmax, gelu) on x in one vectorised pass: kernels on (float32, MLX's CPU
-    device) and fastmath's transcendentals chosen (the kernels compute its polynomials). MLX's Linux build has no
-    vector elementwise ops: even fastmath's compiled polynomials run one scalar pass per op. Reported when it does
-    (else `transcendental` chooses and reports)."""
-    if not mlx_math() and kernel_for(x):
-        _report(KERNEL, op)
-        return True
-    return False
+def vectorised(op: str, x: mx.array, channels: int | None = None, weights: tuple = ()) -> bool:
+    """Whether a C++ kernel runs `op` (softmax, gelu, groupnorm+gelu) on x in one vectorised pass: `fused`'s rule
+    (kernels on, float32, MLX's CPU device; channels in whole vectors, float32 weights, where given) and fastmath's
+    transcendentals chosen (the kernels compute its polynomials). MLX's Linux build has no vector elementwise ops:
+    even fastmath's compiled polynomials run one scalar pass per op. Reported when it does (else `transcendental`
+    or the caller's fallback chooses and reports)."""
+    return not mlx_math() and fused(x, op, channels, weights)
 
 
 def execution() -> str:

@@ -33,8 +33,7 @@ class GroupNormConvLayer(nn.Module):
 
     def __call__(self, x: mx.array) -> mx.array:
         x = self.conv(x)
-        if not layer_by_layer() and not dispatch.mlx_math() and dispatch.fused(
-                x, "groupnorm+gelu", x.shape[-1], (self.layer_norm.weight,)):
+        if not layer_by_layer() and dispatch.vectorised("groupnorm+gelu", x, x.shape[-1], (self.layer_norm.weight,)):
             return cpu_kernels.group_norm_gelu(self.layer_norm, x)
         return self.activation(self.layer_norm(x))
 
