@@ -14,11 +14,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from rvc_mlx.audio import check_mono
-from rvc_mlx.config import CREPE as CREPE_CFG
-from rvc_mlx.config import CREPEConfig
-from rvc_mlx.pitch import crepe_dither
-from rvc_mlx.instrument import tap
+from rvc_common.audio import check_mono
+from rvc_common.config import CREPE as CREPE_CFG
+from rvc_common.config import CREPEConfig
+from rvc_common.inputs import crepe_dither
+from rvc_common.instrument import tap
 
 
 class Crepe(nn.Module):

@@ -9,15 +9,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import librosa
 import numpy as np
 import torch
 import torch.nn as nn
 
-from rvc_mlx.audio import check_mono
-from rvc_mlx.dsp import mel_filterbank
-from rvc_mlx.checkpoints import check_fcpe_checkpoint
-from rvc_mlx.config import FCPE_CFG, FCPEConfig
-from rvc_mlx.instrument import tap
+from rvc_common.audio import check_mono
+from rvc_common.config import FCPE_CFG, FCPEConfig
+from rvc_common.instrument import tap
 
 
 class Transpose(nn.Module):
@@ -137,7 +136,8 @@ class MelSpectrogram(nn.Module):
     def __init__(self, cfg: FCPEConfig = FCPE_CFG):
         super().__init__()
         # librosa's float32 filter values, as the original keeps them; cast (exactly) to the run's dtype.
-        basis = mel_filterbank(cfg.sample_rate, cfg.n_fft, cfg.n_mels, cfg.mel_fmin, cfg.mel_fmax, htk=cfg.mel_htk)
+        basis = librosa.filters.mel(sr=cfg.sample_rate, n_fft=cfg.n_fft, n_mels=cfg.n_mels, fmin=cfg.mel_fmin,
+                                    fmax=cfg.mel_fmax, htk=cfg.mel_htk).astype(np.float32)
         self.register_buffer("mel_basis", torch.tensor(basis), persistent=False)
         self.cfg = cfg
 
@@ -186,12 +186,19 @@ class FCPE:
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, dtype: torch.dtype = torch.float32) -> "FCPE":
-        from rvc_mlx.checkpoints import load_torch_checkpoint
-
-        # torch.load(map_location="cpu", weights_only=True), with one-line CheckpointErrors
-        raw = load_torch_checkpoint(path)
+        raw = torch.load(str(path), map_location="cpu", weights_only=True)
+        if not isinstance(raw, dict) or not isinstance(raw.get("model"), dict):
+            raise ValueError(f"{path}: not a torchfcpe checkpoint (expected a dict with 'model' and 'config_dict')")
+        # the original builds its mel front end from config_dict; this twin implements FCPE_CFG's only
+        cfg = FCPE_CFG
+        want = {"sr": cfg.sample_rate, "num_mels": cfg.n_mels, "n_fft": cfg.n_fft, "win_size": cfg.win_length,
+                "hop_size": cfg.hop_length, "fmin": cfg.mel_fmin, "fmax": cfg.mel_fmax}
+        mel = (raw.get("config_dict") or {}).get("mel") or {}
+        for key, value in want.items():
+            if mel.get(key) != value:
+                raise ValueError(f"{path}: FCPE config mel.{key} is {mel.get(key)!r}; the twin implements {value!r}")
         model = CFNaiveMelPE()
-        model.load_state_dict(check_fcpe_checkpoint(raw, path), strict=True)
+        model.load_state_dict(raw["model"], strict=True)
         return cls(model, dtype)
 
     @torch.no_grad()

@@ -7,14 +7,15 @@ Layout is PyTorch's: feature-extractor activations (B, 512, L); projection and e
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn as nn
 
-from rvc_mlx.audio import check_mono
-from rvc_mlx.config import HUBERT, HubertConfig
+from rvc_common.audio import check_mono
+from rvc_common.config import HUBERT, HubertConfig
 
 
 class GroupNormConvLayer(nn.Module):
@@ -209,11 +210,17 @@ class HuBERT:
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, dtype: torch.dtype = torch.float32) -> "HuBERT":
-        from rvc_mlx.checkpoints import read_contentvec_dir
+        """A ContentVec directory (transformers' layout): config.json + model.safetensors or pytorch_model.bin."""
+        path = Path(path)
+        cfg = HubertConfig.from_hf(json.loads((path / "config.json").read_text()), str(path / "config.json"))
+        if (path / "model.safetensors").is_file():
+            from safetensors.torch import load_file
 
-        cfg, state, _ = read_contentvec_dir(path)
+            state = load_file(str(path / "model.safetensors"))
+        else:
+            state = torch.load(str(path / "pytorch_model.bin"), map_location="cpu", weights_only=True)
         model = HubertModel(cfg)
-        model.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in state.items()}, strict=True)
+        model.load_state_dict(state, strict=True)
         return cls(model, dtype)
 
     @torch.no_grad()

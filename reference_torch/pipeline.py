@@ -13,9 +13,9 @@ import torch
 import torch.nn.functional as F
 from scipy import signal
 
-from rvc_mlx.config import PIPELINE, PipelineConfig
-from rvc_mlx.synthesizer.inputs import make_noise
-from rvc_mlx.instrument import tap
+from rvc_common.config import PIPELINE, PipelineConfig
+from rvc_common.inputs import make_noise
+from rvc_common.instrument import tap
 
 
 class Pipeline:

@@ -8,16 +8,16 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import librosa
 import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from rvc_mlx.config import RMVPE as CFG
-from rvc_mlx.audio import check_mono
-from rvc_mlx.config import RMVPEConfig
-from rvc_mlx.dsp import mel_filterbank
-from rvc_mlx.instrument import tap
+from rvc_common.config import RMVPE as CFG
+from rvc_common.audio import check_mono
+from rvc_common.config import RMVPEConfig
+from rvc_common.instrument import tap
 
 
 class ConvBlockRes(nn.Module):
@@ -193,8 +193,9 @@ class MelSpectrogram(nn.Module):
 
     def __init__(self, cfg: RMVPEConfig = CFG):
         super().__init__()
-        # librosa returns float32 filters; the original keeps them as float32 values.
-        basis = mel_filterbank(cfg.sample_rate, cfg.n_fft, cfg.n_mels, cfg.mel_fmin, cfg.mel_fmax)
+        # librosa's filters, as the original builds them (float32 values)
+        basis = librosa.filters.mel(sr=cfg.sample_rate, n_fft=cfg.n_fft, n_mels=cfg.n_mels, fmin=cfg.mel_fmin,
+                                    fmax=cfg.mel_fmax, htk=True).astype(np.float32)
         self.register_buffer("mel_basis", torch.tensor(basis), persistent=False)
         self.cfg = cfg
 

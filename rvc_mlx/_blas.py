@@ -43,7 +43,8 @@ def load_fast_blas() -> str | None:
         _state["reason"] = "disabled by RVC_MLX_BLAS=none"
         return None
     if "mlx.core" in sys.modules:
-        _state["reason"] = "mlx.core was imported before rvc_mlx; import rvc_mlx first"
+        _state["reason"] = ("mlx.core was imported before rvc_mlx.runtime; import an rvc_mlx model (or "
+                            "rvc_mlx.runtime) first")
         return None
     found = ctypes.util.find_library("openblas")
     paths = [choice] if choice else [p for p in CANDIDATES if os.path.exists(p)] + ([found] if found else [])

@@ -33,7 +33,7 @@ def target_cache_limit() -> int:
 
 def configure_cache() -> int:
     """Raise MLX's buffer-cache limit to `target_cache_limit()` if it is lower; returns the limit in force."""
-    import mlx.core as mx
+    from rvc_mlx.runtime import mx
 
     target = target_cache_limit()
     previous = mx.set_cache_limit(target)

@@ -148,7 +148,7 @@ def fold_weight_norm(state: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
 # --------------------------------------------------------------------------------------------- layouts
 def _transform_for(module: object, param: str):
     """torch -> MLX layout of one parameter, chosen by the MLX module class that owns it."""
-    import mlx.nn as nn
+    from rvc_mlx.runtime import nn
 
     if param != "weight":
         return None
@@ -326,7 +326,7 @@ def mlx_weight_shape(path: Path, component: str, key: str) -> tuple[int, ...] | 
 def read_contentvec_dir(path: str | Path, read: bool = True):
     """A ContentVec directory: config.json + model.safetensors (read without torch) or pytorch_model.bin
     (weights_only) -> (HubertConfig, state dict of numpy arrays or None unless `read`, weights file)."""
-    from rvc_mlx.config import ConfigError, HubertConfig
+    from rvc_common.config import ConfigError, HubertConfig
 
     path = Path(path)
     cfg_file = path / "config.json"
@@ -403,7 +403,7 @@ def convert_checkpoint(source: str | Path, component: str, model, out: Path | No
 
 def load_mlx_weights(model, path: str | Path, component: str, read_state=None) -> None:
     """Load weights into `model` from an original checkpoint (converted once) or converted safetensors."""
-    import mlx.core as mx
+    from rvc_mlx.runtime import mx
 
     path = Path(path)
     if not path.is_file():
@@ -426,7 +426,7 @@ def read_rvc_checkpoint(path: str | Path):
     overwrites config[-3] (spk_embed_dim) with emb_g's row count, here any disagreement is refused as invalid,
     since it means the config list and the weights come from different models.
     """
-    from rvc_mlx.config import ConfigError, SynthConfig
+    from rvc_common.config import ConfigError, SynthConfig
     from rvc_mlx.synthesizer.validate import validate_rvc
 
     path = Path(path)

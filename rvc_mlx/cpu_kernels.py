@@ -14,7 +14,7 @@ from __future__ import annotations
 import sys
 import warnings
 
-import mlx.core as mx
+from rvc_mlx.runtime import mx
 import numpy as np
 
 from rvc_mlx import dispatch
@@ -30,7 +30,7 @@ def warn_if_missing() -> None:
         return
     if sys.platform.startswith("linux") and missing:
         warnings.warn(f"rvc-mlx: {dispatch.status()}; reinstall with `pip install -e .` and a C++ compiler (g++)",
-                      RuntimeWarning, stacklevel=3)
+                      RuntimeWarning, stacklevel=2)
 
 
 def _k():
@@ -242,3 +242,6 @@ def _affine(bn) -> tuple[np.ndarray, np.ndarray]:
         cached = (params, tuple(host(a if a.dtype == mx.float32 else a.astype(mx.float32)) for a in bn.affine()))
         object.__setattr__(bn, "_kernel_affine", cached)  # not a parameter
     return cached[1]
+
+
+warn_if_missing()  # once, when the first model module loads the kernels

@@ -8,16 +8,17 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import mlx.core as mx
-import mlx.nn as nn
+from rvc_mlx.runtime import mx
+from rvc_mlx.runtime import nn
 import numpy as np
 
-from rvc_mlx.audio import check_mono
-from rvc_mlx.config import CREPE as CREPE_CFG
-from rvc_mlx.config import CREPEConfig
+from rvc_common.audio import check_mono
+from rvc_common.config import CREPE as CREPE_CFG
+from rvc_common.config import CREPEConfig
 from rvc_mlx.layers import BatchNorm, TapConv2d
-from rvc_mlx.pitch import bins_to_frequency, crepe_dither, mean_filter, median_filter, viterbi
-from rvc_mlx.instrument import split, tap
+from rvc_common.inputs import crepe_dither
+from rvc_mlx.pitch import bins_to_frequency, mean_filter, median_filter, viterbi
+from rvc_common.instrument import split, tap
 from rvc_mlx.fastmath import sigmoid
 from rvc_mlx import precision
 

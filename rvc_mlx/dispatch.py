@@ -27,10 +27,10 @@ from dataclasses import dataclass, replace
 from functools import lru_cache
 from typing import Any, Iterator
 
-import mlx.core as mx
+from rvc_mlx.runtime import mx
 import numpy as np
 
-from rvc_mlx import instrument
+from rvc_common import instrument
 
 VARIANTS = ("avx512", "avx2", "generic")  # widest first
 NEEDS = {"avx512": ("avx512f", "avx512dq", "avx512bw", "avx512vl", "avx2", "fma"), "avx2": ("avx2", "fma"),

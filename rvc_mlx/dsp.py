@@ -27,7 +27,7 @@ def hann_window(n: int) -> np.ndarray:
 def stft_magnitude(audio, n_fft: int, hop: int, win_length: int):
     """|STFT| with centre reflect padding like torch.stft(center=True); audio (B, N) -> (B, frames, n_fft//2+1).
     Always in float32, as the originals' front ends run in every precision."""
-    import mlx.core as mx
+    from rvc_mlx.runtime import mx
 
     from rvc_mlx.precision import as_float32
 
@@ -47,7 +47,7 @@ def stft_magnitude(audio, n_fft: int, hop: int, win_length: int):
 
 def log_mel(audio, basis: np.ndarray, n_fft: int, hop: int, win_length: int, clamp: float):
     """log(clamp(mel_basis @ |STFT|)); audio (B, N) -> (B, frames, n_mels)."""
-    import mlx.core as mx
+    from rvc_mlx.runtime import mx
 
     mag = stft_magnitude(audio, n_fft, hop, win_length)
     mel = mag @ mx.array(basis.T)

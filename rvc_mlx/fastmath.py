@@ -11,8 +11,8 @@ The polynomials are float32 forms: float16 / bfloat16 inputs always take MLX's o
 
 from __future__ import annotations
 
-import mlx.core as mx
-import mlx.nn as nn
+from rvc_mlx.runtime import mx
+from rvc_mlx.runtime import nn
 
 from rvc_mlx import cpu_kernels, dispatch
 

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 from functools import lru_cache, partial
 
-import mlx.core as mx
-import mlx.nn as nn
+from rvc_mlx.runtime import mx
+from rvc_mlx.runtime import nn
 import numpy as np
 from threadpoolctl import threadpool_limits
 
 from rvc_mlx import cpu_kernels, dispatch, fastmath
 from rvc_mlx.dispatch import GEMM, KERNEL, MLX
-from rvc_mlx.instrument import profiled
+from rvc_common.instrument import profiled
 from rvc_mlx.precision import host
 
 

@@ -1,4 +1,4 @@
-"""Pitch decoding shared by the MLX estimators: CREPE's viterbi, dither and nan-aware filters (numpy, no torch).
+"""Pitch decoding shared by the MLX estimators: CREPE's viterbi, bins to Hz and nan-aware filters (numpy, no torch).
 
 These follow torchcrepe 0.0.24 (`decode.viterbi`, `convert.dither`, `filter.median`, `filter.mean`) as RVC calls
 them; the twin uses the package's own formulation (librosa's viterbi, torch filters) and a test proves both agree.
@@ -10,20 +10,8 @@ from functools import lru_cache
 
 import numpy as np
 
-from rvc_mlx.config import CREPE as CREPE_CFG
-from rvc_mlx.config import CREPEConfig
-
-
-def crepe_dither(n_frames: int, seed: int = 0, cfg: CREPEConfig = CREPE_CFG) -> np.ndarray:
-    """The cents noise torchcrepe's `bins_to_cents` draws (triangular on [-20, 20]), made an explicit input.
-
-    torchcrepe draws it from numpy's global RNG; `np.random.seed(seed)` before `torchcrepe.predict` makes the
-    package draw exactly these values (one stream, consumed batch after batch)."""
-    from scipy import stats
-
-    width = cfg.dither_cents
-    return stats.triang.rvs(c=0.5, loc=-width, scale=2 * width, size=n_frames,
-                            random_state=np.random.RandomState(seed))
+from rvc_common.config import CREPE as CREPE_CFG
+from rvc_common.config import CREPEConfig
 
 
 @lru_cache(maxsize=2)

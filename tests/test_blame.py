@@ -36,13 +36,16 @@ def test_planted_error_fails_parity_and_is_blamed_on_exactly_that_module(parity,
         module.update(saved)
     assert not result.passed
     assert result.blame.name.startswith(block) and result.layers.blame.name == path, result.failure_message()
-    first, second = result.failure_message().splitlines()[:2]
+    first, where, second = result.failure_message().splitlines()[:3]
     assert first == result.blame_line() and f"first divergence at {block}" in first
     assert "would need tolerance >=" in first
+    assert where.startswith("  worst element at index (") and ": MLX " in where and ", reference " in where, where
     assert second.startswith("layer-by-layer (") and f"first divergence at {path} (" in second
-    # every failing tap of both runs is listed, in execution order, not only the first
-    msg = result.failure_message()
-    assert msg.count("\n  ") == len(result.failing) + len(result.layers.failing) > 2
+    # every failing tap of both runs is listed, in execution order, not only the first, each with its worst element
+    lines = result.failure_message().splitlines()
+    listed = [ln for ln in lines if re.match(r"^  \S", ln) and not ln.startswith("  worst element")]
+    assert len(listed) == len(result.failing) + len(result.layers.failing) > 2
+    assert sum(ln.startswith("    worst element at index (") for ln in lines) == len(listed)
     for res in (result, result.layers):
         orders = [t.order for t in res.failing]
         assert orders == sorted(orders) and all(t.passed for t in res.taps if t.order < res.blame.order)
@@ -71,7 +74,8 @@ def test_a_nan_planted_in_one_synthesizer_layer_is_named_as_the_first_non_finite
     finally:
         conv.update({"weight": saved})
     assert not result.passed and result.first_nonfinite.name == "flow.flows.6", result.failure_message()
-    first, second = result.failure_message().splitlines()[:2]
+    first, where, second = result.failure_message().splitlines()[:3]
+    assert where.startswith("  first non-finite at index (") and "MLX nan" in where, where
     assert second.startswith("layer-by-layer (") and "first non-finite value at flow.flows.6 (" in second, second
     assert re.search(r"first non-finite value at flow\.flows\.6 \(ResidualCouplingLayer\): [1-9]\d* of \d+ MLX "
                      r"values are NaN or Inf \(the reference's are finite\)$", first), first
@@ -80,7 +84,7 @@ def test_a_nan_planted_in_one_synthesizer_layer_is_named_as_the_first_non_finite
 @pytest.mark.slow  # two whole-pipeline runs: in make parity (make test keeps the NaN and message tests)
 @pytest.mark.parity
 def test_a_pipeline_padding_bug_is_blamed_on_the_first_tap_whose_shape_differs(parity, monkeypatch):
-    from rvc_mlx.config import PipelineConfig
+    from rvc_common.config import PipelineConfig
 
     # the reflect padding lengthened from 1 s to 1.5 s (the trimming still takes 1 s): the output length changes
     monkeypatch.setattr(PipelineConfig, "t_pad", property(lambda cfg: round(cfg.sample_rate * cfg.x_pad * 1.5)))

@@ -7,8 +7,9 @@ import numpy as np
 import pytest
 import torch
 
-from rvc_mlx.config import CREPEConfig
-from rvc_mlx.pitch import crepe_dither, mean_filter, median_filter, viterbi
+from rvc_common.config import CREPEConfig
+from rvc_common.inputs import crepe_dither
+from rvc_mlx.pitch import mean_filter, median_filter, viterbi
 from rvc_mlx.testing.packages import asset, import_package
 from rvc_mlx.testing.signals import read_wav
 

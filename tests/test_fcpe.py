@@ -171,18 +171,20 @@ def _save(tmp_path, obj, name="fcpe.pt"):
 
 def test_plain_state_dict_is_not_an_fcpe_checkpoint_on_both_sides(tmp_path):
     bad = _save(tmp_path, {"cnn.weight": torch.zeros(3)})
-    for cls in (FCPE, TwinFCPE):
-        with pytest.raises(CheckpointError, match=r"fcpe.pt: not an FCPE checkpoint \(expected a dict with 'model'"):
-            cls.from_checkpoint(bad)
+    with pytest.raises(CheckpointError, match=r"fcpe.pt: not an FCPE checkpoint \(expected a dict with 'model'"):
+        FCPE.from_checkpoint(bad)
+    with pytest.raises(ValueError, match=r"fcpe.pt: not a torchfcpe checkpoint \(expected a dict with 'model'"):
+        TwinFCPE.from_checkpoint(bad)
 
 
 def test_fcpe_checkpoint_with_another_mel_config_is_refused_naming_the_field(weights, tmp_path):
     ckpt = torch.load(weights, map_location="cpu", weights_only=True)
     ckpt["config_dict"]["mel"]["fmax"] = 16000
     bad = _save(tmp_path, ckpt)
-    for cls in (FCPE, TwinFCPE):
-        with pytest.raises(CheckpointError, match="FCPE config mel.fmax is 16000; this port implements 8000 only"):
-            cls.from_checkpoint(bad)
+    with pytest.raises(CheckpointError, match="FCPE config mel.fmax is 16000; this port implements 8000 only"):
+        FCPE.from_checkpoint(bad)
+    with pytest.raises(ValueError, match="FCPE config mel.fmax is 16000; the twin implements 8000"):
+        TwinFCPE.from_checkpoint(bad)
 
 
 def test_fcpe_checkpoint_with_a_missing_key_is_refused_listing_it(weights, tmp_path):

@@ -1,4 +1,4 @@
-"""Instrumentation belongs to the package: model code imports only rvc_mlx.instrument (never the harness), a
+"""Instrumentation belongs to the package: model code imports only rvc_common.instrument (never the harness), a
 recording never changes what a model computes, and layer-by-layer mode is explicit."""
 
 import ast
@@ -9,7 +9,7 @@ import mlx.nn as nn
 import numpy as np
 import pytest
 
-from rvc_mlx import instrument
+from rvc_common import instrument
 from rvc_mlx.testing.taps import LayoutMap, LayoutRule, MLXRecorder
 
 REPO = Path(__file__).resolve().parents[1]

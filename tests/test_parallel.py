@@ -131,8 +131,8 @@ def test_benchmarks_are_refused_in_one_line_where_they_cannot_time(pytester, arg
 def _report(tmp_path, name, *args):
     path = tmp_path / f"{name}.json"
     # two components (two loadgroups: synth and pitch), so that both workers hand back results
-    cmd = [sys.executable, "-m", "pytest", "tests/parity/test_synth_parity.py", "tests/parity/test_pitch_parity.py",
-           "-k", "v1-32k-f0 or fcpe", "-m", "not slow", "-p", "no:benchmark", "-p", "no:cacheprovider",
+    cmd = [sys.executable, "-m", "pytest", "tests/parity/test_parity.py",
+           "-k", "every_tap and (v1-32k-f0 or fcpe)", "-m", "not slow", "-p", "no:benchmark", "-p", "no:cacheprovider",
            "--report", str(path), *args]
     res = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, env={**os.environ, "CI": ""})
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]

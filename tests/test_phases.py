@@ -5,8 +5,8 @@ from rvc_mlx.testing import phases
 
 def test_each_test_is_charged_to_its_phase_by_path_and_slow_marker():
     assert phases.phase("tests/test_cli.py::test_x", {}) == "unit and pipeline tests"
-    assert phases.phase("tests/parity/test_rmvpe_parity.py::test_x[speech]", {"parity": 1}) == "golden parity"
-    assert phases.phase("tests/parity/test_golden_fresh.py::test_live[x]", {"slow": 1}) == \
+    assert phases.phase("tests/parity/test_parity.py::test_x[rmvpe/speech]", {"parity": 1}) == "golden parity"
+    assert phases.phase("tests/parity/test_parity.py::test_live[x]", {"slow": 1}) == \
         "live oracle + teacher forcing"
     assert phases.phase("tests/test_precision_study.py::test_committed_plan[rmvpe]", {"slow": 1}) == \
         "precision plans"

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from rvc_mlx.config import PIPELINE
+from rvc_common.config import PIPELINE
 from rvc_mlx.pipeline import ConvertOptions, split_points
 from rvc_mlx.pipeline_audio import AudioError, rms_mix, to_16k_mono
 from rvc_mlx.testing.signals import read_wav
@@ -205,7 +205,7 @@ def test_chunked_conversion_matches_the_twin_segment_by_segment(models):
     from reference_torch.pipeline import Pipeline as TwinPipeline
     from reference_torch.rmvpe import RMVPE
     from reference_torch.synthesizer.model import Synthesizer
-    from rvc_mlx.config import PipelineConfig
+    from rvc_common.config import PipelineConfig
     from rvc_mlx.hubert import HuBERT as MLXHuBERT
     from rvc_mlx.pipeline import Pipeline, pitch_loaders
     from rvc_mlx.synthesizer.model import Synthesizer as MLXSynthesizer

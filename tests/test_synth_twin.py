@@ -6,9 +6,9 @@ import pytest
 import torch
 
 from reference_torch.synthesizer.model import Synthesizer
-from rvc_mlx.checkpoints import CheckpointError
-from rvc_mlx.config import synth_variants
-from rvc_mlx.synthesizer.inputs import coarse_pitch, make_noise
+from rvc_mlx.checkpoints import CheckpointError, read_rvc_checkpoint
+from rvc_common.config import synth_variants
+from rvc_common.inputs import coarse_pitch, make_noise
 from rvc_mlx.testing.synthetic import cached_checkpoint
 
 VARIANTS = sorted(synth_variants())
@@ -38,22 +38,25 @@ def test_every_variant_loads_strictly_and_synthesises_from_injected_noise(varian
     assert not np.array_equal(twin.infer(feats, coarse, hz, 0, None), a)  # without noise: own draws
 
 
-def test_spk_embed_dim_that_disagrees_with_the_weights_is_refused(tmp_path):
+def test_spk_embed_dim_that_disagrees_with_the_weights_is_refused_by_the_port_and_overridden_by_the_twin(tmp_path):
     ckpt = torch.load(cached_checkpoint("synth-v2-40k-f0"), weights_only=True)
     ckpt["config"][-3] = 4
     bad = tmp_path / "model.pth"
     torch.save(ckpt, bad)
     why = r"invalid RVC model: config spk_embed_dim=4 but emb_g.weight \(109, 256\) implies 109"
     with pytest.raises(CheckpointError, match=why):
-        Synthesizer.from_checkpoint(bad)
+        read_rvc_checkpoint(bad)
+    assert Synthesizer.from_checkpoint(bad).cfg.spk_embed_dim == 109  # as the original reader does
 
 
-def test_version_that_disagrees_with_the_feature_width_is_refused(tmp_path):
+def test_version_that_disagrees_with_the_feature_width_is_refused_by_port_and_twin(tmp_path):
     ckpt = torch.load(cached_checkpoint("synth-v2-40k-f0"), weights_only=True)
     ckpt["version"] = "v1"
     bad = tmp_path / "model.pth"
     torch.save(ckpt, bad)
     with pytest.raises(CheckpointError, match=r"invalid RVC model: config version=v1 takes 256-d content features"):
+        read_rvc_checkpoint(bad)
+    with pytest.raises(RuntimeError, match=r"size mismatch for enc_p.emb_phone.weight"):  # torch's strict load
         Synthesizer.from_checkpoint(bad)
 
 

@@ -12,7 +12,7 @@ import time
 import numpy as np
 import pytest
 
-from rvc_mlx.config import ConfigError, SynthConfig, synth_variants
+from rvc_common.config import ConfigError, SynthConfig, synth_variants
 from rvc_mlx.synthesizer.validate import validate_rvc
 
 VARIANTS = sorted(synth_variants())

@@ -7,8 +7,8 @@ import torch
 
 from reference_torch.synthesizer.model import Synthesizer as TwinSynthesizer
 from rvc_mlx.checkpoints import CheckpointError
-from rvc_mlx.config import synth_variants
-from rvc_mlx.synthesizer.inputs import coarse_pitch, make_noise
+from rvc_common.config import synth_variants
+from rvc_common.inputs import coarse_pitch, make_noise
 from rvc_mlx.synthesizer.model import Synthesizer
 from rvc_mlx.testing.metrics import tensor_metrics
 from rvc_mlx.testing.synthetic import cached_checkpoint

@@ -7,7 +7,7 @@ import torch
 import torch.nn as nn
 from torch.nn.utils.parametrizations import weight_norm
 
-from rvc_mlx.config import SynthConfig
+from rvc_common.config import SynthConfig
 
 
 class WaveNet(nn.Module):

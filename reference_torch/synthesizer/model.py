@@ -16,8 +16,9 @@ import torch.nn as nn
 from reference_torch.synthesizer.flow import ResidualCouplingBlock
 from reference_torch.synthesizer.nsf_hifigan import HiFiGANGenerator, HiFiGANNSFGenerator
 from reference_torch.synthesizer.text_encoder import TextEncoder
-from rvc_mlx.config import SynthConfig
-from rvc_mlx.instrument import tap
+from rvc_common.config import SynthConfig
+from rvc_common.inputs import check_inputs
+from rvc_common.instrument import tap
 
 
 class SynthesizerModel(nn.Module):
@@ -51,17 +52,19 @@ class Synthesizer:
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, dtype: torch.dtype = torch.float32) -> "Synthesizer":
-        from rvc_mlx.checkpoints import read_rvc_checkpoint
-
-        cfg, state = read_rvc_checkpoint(path)
+        # as the original reads it (torch.load, weights_only); enc_q is the training-only posterior encoder
+        ckpt = torch.load(str(path), map_location="cpu", weights_only=True)
+        config = list(ckpt["config"])
+        config[-3] = ckpt["weight"]["emb_g.weight"].shape[0]  # the original takes spk_embed_dim from the weights
+        cfg = SynthConfig.from_list(config, use_f0=bool(int(ckpt.get("f0", 1))),
+                                    version=str(ckpt.get("version", "v1")),
+                                    vocoder=str(ckpt.get("vocoder", "HiFi-GAN")), source=str(path))
         model = SynthesizerModel(cfg)
-        model.load_state_dict({k: torch.from_numpy(np.asarray(v)) for k, v in state.items()}, strict=True)
+        model.load_state_dict({k: v for k, v in ckpt["weight"].items() if not k.startswith("enc_q.")}, strict=True)
         return cls(model, dtype)
 
     @torch.no_grad()
     def infer(self, features, pitch_coarse=None, pitch_hz=None, speaker_id: int = 0, noise=None) -> np.ndarray:
-        from rvc_mlx.synthesizer.inputs import check_inputs
-
         feats, coarse, hz, eps_zp, eps_sine = check_inputs(self.cfg, features, pitch_coarse, pitch_hz, speaker_id,
                                                            noise)
         t = feats.shape[0]

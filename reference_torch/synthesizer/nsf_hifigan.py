@@ -12,7 +12,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.nn.utils.parametrizations import weight_norm
 
-from rvc_mlx.config import SynthConfig
+from rvc_common.config import SynthConfig
 
 
 class ResBlock(nn.Module):
@@ -109,7 +109,7 @@ class HiFiGANNSFGenerator(nn.Module):
         self.cond = nn.Conv1d(cfg.gin_channels, cfg.upsample_initial_channel, 1)
 
     def forward(self, x, f0, g, eps_sine):
-        from rvc_mlx.instrument import tap
+        from rvc_common.instrument import tap
 
         har, _, _ = self.m_source(f0, self.upp, eps_sine)
         har = har.transpose(1, 2)
@@ -141,7 +141,7 @@ class HiFiGANGenerator(nn.Module):
         self.cond = nn.Conv1d(cfg.gin_channels, cfg.upsample_initial_channel, 1)
 
     def forward(self, x, g):
-        from rvc_mlx.instrument import tap
+        from rvc_common.instrument import tap
 
         x = self.conv_pre(x) + self.cond(g)
         for i, up in enumerate(self.ups):

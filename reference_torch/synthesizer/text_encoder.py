@@ -8,7 +8,7 @@ import torch
 import torch.nn as nn
 
 from reference_torch.synthesizer.attentions import FFN, LayerNorm, MultiHeadAttention
-from rvc_mlx.config import SynthConfig
+from rvc_common.config import SynthConfig
 
 
 class Encoder(nn.Module):

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import math
 
-import mlx.core as mx
-import mlx.nn as nn
+from rvc_mlx.runtime import mx
+from rvc_mlx.runtime import nn
 
 from rvc_mlx.layers import Conv1d
 from rvc_mlx.fastmath import softmax

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import mlx.core as mx
-import mlx.nn as nn
+from rvc_mlx.runtime import mx
+from rvc_mlx.runtime import nn
 
-from rvc_mlx.config import SynthConfig
+from rvc_common.config import SynthConfig
 from rvc_mlx.layers import Conv1d
 from rvc_mlx.fastmath import sigmoid, tanh
 

@@ -5,16 +5,16 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import mlx.core as mx
-import mlx.nn as nn
+from rvc_mlx.runtime import mx
+from rvc_mlx.runtime import nn
 import numpy as np
 
-from rvc_mlx.config import SynthConfig
+from rvc_common.config import SynthConfig
 from rvc_mlx.synthesizer.flow import ResidualCouplingBlock
-from rvc_mlx.synthesizer.inputs import SynthNoise, check_inputs
+from rvc_common.inputs import SynthNoise, check_inputs
 from rvc_mlx.synthesizer.nsf_hifigan import HiFiGANGenerator, HiFiGANNSFGenerator
 from rvc_mlx.synthesizer.text_encoder import TextEncoder
-from rvc_mlx.instrument import tap
+from rvc_common.instrument import tap
 from rvc_mlx.fastmath import exp
 from rvc_mlx import precision
 

@@ -7,14 +7,14 @@ from __future__ import annotations
 
 import math
 
-import mlx.core as mx
-import mlx.nn as nn
+from rvc_mlx.runtime import mx
+from rvc_mlx.runtime import nn
 import numpy as np
 
 from rvc_mlx import cpu_kernels, dispatch
-from rvc_mlx.config import SynthConfig
+from rvc_common.config import SynthConfig
 from rvc_mlx.fastmath import Tanh, tanh
-from rvc_mlx.instrument import layer_by_layer, split, tap
+from rvc_common.instrument import layer_by_layer, split, tap
 from rvc_mlx.layers import Conv1d, ConvTranspose1d, leaky_relu, pad_time
 from rvc_mlx.precision import as_float32
 

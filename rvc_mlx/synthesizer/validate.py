@@ -20,7 +20,7 @@ import math
 
 import numpy as np
 
-from rvc_mlx.config import ConfigError, SynthConfig
+from rvc_common.config import ConfigError, SynthConfig
 
 FRAME_RATE = 100  # content and pitch frames are 10 ms (16 kHz, hop 160), so a model's rate is 100 * upp
 

@@ -66,7 +66,7 @@ def run(benchmark, impl: str, seconds: float, group: str, fn: Callable[[], Any],
     benchmark.group = group
     benchmark.extra_info.update(impl=impl, seconds=seconds)
     if impl == "mlx":
-        import mlx.core as mx
+        from rvc_mlx.runtime import mx
 
         gc.collect()
         mx.clear_cache()  # buffers cached for an earlier benchmark's sizes would only crowd out this one's

@@ -58,6 +58,7 @@ class TapResult:
     pitch: dict[str, Any] | None = None
     local: dict[str, Any] | None = None  # teacher-forced result
     impl: tuple[str, ...] = ()  # the implementations that computed it (rvc_mlx.dispatch's reports)
+    where: str = ""  # a failing tap: where it fails (worst element and its values, or the first frames)
 
     @property
     def passed(self) -> bool:
@@ -164,23 +165,94 @@ class CaseResult:
         head = f"layer-by-layer ({lay.execution}): all {len(lay.taps)} taps pass"
         return f"{head}: the fused path diverges inside {self.fused_block}" if self.failing else head
 
-    def failure_message(self) -> str:
+    def failure_message(self, teacher_min: int = 0) -> str:
+        """The blame line, where the blamed tap fails (worst element and both values there), the layer-by-layer
+        verdict, case-level problems, then every failing tap with its detail and the teacher-forced verdicts."""
         lines = [self.blame_line()]
+        first = self.first_nonfinite or self.blame
+        if first is not None and first.where:
+            lines.append(f"  {first.where}")
         if self.layers is not None:
             lines.append(self.localisation_line())
+            lay = self.layers.first_nonfinite or self.layers.blame
+            if lay is not None and lay.where:
+                lines.append(f"  {lay.where}")
         lines += self.problems
         for r in (self, self.layers):
             if r is not None and r.failing:
                 lines.append(f"failing taps on the {r.path} path ({len(r.failing)} of {len(r.taps)}), "
                              "execution order:")
-                lines += [f"  {t.describe()}{r._local(t)}" for t in r.failing]
-            local = [t for t in (r.taps if r is not None else []) if t.local is not None]
-            if local:  # the teacher-forced verdict of every module, passing or not
-                bad = [t for t in local if not t.local["passed"]]
-                lines.append(f"teacher-forced on the {r.path} path: {len(local) - len(bad)} of {len(local)} modules "
-                             "pass on the oracle's inputs" + (", failing locally:" if bad else ""))
-                lines += [f"  {t.name}: {_local_worst(t.local)}" for t in bad]
+                for t in r.failing:
+                    lines.append(f"  {t.describe()}{r._local(t)}")
+                    lines += [f"    {t.where}"] if t.where else []
+            lines += r.teacher_lines(teacher_min if r.local_judged else 0) if r is not None else []
         return "\n".join(lines + self.notes)
+
+    def _teacher_need(self, min_local: int) -> int:
+        # the layer-by-layer run judges every golden tap; the shipped run only the coarser taps it computes
+        return min_local if self.path == "layer-by-layer" else min(min_local, 1)
+
+    def teacher_lines(self, min_local: int = 0) -> list[str]:
+        """The teacher-forced verdict of this path: how many modules pass on the oracle's inputs and each one that
+        fails locally (a problem line when fewer than `min_local` were judged; at least one on the shipped path)."""
+        local = [t for t in self.taps if t.local is not None]
+        need = self._teacher_need(min_local)
+        lines = []
+        if len(local) < need:
+            lines.append(f"teacher forcing judged {len(local)} modules on the {self.path} path, fewer than the "
+                         f"{need} golden/cases.toml expects")
+        if local:
+            bad = [t for t in local if not t.local["passed"]]
+            lines.append(f"teacher-forced on the {self.path} path: {len(local) - len(bad)} of {len(local)} modules "
+                         "pass on the oracle's inputs" + (", failing locally:" if bad else ""))
+            lines += [f"  {t.name}: {_local_worst(t.local)}" for t in bad]
+        return lines
+
+    @property
+    def local_judged(self) -> bool:
+        """Teacher forcing ran on this path (a live oracle gave the modules' inputs)."""
+        return bool(self.extra.get("teacher_forced"))
+
+    def teacher_failures(self, min_local: int = 0) -> bool:
+        """True when teacher forcing judged too few modules on this path or one fails on the oracle's inputs."""
+        local = [t for t in self.taps if t.local is not None]
+        return len(local) < self._teacher_need(min_local) or any(not t.local["passed"] for t in local)
+
+
+def worst_element(value: np.ndarray, ref: np.ndarray, subject: str = "MLX", limit: float | None = None,
+                  metric: str = "max_rel") -> str:
+    """Where `value` is furthest from `ref`: the index (PyTorch layout), both values and their difference, and
+    how many elements exceed an elementwise `limit` (max_rel: of the reference's absmax; max_abs: absolute)."""
+    a = np.asarray(value, dtype=np.float64)
+    r = np.asarray(ref, dtype=np.float64)
+    bad = ~np.isfinite(a) & np.isfinite(r)
+    if bad.any():
+        i = np.unravel_index(int(np.argmax(bad)), a.shape)
+        return f"first non-finite at index {tuple(map(int, i))}: {subject} {a[i]:.6g}, reference {r[i]:.6g}"
+    err = np.where(np.isfinite(a) & np.isfinite(r), np.abs(a - r), 0.0)
+    if err.size == 0:
+        return ""
+    i = np.unravel_index(int(np.argmax(err)), a.shape)
+    line = (f"worst element at index {tuple(map(int, i))}: {subject} {a[i]:.7g}, reference {r[i]:.7g}, "
+            f"difference {a[i] - r[i]:.3g}")
+    if limit is not None and metric in ("max_rel", "max_abs"):
+        bound = limit * (float(np.max(np.abs(r))) if metric == "max_rel" else 1.0)
+        over = int(np.sum(err > bound))
+        line += f"; {over} of {err.size} elements ({over / err.size:.2%}) over the {metric} limit"
+    return line
+
+
+def _first_frames(value: np.ndarray, ref: np.ndarray, cents_limit: float, subject: str, show: int = 5) -> str:
+    """The first frames where the pitch tracks disagree (voicing, or cents beyond the limit), with both in Hz."""
+    est, r = np.asarray(value, dtype=np.float64).ravel(), np.asarray(ref, dtype=np.float64).ravel()
+    both = (est > 0) & (r > 0)
+    cents = np.zeros_like(r)
+    cents[both] = np.abs(1200.0 * np.log2(est[both] / r[both]))
+    frames = np.flatnonzero(((est > 0) != (r > 0)) | (cents > cents_limit))
+    if frames.size == 0:
+        return ""
+    listed = ", ".join(f"{int(f)} ({subject} {est[f]:.2f} Hz, reference {r[f]:.2f} Hz)" for f in frames[:show])
+    return f"{frames.size} frames disagree, first: {listed}"
 
 
 def _local_worst(local: dict[str, Any]) -> str:
@@ -201,6 +273,9 @@ def _judge_tensor(res: TapResult, value: np.ndarray, ref: np.ndarray, info: TapI
         res.checks.append(Check(m, float(res.mlx[m]), rule.limit(t), t))
     if not all(c.ok for c in res.checks):
         res.status = "fail"
+        elementwise = next((c for c in res.checks if c.metric in ("max_rel", "max_abs")), None)
+        res.where = worst_element(value, ref, limit=elementwise.limit if elementwise else None,
+                                  metric=elementwise.metric if elementwise else "")
 
 
 def _judge_pitch(res: TapResult, value: np.ndarray, ref: np.ndarray, policy: Policy,
@@ -219,6 +294,7 @@ def _judge_pitch(res: TapResult, value: np.ndarray, ref: np.ndarray, policy: Pol
                         f"{pm['voicing_agreement']:.4%} < {pr.voicing_agreement:.4%})")
     if problems:
         res.status, res.detail = "fail", "; ".join(problems)
+        res.where = _first_frames(value, ref, pr.cents_p99, "MLX")
 
 
 def _nonfinite(value: np.ndarray, ref: np.ndarray) -> int:
@@ -235,6 +311,7 @@ def _judge(res: TapResult, info: TapInfo, value: np.ndarray, refv: np.ndarray, r
         if bad:
             res.status = "nonfinite"
             res.detail = f"{bad} of {value.size} {subject} values are NaN or Inf (the reference's are finite)"
+            res.where = worst_element(value, refv, subject)
             return
     if info.kind == "tensor":
         _judge_tensor(res, value, refv, info, policy.rule(ref.component, info.name))
@@ -245,6 +322,8 @@ def _judge(res: TapResult, info: TapInfo, value: np.ndarray, refv: np.ndarray, r
         res.mlx = {"mismatches": float(diff)}
         if diff:
             res.status, res.detail = "fail", f"{diff} of {value.size} discrete values differ"
+            i = np.unravel_index(int(np.argmax(value != refv)), value.shape)
+            res.where = f"first at index {tuple(map(int, i))}: {subject} {value[i]}, reference {refv[i]}"
     else:
         raise ValueError(f"tap {info.name}: unknown check kind {info.kind!r}")
 

@@ -4,6 +4,7 @@ goldens."""
 
 from __future__ import annotations
 
+import fnmatch
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -11,9 +12,10 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from rvc_mlx import dispatch, instrument
+from rvc_common import instrument
+from rvc_mlx import dispatch
 from rvc_mlx.testing.compare import CaseResult, Check, compare_case
-from rvc_mlx.testing.components import GOLDEN, CaseSpec, Component, SpecError, Weights, registry
+from rvc_mlx.testing.components import GOLDEN, CaseSpec, Component, Coverage, SpecError, Weights, registry
 from rvc_mlx.testing.golden import CaseData, GoldenError, GoldenStore, TapInfo, tensor_sha256, tensor_stats, versions
 from rvc_mlx.testing.metrics import tensor_metrics
 from rvc_mlx.testing.taps import (CallInfo, MLXRecorder, TorchRecorder, _flatten, _mlx_or_host_array,
@@ -162,7 +164,7 @@ def local_outputs(comp: Component, ref: CaseData, mlx_root: Any, t32_root: Any |
                   names: set[str] | None) -> Iterator[tuple[str, np.ndarray, np.ndarray | None]]:
     """For each tapped module with recorded oracle inputs (those in `names`): (tap, the MLX module's output on
     those inputs, the float32 twin module's output or None without `t32_root`), in PyTorch layout."""
-    import mlx.core as mx
+    from rvc_mlx.runtime import mx
     import torch
 
     is_np = lambda a: isinstance(a, np.ndarray)  # noqa: E731
@@ -222,7 +224,7 @@ def free_memory() -> None:
     import ctypes
     import gc
 
-    import mlx.core as mx
+    from rvc_mlx.runtime import mx
 
     gc.collect()
     mx.clear_cache()
@@ -343,6 +345,33 @@ class Parity:
             self.results += [result] + ([layers] if layers is not None else [])
         return result
 
+    def uncovered(self, component: str, coverage: Coverage, case: str) -> list[str]:
+        """What the golden of `case` fails to cover under `coverage` (golden/cases.toml), one line each: modules the
+        twin calls (of the listed types, the case's `skip` aside) without a stored tap, too few of them, or a
+        named tap missing."""
+        import torch
+
+        comp = self.component(component)
+        spec = comp.spec.case(case)
+        stored = set(self.store.load(component, case).taps)
+        gaps = [f"{component}/{case}: no golden tap {t}" for t in coverage.taps if t not in stored]
+        if coverage.types:
+            twin = comp.twin(self.weights(comp, case), torch.float32)
+            audio, _ = comp.load_input(spec)
+            with comp.constants(spec, twin), TorchRecorder(comp.twin_module(twin), root=comp.root) as rec:
+                comp.run_twin(twin, audio)
+            unchecked = set(comp.spec.exclude_types) | set(comp.spec.unstored_types)
+            checked = ((lambda t: t not in unchecked) if coverage.types == "*" else (lambda t: t in coverage.types))
+            called = {n for n, r in rec.records.items() if checked(r.module_type)}
+            if len(called) < coverage.min_modules:
+                gaps.append(f"{component}/{case}: the twin calls {len(called)} modules of the checked types, fewer "
+                            f"than the {coverage.min_modules} golden/cases.toml expects")
+            expected = {n for n in called if not any(fnmatch.fnmatchcase(n, g) for g in spec.skip)}
+            missing = sorted(expected - stored)
+            if missing:
+                gaps.append(f"{component}/{case}: {len(missing)} modules without a golden tap: {missing[:10]}")
+        return gaps
+
     @staticmethod
     def _crossings(spec: CaseSpec, run: MLXRun, result: CaseResult) -> None:
         """A case that sets constants to cross a boundary fails when its shipped run no longer crosses it."""
@@ -368,7 +397,32 @@ class Parity:
         except Exception as e:  # e.g. audio of another length: the taps above already say where; never crash
             text = (str(e).strip().splitlines() or [""])[0]
             result.problems.append(f"{comp.name} domain metrics could not be computed ({type(e).__name__}: {text})")
+        self._requirements(comp, spec, result)
         return result
+
+    @staticmethod
+    def _requirements(comp: Component, spec: CaseSpec, result: CaseResult) -> None:
+        """The absolute bounds golden/cases.toml sets (`require`): each one not met is a case-level problem."""
+        taps = {t.name: t for t in result.taps}
+        for req in comp.spec.requirements(spec):
+            if req.truth:
+                sides = result.extra.get("truth", {}).get(req.tap, {})
+                values = {side: sides[side].get(req.metric) for side in ("mlx", "reference") if side in sides}
+            elif req.tap == "audio":
+                values = {"mlx": result.extra.get("audio", {}).get(req.metric)}
+            elif req.tap in taps:
+                t = taps[req.tap]
+                values = {"mlx": (t.pitch or {}).get(req.metric, t.mlx.get(req.metric))}
+            else:
+                values = {}
+            if not values or any(v is None for v in values.values()):
+                result.problems.append(f"{result.key}: requirement {req} could not be checked on the {result.path} "
+                                       "path (no such tap or metric)")
+            for side, v in values.items():
+                if v is not None and ((req.min is not None and not v >= req.min)
+                                      or (req.max is not None and not v <= req.max)):
+                    result.problems.append(f"{result.key}: requirement {req} fails on the {result.path} path: "
+                                           f"{side} {v:.6g} ({req.reason})")
 
     def _truth(self, comp: Component, case: str, ref: CaseData, values: dict, result: CaseResult) -> None:
         """Pitch accuracy against the input's known F0 (reported; meaningful with trained weights)."""

@@ -12,7 +12,6 @@ Benchmarks need the whole machine for their timings: under xdist they are desele
 from __future__ import annotations
 
 import pickle
-from pathlib import Path
 from typing import Any
 
 from rvc_mlx.testing.golden import GoldenError
@@ -39,9 +38,6 @@ def group(item) -> str | None:
     spec = getattr(item, "callspec", None)
     if spec is not None and isinstance(spec.params.get("component"), str):
         return spec.params["component"]
-    stem = Path(str(item.fspath)).stem
-    if stem.startswith("test_") and stem.endswith("_parity"):
-        return stem[len("test_"):-len("_parity")]
     return None
 
 

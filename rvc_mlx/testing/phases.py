@@ -15,7 +15,7 @@ def phase(nodeid: str, keywords) -> str:
     slow = "slow" in keywords
     if nodeid.startswith("tests/bench/"):
         return "benchmarks"
-    if nodeid.startswith("tests/parity/"):
+    if nodeid.startswith(("tests/parity/", "tests/test_live_twin.py")):
         return "live oracle + teacher forcing" if slow else "golden parity"
     if slow:
         return "precision plans" if "precision" in nodeid.split("::")[0] else "slow checks"

@@ -100,8 +100,10 @@ def pytest_configure(config):
 
 def pytest_report_header(config):
     from rvc_mlx import _blas, dispatch
+    from rvc_mlx.testing import twins_blas
 
-    return [f"rvc-mlx: MLX matmuls use {_blas.status()}", f"rvc-mlx: {dispatch.status()}"]
+    return [f"rvc-mlx: MLX matmuls use {_blas.status()}", f"rvc-mlx: the twins' matmuls use {twins_blas()}",
+            f"rvc-mlx: {dispatch.status()}"]
 
 
 class ParityFixture:

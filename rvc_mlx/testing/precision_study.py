@@ -19,7 +19,8 @@ from typing import Any, Callable, Iterable, Iterator
 
 import numpy as np
 
-from rvc_mlx import instrument, precision
+from rvc_common import instrument
+from rvc_mlx import precision
 from rvc_mlx.precision import Plan
 from rvc_mlx.testing.harness import Parity, local_outputs, mlx_run
 from rvc_mlx.testing.metrics import pitch_metrics, tensor_metrics
@@ -255,7 +256,7 @@ class Study:
         """Run `plan` on the subject's domain case: its output against the golden oracle (and, `timed`, the
         median seconds of `timing_rounds` runs and MLX's peak memory). The pipeline: its models with their
         `planned` plans, or `parts` (model -> Plan)."""
-        import mlx.core as mx
+        from rvc_mlx.runtime import mx
 
         comp = self.parity.component(subj.component)
         spec = comp.spec.case(subj.domain_case)
@@ -287,7 +288,7 @@ class Study:
     def _rate(subj: Subject, ref) -> int | None:
         if subj.domain != "audio":
             return None
-        from rvc_mlx.config import synth_variants
+        from rvc_common.config import synth_variants
 
         variant = ref.weights.get("variant") or ref.input.get("variant")
         return synth_variants()[variant].sr

@@ -1,6 +1,6 @@
 """Per-op-class time breakdown of one forward pass, MLX and PyTorch alike: where does each framework spend time?
 
-The MLX profiler is part of the package (`rvc_mlx.instrument.profile_mlx`); this adds its PyTorch twin, with the
+The MLX profiler is part of the package (`rvc_common.instrument.profile_mlx`); this adds its PyTorch twin, with the
 same op classes and the same self-time accounting: every module call is timed and its self time (total minus
 its child modules) is charged to an op class by the module's class name: GEMM (Linear, Embedding), conv,
 recurrent (GRU/LSTM), FFT (STFT / mel front ends) or elementwise (norms, activations, attention softmax, residual
@@ -13,7 +13,7 @@ from __future__ import annotations
 import time
 from typing import Any, Callable
 
-from rvc_mlx.instrument import OP_CLASSES, Clock, op_class, profile_mlx, roots
+from rvc_common.instrument import OP_CLASSES, Clock, op_class, profile_mlx, roots
 
 __all__ = ["OP_CLASSES", "op_class", "profile_mlx", "profile_torch"]
 

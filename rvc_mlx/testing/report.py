@@ -39,6 +39,8 @@ def tap_json(t: TapResult) -> dict[str, Any]:
         d["rule"] = {"K": t.rule.K, "floor": t.rule.floor, "reason": t.rule.reason}
     if t.detail:
         d["detail"] = t.detail
+    if t.where:
+        d["where"] = t.where
     if t.pitch is not None:
         d["pitch"] = t.pitch
     if t.local is not None:

@@ -176,7 +176,7 @@ def _write_contentvec(path: Path, seed: int) -> str:
 
     import torch
 
-    from rvc_mlx.config import HUBERT
+    from rvc_common.config import HUBERT
 
     state = contentvec_state(seed)
     path.mkdir(parents=True, exist_ok=True)
@@ -194,7 +194,7 @@ def synth_checkpoint(variant: str, seed: int = 0) -> dict:
     import torch
 
     from reference_torch.synthesizer.model import SynthesizerModel
-    from rvc_mlx.config import synth_variants
+    from rvc_common.config import synth_variants
 
     cfg = synth_variants()[variant]
     rng = np.random.Generator(np.random.PCG64(seed))
@@ -267,7 +267,7 @@ def _write_synth(variant: str):
 
 
 def _synth_generators() -> dict:
-    from rvc_mlx.config import synth_variants
+    from rvc_common.config import synth_variants
 
     return {f"synth-{v}": (_write_synth(v), f"synth-{v}-seed{{seed}}-v{{v}}.pth") for v in synth_variants()}
 

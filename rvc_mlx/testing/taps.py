@@ -2,7 +2,7 @@
 
 A tap is a module output (or input) recorded under the module's dotted path, e.g. `unet.encoder.layers.0`;
 tuple outputs become `path:0`, `path:1`, nested `path:1.2`; a module called k > 1 times adds `path#k`.
-Extra taps (`rmvpe.mel`) come from `rvc_mlx.instrument.tap(name, value)` calls inside model code and cost
+Extra taps (`rmvpe.mel`) come from `rvc_common.instrument.tap(name, value)` calls inside model code and cost
 nothing when no recorder is active. Both recorders store values in PyTorch's layout as numpy arrays; the MLX
 recorder converts each value with the layout its `LayoutMap` names explicitly and never guesses from shapes.
 
@@ -20,8 +20,8 @@ from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 
-from rvc_mlx import instrument
-from rvc_mlx.instrument import recording, tap  # noqa: F401  (the harness's tests import them from here)
+from rvc_common import instrument
+from rvc_common.instrument import recording, tap  # noqa: F401  (the harness's tests import them from here)
 
 
 class TapError(Exception):
@@ -410,7 +410,7 @@ class MLXRecorder(Recorder):
             self._finish()
 
     def _finish(self) -> None:
-        import mlx.core as mx
+        from rvc_mlx.runtime import mx
 
         mx.eval([p.value for p in self._pending if _mlx_is_array(p.value)])
         for p in self._pending:

@@ -30,6 +30,47 @@ class SpecError(ValueError):
 
 
 @dataclass(frozen=True)
+class Requirement:
+    """An absolute bound on top of the relative policy: `tap`'s `metric` (MLX vs reference; a pitch metric; or,
+    with `truth`, both implementations' accuracy against the input's known F0) >= `min` and/or <= `max`."""
+
+    tap: str  # a tap name, or "audio" (the component's audio metrics, e.g. the pipeline's output)
+    metric: str
+    reason: str
+    min: float | None = None
+    max: float | None = None
+    truth: bool = False
+
+    def __str__(self) -> str:
+        bound = " and ".join(b for b in (f">= {self.min:g}" if self.min is not None else "",
+                                         f"<= {self.max:g}" if self.max is not None else "") if b)
+        return f"{self.tap} {'truth ' if self.truth else ''}{self.metric} {bound}"
+
+
+@dataclass(frozen=True)
+class Coverage:
+    """What a component's golden must cover, checked on `cases`: every module the twin calls whose type is in
+    `types` ("*": any type but the excluded and unstored ones) has a tap, unless the case's `skip` leaves it out;
+    at least `min_modules` such modules; and the named `taps`."""
+
+    reason: str
+    cases: tuple[str, ...]
+    types: tuple[str, ...] | str = ()
+    taps: tuple[str, ...] = ()
+    min_modules: int = 0
+
+
+@dataclass(frozen=True)
+class TeacherForcing:
+    """The cases `make parity` teacher-forces against the live oracle, and the fewest modules it must judge on
+    each path."""
+
+    reason: str
+    cases: tuple[str, ...]
+    min_local: int = 1
+
+
+@dataclass(frozen=True)
 class CaseSpec:
     component: str
     name: str
@@ -52,6 +93,7 @@ class CaseSpec:
     constants: dict[str, Any] = field(default_factory=dict)
     crosses: dict[str, int] = field(default_factory=dict)  # split work -> pieces the shipped run must reach
     test_pure_mlx: bool = False  # `make test` judges it on the pure-MLX path too (`make parity` always does)
+    require: tuple[Requirement, ...] = ()  # this case's absolute bounds (beside its component's)
 
 
 @dataclass
@@ -74,6 +116,12 @@ class ComponentSpec:
     kinds: dict[str, str] = field(default_factory=dict)
     weights: dict[str, Any] = field(default_factory=dict)
     shipped: tuple[str, ...] = ("*",)  # tap globs the shipped path produces (finer taps: layer-by-layer only)
+    coverage: tuple[Coverage, ...] = ()  # what its goldens must cover (every component declares it)
+    teacher: TeacherForcing | None = None
+    require: tuple[Requirement, ...] = ()  # absolute bounds every case of it meets
+
+    def requirements(self, case: CaseSpec) -> tuple[Requirement, ...]:
+        return self.require + case.require
 
     def case(self, name: str) -> CaseSpec:
         for c in self.cases:
@@ -98,14 +146,27 @@ def load_specs(path: Path = GOLDEN / "cases.toml") -> dict[str, ComponentSpec]:
     specs = {}
     for name, d in data.items():
         try:
-            cases = [CaseSpec(component=name, **{k: tuple(v) if k in ("skip", "shipped") else v
+            cases = [CaseSpec(component=name, **{k: _requirements(v) if k == "require" else
+                                                 tuple(v) if k in ("skip", "shipped") else v
                                                  for k, v in c.items()})
                      for c in d.get("case", [])]
+            coverage = tuple(Coverage(**{k: tuple(v) if isinstance(v, list) else v for k, v in c.items()})
+                             for c in d.get("coverage", []))
+            t = d.get("teacher")
+            teacher = TeacherForcing(**{**t, "cases": tuple(t.get("cases", ()))}) if t is not None else None
+            require = _requirements(d.get("require", []))
         except TypeError as e:
-            raise SpecError(f"{path}: a [[{name}.case]] entry is malformed ({e})") from None
+            raise SpecError(f"{path}: a [{name}] entry (case, coverage, teacher or require) is malformed "
+                            f"({e})") from None
         if not cases:
             raise SpecError(f"{path}: component {name} lists no [[{name}.case]]")
-        unknown = set(d) - {"case", "exclude_types", "unstored_types", "blocks", "kinds", "weights", "shipped"}
+        names = {c.name for c in cases}
+        for entry in coverage + ((teacher,) if teacher else ()):
+            if set(entry.cases) - names or not entry.reason.strip():
+                raise SpecError(f"{path}: [{name}] coverage/teacher names unknown cases "
+                                f"{sorted(set(entry.cases) - names)} or gives no reason")
+        unknown = set(d) - {"case", "exclude_types", "unstored_types", "blocks", "kinds", "weights", "shipped",
+                            "coverage", "teacher", "require"}
         if unknown:
             raise SpecError(f"{path}: [{name}] has unknown keys {sorted(unknown)}")
         for c in cases:
@@ -117,8 +178,16 @@ def load_specs(path: Path = GOLDEN / "cases.toml") -> dict[str, ComponentSpec]:
                                 "they make it cross, so that the harness proves it does")
         specs[name] = ComponentSpec(name, cases, tuple(d.get("exclude_types", ())), tuple(d.get("unstored_types", ())),
                                     tuple(d.get("blocks", ())), dict(d.get("kinds", {})), dict(d.get("weights", {})),
-                                    tuple(d.get("shipped", ("*",))))
+                                    tuple(d.get("shipped", ("*",))), coverage, teacher, require)
     return specs
+
+
+def _requirements(entries: list[dict]) -> tuple[Requirement, ...]:
+    reqs = tuple(Requirement(**e) for e in entries)
+    for r in reqs:
+        if (r.min is None and r.max is None) or not r.reason.strip():
+            raise TypeError(f"requirement {r.tap} {r.metric}: needs min and/or max and a reason")
+    return reqs
 
 
 # dispatch.use_chunks arguments (MLX-only split sizes) and the config fields a case may set per component
@@ -132,7 +201,7 @@ def config_fields(component: str) -> set[str]:
     """The fields of `component`'s predictor config that a case may set (none for the others)."""
     if component not in CONFIGS:
         return set()
-    from rvc_mlx import config
+    from rvc_common import config
 
     return {f.name for f in dataclasses.fields(getattr(config, CONFIGS[component]))}
 

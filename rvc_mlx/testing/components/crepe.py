@@ -54,7 +54,7 @@ class CREPEComponent(Component):
         """Frames whose filtered periodicity is within tolerance of RVC's 0.1 voicing threshold in the oracle."""
         if "crepe.f0" not in ref.taps or "crepe.periodicity" not in ref.taps:
             return {}
-        from rvc_mlx.config import CREPEConfig
+        from rvc_common.config import CREPEConfig
 
         pd = ref.value("crepe.periodicity").astype(np.float64)
         info = ref.taps["crepe.periodicity"]

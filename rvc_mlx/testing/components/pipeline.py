@@ -41,7 +41,7 @@ class PipelineComponent(Component):
 
     def weights(self, weights_dir: Path | None, case: CaseSpec | None = None) -> Weights:
         from rvc_mlx.checkpoints import file_sha256
-        from rvc_mlx.config import synth_variants
+        from rvc_common.config import synth_variants
         from rvc_mlx.pipeline import packaged_pitch_weights
         from rvc_mlx.testing import synthetic
         from rvc_mlx.testing.components import registry
@@ -151,7 +151,7 @@ class PipelineComponent(Component):
         return torch.nn.Module()  # only the pipeline's extra taps are recorded
 
     def mlx_module(self, model: Any) -> Any:
-        import mlx.nn as nn
+        from rvc_mlx.runtime import nn
 
         return nn.Module()
 
@@ -194,7 +194,7 @@ class PipelineComponent(Component):
         """Audio metrics of the final output (SNR, SI-SDR, multi-resolution STFT, log-spectral distance)."""
         if "pipeline.audio" not in ref.taps or "pipeline.audio" not in values:
             return {}
-        from rvc_mlx.config import synth_variants
+        from rvc_common.config import synth_variants
         from rvc_mlx.testing.audio_metrics import audio_metrics
 
         sr = synth_variants()[ref.weights["variant"]].sr

@@ -50,7 +50,7 @@ class RMVPEComponent(Component):
         than the salience tolerance: a float32 implementation may legitimately decide them either way."""
         if "rmvpe.f0" not in ref.taps or "rmvpe.salience" not in ref.taps:
             return {}
-        from rvc_mlx.config import RMVPE as CFG
+        from rvc_common.config import RMVPE as CFG
 
         sal = ref.value("rmvpe.salience").astype(np.float64)
         info = ref.taps["rmvpe.salience"]

@@ -42,8 +42,8 @@ class SynthComponent(Component):
         return read_rvc_checkpoint(path)[1]
 
     def load_input(self, case: CaseSpec) -> tuple[dict, dict[str, Any]]:
-        from rvc_mlx.config import synth_variants
-        from rvc_mlx.synthesizer.inputs import coarse_pitch, make_noise
+        from rvc_common.config import synth_variants
+        from rvc_common.inputs import coarse_pitch, make_noise
 
         cfg = synth_variants()[case.variant]
         t = int(case.frames or 4)

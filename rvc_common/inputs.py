@@ -1,4 +1,5 @@
-"""Synthesizer inputs shared by the MLX port and the twin: validation and seeded noise."""
+"""Inputs the MLX port and its twin share: the seeded random draws fed to both (the synthesizer's noise, CREPE's
+dither) and the synthesizer's input validation."""
 
 from __future__ import annotations
 
@@ -6,7 +7,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from rvc_mlx.config import SynthConfig
+from rvc_common.config import CREPE as CREPE_CFG
+from rvc_common.config import CREPEConfig, SynthConfig
 
 
 @dataclass(frozen=True)
@@ -71,3 +73,15 @@ def coarse_pitch(f0_hz: np.ndarray) -> np.ndarray:
     mel[mel <= 1] = 1
     mel[mel > 255] = 255
     return np.rint(mel).astype(np.int64)
+
+
+def crepe_dither(n_frames: int, seed: int = 0, cfg: CREPEConfig = CREPE_CFG) -> np.ndarray:
+    """The cents noise torchcrepe's `bins_to_cents` draws (triangular on [-20, 20]), made an explicit input.
+
+    torchcrepe draws it from numpy's global RNG; `np.random.seed(seed)` before `torchcrepe.predict` makes the
+    package draw exactly these values (one stream, consumed batch after batch)."""
+    from scipy import stats
+
+    width = cfg.dither_cents
+    return stats.triang.rvs(c=0.5, loc=-width, scale=2 * width, size=n_frames,
+                            random_state=np.random.RandomState(seed))
