@@ -55,7 +55,7 @@ class CREPEConfig:
     capacity: str = "full"  # "full" | "tiny"
     window: int = 1024  # samples per frame at 16 kHz
     sample_rate: int = 16000
-    hop_length: int = 160  # RVC's hop (torchcrepe's default would be 10 ms too)
+    hop_length: int = 160  # RVC's hop (torchcrepe's default, 1/100 second, is the same)
     kernel_sizes: tuple[int, ...] = (512, 64, 64, 64, 64, 64)
     strides: tuple[int, ...] = (4, 1, 1, 1, 1, 1)
     paddings: tuple[tuple[int, int], ...] = ((254, 254),) + 5 * ((31, 32),)
@@ -159,7 +159,7 @@ class PipelineConfig:
     x_pad: float = 1  # seconds of reflect padding per side (and trimmed per segment at the output rate)
     x_query: float = 6  # seconds searched either side of a split point for the quietest window
     x_center: float = 38  # seconds between split points
-    x_max: float = 41  # inputs longer than this (plus 10 ms) are split
+    x_max: float = 41  # inputs longer than this (plus one hop) are split
     hp_order: int = 5  # Butterworth high-pass, applied forward-backward (filtfilt)
     hp_cutoff: float = 48.0
     input_peak: float = 0.95  # input is scaled down if max|x| > 0.95

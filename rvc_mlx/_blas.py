@@ -22,9 +22,9 @@ CANDIDATES = (
     "/usr/lib/aarch64-linux-gnu/libopenblas.so.0",
     "/usr/lib64/libopenblas.so.0",
 )
-# OpenBLAS's idle workers spin on sched_yield for 2^28 cycles (~0.1 s) after each GEMM, and on 2 cores that takes
-# one from the threads of the next ops (RMVPE's conv kernel ran at half speed after a GEMM: 6.5 vs 3.7 ms).
-# 2^18 cycles (~0.1 ms) still bridges back-to-back GEMMs (synthesizer at 10 s: within 2%, run to run).
+# OpenBLAS's idle workers spin on sched_yield for 2^28 cycles after each GEMM, and on 2 cores that takes one from
+# the threads of the next ops (RMVPE's conv kernel ran at half speed after a GEMM). 2^18 cycles still bridge
+# back-to-back GEMMs (the synthesizer's speed is unchanged).
 THREAD_TIMEOUT = "18"
 INSTALL_HINT = "apt-get install libopenblas0-pthread (make test/parity do this when run as root)"
 

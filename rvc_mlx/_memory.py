@@ -1,7 +1,7 @@
 """MLX's buffer cache on the CPU: the Linux wheel keeps at most 32 MiB of freed buffers for reuse.
 
 Every array larger than that is a fresh allocation whose pages fault in on first touch: an add over a 50 MB
-array then takes 5x its cached time, and the synthesizer at 10 s runs 1.6x slower. `configure_cache` raises the
+array then takes several times its cached time, and the synthesizer runs markedly slower. `configure_cache` raises the
 limit (never lowers it) to `RVC_MLX_CACHE_LIMIT` bytes, default min(2 GiB, an eighth of physical memory).
 """
 

@@ -284,12 +284,12 @@ def kernel_for(x: mx.array | np.ndarray, channels: int | None = None) -> bool:
 
 
 # MLX's native conv2d (im2col + one GEMM) is faster for a single input channel, and from 64 input channels up on
-# small images (RMVPE's bottom: 2048 pixels or fewer; e.g. 512 ch on 32x4: 3.0 vs 7.4 ms); the shifted-GEMM sum
-# wins everywhere else (64 -> 32 ch on 512x64: 11.6 vs 28 ms). Errors of both stay below torch's.
+# small images (RMVPE's bottom: 2048 pixels or fewer); the shifted-GEMM sum wins everywhere else (README: Speed).
+# Errors of both stay below torch's.
 NATIVE_CONV2D_CHANNELS = 64
 NATIVE_CONV2D_MAX_PIXELS = 2048
-# OpenBLAS runs a thin 1x1 conv, (N, C) x (C, <= 32), at half the kernel's speed (RMVPE's shortcuts: 32 -> 16 ch
-# on 1024 x 128, 4.9 vs 2.8 ms); wider 1x1 convs stay one GEMM
+# OpenBLAS runs a thin 1x1 conv, (N, C) x (C, <= 32), at about half the kernel's speed (RMVPE's shortcuts: 32 -> 16
+# ch on 1024 x 128); wider 1x1 convs stay one GEMM
 THIN_GEMM_OUTPUTS = 32
 
 
@@ -369,6 +369,15 @@ def conv_transpose(x: mx.array, dilation: int | tuple[int, int], one_d: bool) ->
     return _report(GEMM, op + " overlap-add")
 
 
+def float64_sum(x: mx.array, op: str) -> bool:
+    """Whether a sum whose error the model amplifies accumulates in float64 (`op`: the synthesizer's prior
+    projection): float32 input on MLX's CPU device, where MLX has float64 (its GPU backends do not)."""
+    if x.dtype == mx.float32 and mx.default_device() == mx.cpu:
+        _report(GEMM, op + " float64")
+        return True
+    return False
+
+
 def gru(x: mx.array) -> str:
     """GRU recurrence: KERNEL (vectorised GEMV + gates per step, directions in parallel), GEMM (numpy scan on the
     host, the CPU fallback) or MLX (compiled steps, other devices)."""
@@ -380,8 +389,8 @@ def gru(x: mx.array) -> str:
 
 
 # ----------------------------------------------------------------------------------------------- chunk sizes
-# attention scores per query chunk (all heads), not all 430 MB at 60 s; fewer than ~400 query rows per GEMM
-# (its other operand, the keys, is repacked per call) cost OpenBLAS half its speed
+# attention scores per query chunk (all heads), not the whole score matrix of a long input (hundreds of MB); fewer
+# than a few hundred query rows per GEMM (its other operand, the keys, is repacked per call) halve OpenBLAS's speed
 ATTENTION_CHUNK_BYTES = 64 << 20
 ATTENTION_MIN_ROWS = 256
 RESBLOCK_CHUNK_BYTES = 4 << 20  # per activation in a time chunk: small enough to stay in cache across its GEMMs

@@ -86,13 +86,13 @@ def _gru_step(i_t: mx.array, h: mx.array, w_hh: mx.array, b_hh: mx.array) -> mx.
 
 def _gru_scan_host(gi: np.ndarray, w_hh: np.ndarray, b_hh: np.ndarray, steps: range) -> tuple[np.ndarray, np.ndarray]:
     """The recurrence on the CPU device, in numpy float32: each step is ~10 ops on (B, 3H) vectors, where MLX's
-    per-op dispatch (~6 us) costs 3x torch's whole step; numpy's SIMD exp/tanh keep torch's accuracy."""
+    per-op dispatch costs several times torch's whole step; numpy's SIMD exp/tanh keep torch's accuracy."""
     b, t_len, h3 = gi.shape
     H = h3 // 3
     h = np.zeros((b, H), dtype=np.float32)
     out = np.empty((b, t_len, H), dtype=np.float32)
     # one BLAS thread: numpy's OpenBLAS would wake its worker for every (B, H) x (H, 3H) step, and the worker then
-    # spins on sched_yield for ~0.1 s, taking a core from the next ops (the next RMVPE chunk's convs)
+    # spins on sched_yield after it, taking a core from the next ops (the next RMVPE chunk's convs)
     with np.errstate(over="ignore"), threadpool_limits(limits=1, user_api="blas"):
         for t in steps:
             h = _gru_host_step(gi[:, t], h, w_hh, b_hh, H)
@@ -156,7 +156,7 @@ def folded_tap_sum(rows: mx.array, groups: list[tuple[int, mx.array]], n: int, b
     B = `fold` frames go into each GEMM row: a run of B frames starting anywhere is a free (B * C)-wide view of
     the flat buffer, and ceil((k - 1) / B) + 1 block-Toeplitz taps of (B * C, B * O) replace k taps of (C, O).
     A k-tap chain with O = 16 re-reads its whole input k times at a few FLOPs per byte; folded, each GEMM does
-    B times more work per byte (CREPE-tiny conv2: 554 -> 150 ms)."""
+    B times more work per byte (CREPE-tiny's conv2 runs several times faster)."""
     c, o = rows.shape[1], groups[0][1].shape[2]
     fold = fold or fold_factor(o)
     blocks = -(-n // fold)
@@ -347,7 +347,7 @@ def _pair(v) -> tuple[int, int]:
 
 def conv2d_fold(c: int, o: int) -> int:
     """Pixels per GEMM row for a 3-wide kernel row: 2 (two (2C, 2O) taps instead of three (C, O)) pays for 32
-    output channels or fewer (RMVPE 16 -> 16 on 1024x128: 14.2 -> 11.9 ms); 4 and up waste too many FLOPs."""
+    output channels or fewer (RMVPE's 16 -> 16 convs on 1024x128); 4 and up waste too many FLOPs."""
     return 2 if o <= 32 else 1
 
 

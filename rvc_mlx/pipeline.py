@@ -59,7 +59,7 @@ def protect_weights(pitchf: np.ndarray, protect: float) -> np.ndarray:
 
 
 def split_points(audio: np.ndarray, cfg: PipelineConfig = PIPELINE) -> list[int]:
-    """Segment boundaries for long inputs: near every t_center samples, the quietest 10 ms window within
+    """Segment boundaries for long inputs: near every t_center samples, the quietest window (one hop) within
     +-t_query (first minimum of |moving sum over 160 samples|). Empty when the input fits one segment."""
     w = cfg.window
     if audio.shape[0] + w <= cfg.t_max:
@@ -180,7 +180,7 @@ class Pipeline:
             tap("pipeline.synth.f0", np.asarray(pitchf)[None])
         tap("pipeline.synth.noise", noise.eps_zp)
         # Each model reuses MLX's cached buffers only at its own sizes: HuBERT's leftovers in the cache make the
-        # synthesizer allocate afresh (1.3x slower at 10 s); free them between models.
+        # synthesizer allocate afresh (slower); free them between models.
         mx.clear_cache()
         out = self.synth.infer_mx(feats, pitch, pitchf, opts.speaker_id, noise)
         mx.eval(out)

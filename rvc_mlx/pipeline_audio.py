@@ -11,7 +11,7 @@ import numpy as np
 from rvc_common.config import PIPELINE, PipelineConfig
 from rvc_common.instrument import split
 
-# 400 samples (25 ms): HuBERT's receptive field. With the original's 1 s reflect padding per side, a shorter input
+# 400 samples: HuBERT's receptive field. With the original's one second of reflect padding per side, a shorter input
 # yields no feature frame beyond the padding that each segment's output is trimmed by, so the output is empty.
 MIN_SAMPLES_16K = 400
 

@@ -70,7 +70,7 @@ def test_every_variant_passes_with_the_twins_keys_in_the_parametrizations_spelli
 
 def test_a_48k_config_on_40k_weights_is_refused_naming_sr_and_the_rate_the_weights_give():
     assert _refusal(_config(sr=48000), _state("v2-40k-f0")) == (
-        "model.pth: config sr=48000 but upsample_rates 10x10x2x2 give 400 samples per 10 ms frame, "
+        "model.pth: config sr=48000 but upsample_rates 10x10x2x2 give 400 samples per 160-sample frame, "
         "i.e. a 40000 Hz model")
 
 

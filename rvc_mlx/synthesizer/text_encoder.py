@@ -8,6 +8,8 @@ from rvc_mlx.runtime import mx
 from rvc_mlx.runtime import nn
 
 from rvc_common.config import SynthConfig
+from rvc_common.instrument import output
+from rvc_mlx import dispatch
 from rvc_mlx.layers import Conv1d
 from rvc_mlx.synthesizer.attentions import FFN, LayerNorm, MultiHeadAttention
 
@@ -55,5 +57,15 @@ class TextEncoder(nn.Module):
         x = self.lrelu(x * math.sqrt(self.hidden_channels))
         x_mask = (mx.arange(x.shape[1])[None, :] < lengths[:, None])[:, :, None].astype(x.dtype)
         x = self.encoder(x, x_mask)
-        stats = self.proj(x) * x_mask
+        stats = self._project(x) * x_mask
         return stats[..., : self.out_channels], stats[..., self.out_channels:], x_mask
+
+    def _project(self, x: mx.array) -> mx.array:
+        """proj(x), accumulated in float64 where dispatch says so. logs_p is exponentiated (z_p = m_p + exp(logs_p)
+        * eps * 0.667), so its absolute error reaches z_p multiplied by up to ~1e2: a float32 sum's few ulps at
+        the one largest element would decide z_p's error, and the flow's after it."""
+        if not dispatch.float64_sum(x, "synth prior projection"):
+            return self.proj(x)
+        w = self.proj.weight[:, 0, :].astype(mx.float64)
+        y = x.astype(mx.float64) @ w.T + self.proj.bias.astype(mx.float64)
+        return output(self.proj, y.astype(x.dtype))

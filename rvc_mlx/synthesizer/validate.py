@@ -22,7 +22,7 @@ import numpy as np
 
 from rvc_common.config import ConfigError, SynthConfig
 
-FRAME_RATE = 100  # content and pitch frames are 10 ms (16 kHz, hop 160), so a model's rate is 100 * upp
+FRAME_RATE = 100  # content and pitch frames per second (16 kHz, hop 160), so a model's rate is 100 * upp
 
 
 class _Weights:
@@ -110,7 +110,7 @@ def _upsample_rates(cfg: SynthConfig, w: _Weights) -> str | None:
     if not cfg.use_f0:
         return None  # without noise_convs only the number of stages shows in the weights
     # noise_convs.i brings the sine source (at the output rate) down to stage i's rate: its stride is the
-    # product of the later rates s, its kernel 2s - s % 2 (1 for s = 1), so the kernel gives s = (kernel + 1) // 2.
+    # product of the later rates s, its kernel 2*s - s % 2 (1 for s = 1), so the kernel gives s = (kernel+1) // 2.
     shapes = [w.get(f"dec.noise_convs.{i}.weight", 3) for i in range(len(cfg.upsample_rates))]
     if any(s is None for s in shapes):
         return None
@@ -125,12 +125,12 @@ def _upsample_rates(cfg: SynthConfig, w: _Weights) -> str | None:
 
 
 def _sr(cfg: SynthConfig, w: _Weights) -> str | None:
-    # The only config field that shapes no tensor yet decides the output: each 10 ms frame becomes upp samples,
+    # The only config field that shapes no tensor yet decides the output: each 160-sample frame becomes upp samples,
     # written at sr; any other sr plays the audio at the wrong speed and pitch (and mis-tunes the f0 sine source).
     if cfg.sr == FRAME_RATE * cfg.upp:
         return None
-    return (f"config sr={cfg.sr} but upsample_rates {_rates(cfg.upsample_rates)} give {cfg.upp} samples per 10 ms "
-            f"frame, i.e. a {FRAME_RATE * cfg.upp} Hz model")
+    return (f"config sr={cfg.sr} but upsample_rates {_rates(cfg.upsample_rates)} give {cfg.upp} samples per "
+            f"160-sample frame, i.e. a {FRAME_RATE * cfg.upp} Hz model")
 
 
 # (field, key, rank, axis): the axis of the tensor whose length is the field, from the constructors (torch

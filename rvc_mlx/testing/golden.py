@@ -488,13 +488,13 @@ class GoldenTransaction:
         lines = []
         for r in rows:
             if r.change == "added":
-                lines.append(f"  + {r.name:60s} new {r.new.shape}")
+                lines.append(f"  + {r.name:<60} new {r.new.shape}")
             elif r.change == "shape":
-                lines.append(f"  ~ {r.name:60s} shape {r.old.shape} -> {r.new.shape}")
+                lines.append(f"  ~ {r.name:<60} shape {r.old.shape} -> {r.new.shape}")
             else:
                 rel = r.max_delta / r.scale if r.scale else 0.0
-                lines.append(f"  {'=' if r.change == 'same' else '~'} {r.name:60s} max|new-old| {r.max_delta:.3e}  "
+                lines.append(f"  {'=' if r.change == 'same' else '~'} {r.name:<60} max|new-old| {r.max_delta:.3e}  "
                              f"rel {rel:.3e}")
-        lines += [f"  - {name:60s} removed" for name in removed]
+        lines += [f"  - {name:<60} removed" for name in removed]
         unchanged = sum(r.change == "same" for r in rows)
         return "\n".join([f"  {unchanged} of {len(data.taps)} taps bitwise unchanged"] + lines)

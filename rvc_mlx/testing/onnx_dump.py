@@ -96,7 +96,7 @@ def _expose(path: Path) -> list[str]:
     rename, taps = {}, []
     for n in g.node:
         if n.domain == "tap" and n.op_type == "Tap":
-            name = n.attribute[0].s.decode()
+            name = oh.get_attribute_value(n.attribute[0]).decode()
             rename[n.output[0]] = name
             n.op_type, n.domain, n.name = "Identity", "", f"tap/{name}"
             del n.attribute[:]

@@ -59,7 +59,7 @@ SUBJECTS = (
     Subject("pipeline", "pipeline", None, "speech-v2-40k-f0", "pipeline.audio", "audio"),
 )
 # timing: the median of up to `timing_rounds` runs, fewer once they have taken this long (half precision is slow
-# on the CPU: CREPE full takes ~30 s per run of its domain case)
+# on the CPU: CREPE full is the slowest run of its domain case)
 TIMING_BUDGET_S = 20.0
 # the models inside the pipeline subject, whose own plans it applies
 PIPELINE_PARTS = ("hubert", "rmvpe", "synth")

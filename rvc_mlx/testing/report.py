@@ -17,6 +17,8 @@ from rvc_mlx.testing.environment import environment
 from rvc_mlx.testing.golden import versions
 from rvc_mlx.testing.tolerances import Policy
 
+SHORT, LONG = 10, 60  # the benchmark durations (seconds) whose cost growth the report shows
+
 
 def json_safe(x: Any) -> Any:
     """JSON-safe numbers: non-finite floats become strings."""
@@ -86,12 +88,12 @@ def bench_table(bench: dict[str, Any] | None) -> list[dict[str, Any]]:
                 row[f"{impl}_op_classes"] = e["op_classes"]
         rows.append(row)
     by_group = {r["group"]: r for r in rows}
-    for r in rows:  # cost growth: the 60 s entry against 6x the 10 s entry of the same benchmark
-        if r.get("seconds") == 60 and r["group"].endswith(" 60s"):
-            short = by_group.get(r["group"][:-3] + "10s")
+    for r in rows:  # cost growth: the 60-second entry against 6x the 10-second entry of the same benchmark
+        if r.get("seconds") == LONG and r["group"].endswith(f" {LONG}s"):
+            short = by_group.get(r["group"].removesuffix(f"{LONG}s") + f"{SHORT}s")
             for impl in ("mlx", "torch"):
                 if short and short.get(f"{impl}_s") and r.get(f"{impl}_s"):
-                    r[f"{impl}_vs_linear"] = r[f"{impl}_s"] / (6 * short[f"{impl}_s"])
+                    r[f"{impl}_vs_linear"] = r[f"{impl}_s"] / (LONG // SHORT * short[f"{impl}_s"])
     return rows
 
 
@@ -190,7 +192,7 @@ def _f0_plot(name: str, d: dict[str, Any]) -> str:
                               ("f0_mlx", ".", "MLX")):
         y = np.asarray(d[key], dtype=float)
         ax.plot(np.where(y > 0, y, np.nan), style, ms=3, label=label)
-    ax.set_xlabel("frame (10 ms)")
+    ax.set_xlabel("frame (hop 160)")
     ax.set_ylabel("F0 (Hz)")
     ax.set_title(name)
     ax.legend(fontsize=7)
@@ -348,7 +350,7 @@ def _bench_html(rows: list[dict[str, Any]]) -> list[str]:
     out.append("</table>")
     growth = [b for b in rows if b.get("mlx_vs_linear") is not None]
     if growth:
-        out.append("<p>Cost growth, 60 s vs 6 x the 10 s cost (1.00 = linear): "
+        out.append(f"<p>Cost growth, {LONG} s vs {LONG // SHORT} x the {SHORT} s cost (1.00 = linear): "
                    + "; ".join(f"{html.escape(b['group'][:-4])}: MLX {b['mlx_vs_linear']:.2f}, torch "
                                f"{b.get('torch_vs_linear', float('nan')):.2f}" for b in growth) + "</p>")
     profiled = [b for b in rows if b.get("mlx_op_classes") and b.get("torch_op_classes")]

@@ -4,7 +4,8 @@
                                                         # speech_44k_stereo.wav (from speech.wav)
 
 `harmonic.wav` is a synthetic voice-like signal with a known F0 contour (ground truth in `harmonic_f0.csv`,
-one row per 10 ms frame centre, 0 = unvoiced); a test checks the committed files equal the generator's output.
+one row per frame centre, every 160 samples, 0 = unvoiced); a test checks the committed files equal the
+generator's output.
 """
 
 from __future__ import annotations
@@ -50,14 +51,14 @@ def harmonic_signal(seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
         amp = (1.0 / k) * (f0 * k < 0.45 * SR)  # band-limited harmonics, 1/k spectrum
         x += amp * np.sin(k * phase)
     a, b = VOICED
-    env = np.clip(np.minimum(t - a, b - t) / 0.01, 0.0, 1.0)  # 10 ms fades keep onsets click-free
+    env = np.clip(np.minimum(t - a, b - t) / 0.01, 0.0, 1.0)  # 160-sample fades keep onsets click-free
     x = 0.5 * x * env / np.max(np.abs(x * env)) + 1e-3 * rng.standard_normal(n)
     times = np.arange(n // HOP + 1) * HOP / SR  # frame i is centred on sample i * hop (centre=True)
     return x.astype(np.float32), np.stack([times, harmonic_f0(times)], axis=1)
 
 
 def silence_noise_signal(seed: int = 1) -> np.ndarray:
-    """0.25 s of digital silence, then 0.25 s of white noise at -40 dBFS RMS (float32, 16 kHz)."""
+    """4000 samples of digital silence, then 4000 of white noise at -40 dBFS RMS (float32, 16 kHz)."""
     rng = np.random.Generator(np.random.PCG64(seed))
     half = SR // 4
     return np.concatenate([np.zeros(half), 0.01 * rng.standard_normal(half)]).astype(np.float32)
@@ -80,8 +81,8 @@ def make_speech(out: Path) -> None:
 
 
 STEREO_SR = 44100
-STEREO_SPAN = (8000, 24000)  # speech.wav samples: 0.5-1.5 s (voiced, the pause, voiced again)
-STEREO_DELAY = 88  # samples at 44.1 kHz (2 ms): the right channel lags, at 0.6x the level
+STEREO_SPAN = (8000, 24000)  # speech.wav samples (voiced, the pause, voiced again)
+STEREO_DELAY = 88  # samples at 44.1 kHz: the right channel lags, at 0.6x the level
 
 
 def stereo_44k_signal(speech: np.ndarray) -> np.ndarray:
