@@ -14,10 +14,10 @@ from __future__ import annotations
 import sys
 import warnings
 
-from rvc_mlx.runtime import mx
 import numpy as np
 
 from rvc_mlx import dispatch
+from rvc_mlx.runtime import mx
 
 
 def warn_if_missing() -> None:

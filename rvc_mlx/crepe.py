@@ -8,19 +8,18 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from rvc_mlx.runtime import mx
-from rvc_mlx.runtime import nn
 import numpy as np
 
 from rvc_common.audio import check_mono
 from rvc_common.config import CREPE as CREPE_CFG
 from rvc_common.config import CREPEConfig
-from rvc_mlx.layers import BatchNorm, TapConv2d
 from rvc_common.inputs import crepe_dither
-from rvc_mlx.pitch import bins_to_frequency, mean_filter, median_filter, viterbi
 from rvc_common.instrument import split, tap
-from rvc_mlx.fastmath import sigmoid
 from rvc_mlx import precision
+from rvc_mlx.fastmath import sigmoid
+from rvc_mlx.layers import BatchNorm, TapConv2d
+from rvc_mlx.pitch import bins_to_frequency, mean_filter, median_filter, viterbi
+from rvc_mlx.runtime import mx, nn
 
 
 class Crepe(nn.Module):

@@ -25,18 +25,19 @@ from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass, replace
 from functools import lru_cache
-from typing import Any, Iterator
+from types import SimpleNamespace
+from typing import Any, Callable, Iterator
 
-from rvc_mlx.runtime import mx
 import numpy as np
 
 from rvc_common import instrument
+from rvc_mlx.runtime import mx
 
 VARIANTS = ("avx512", "avx2", "generic")  # widest first
 NEEDS = {"avx512": ("avx512f", "avx512dq", "avx512bw", "avx512vl", "avx2", "fma"), "avx2": ("avx2", "fma"),
          "generic": ()}
 
-# Implementations an op can take (the tags the layers branch on).
+# Implementation families (reports name a path by its family: 'kernel conv2d avx2', 'gemm conv1d 1x1', 'mlx gru ...').
 KERNEL, GEMM, MLX = "kernel", "gemm", "mlx"
 MATH = ("mlx", "fastmath")  # transcendental functions: MLX's own, or fastmath's compiled polynomials
 
@@ -283,27 +284,89 @@ def kernel_for(x: mx.array | np.ndarray, channels: int | None = None) -> bool:
     return channels is None or channels % k.LANES == 0
 
 
-# MLX's native conv2d (im2col + one GEMM) is faster for a single input channel, and from 64 input channels up on
-# small images (RMVPE's bottom: 2048 pixels or fewer); the shifted-GEMM sum wins everywhere else (README: Speed).
-# Errors of both stay below torch's.
-NATIVE_CONV2D_CHANNELS = 64
-NATIVE_CONV2D_MAX_PIXELS = 2048
-# OpenBLAS runs a thin 1x1 conv, (N, C) x (C, <= 32), at about half the kernel's speed (RMVPE's shortcuts: 32 -> 16
-# ch on 1024 x 128); wider 1x1 convs stay one GEMM
-THIN_GEMM_OUTPUTS = 32
+# Thresholds the table below reads (each measured where it was set: README, Speed).
+NATIVE_CONV2D_CHANNELS = 64  # MLX's im2col conv2d wins from this many input channels ...
+NATIVE_CONV2D_MAX_PIXELS = 2048  # ... on images this small (RMVPE's bottom)
+THIN_GEMM_OUTPUTS = 32  # OpenBLAS runs a 1x1 conv with this few outputs at about half the kernel's speed
+
+
+@dataclass(frozen=True)
+class Path:
+    """One way an op can run: `name` is what the layer runs ("kernel", "mlx" or a GEMM formulation, "gemm ..."),
+    `label` the op as reports name it, `when` the condition on the call's facts, `why` the reason in one line."""
+
+    name: str
+    label: str
+    when: Callable[[Any], bool]
+    why: str
+
+
+# The one table of implementation choices: per op, the paths in order; the first whose condition holds runs.
+# Facts: kernel (a kernel build runs x: float32, CPU), kernel_vec (and the channels fill whole vectors).
+TABLE: dict[str, tuple[Path, ...]] = {
+    "conv2d": (
+        Path("mlx", "conv2d", lambda f: not f.simple, "stride, dilation or groups other than 1: MLX's conv only"),
+        Path("kernel", "conv2d", lambda f: f.kernel and f.nonempty and (not f.pointwise or f.o <= THIN_GEMM_OUTPUTS),
+             "direct conv, its accumulators in registers over the whole reduction (a wide 1x1 is one GEMM)"),
+        Path("mlx", "conv2d", lambda f: f.c == 1 or f.c >= NATIVE_CONV2D_CHANNELS
+             and f.pixels <= NATIVE_CONV2D_MAX_PIXELS, "im2col + one GEMM wins for one input channel, and for wide "
+             "inputs on small images"),
+        Path("gemm 1x1", "conv2d 1x1", lambda f: f.pointwise, "a 1x1 conv is one GEMM"),
+        Path("gemm shifted", "conv2d shifted", lambda f: True,
+             "kh*kw shifted GEMMs on flattened rows: MLX's CPU conv is several times slower on thin convs"),
+    ),
+    "conv1d": (
+        Path("mlx", "conv1d", lambda f: f.groups != 1 and not f.depthwise or f.stride != 1
+             and (f.depthwise or f.dilation != 1), "grouped (not depthwise), or strided and dilated: MLX's conv only"),
+        Path("kernel depthwise", "depthwise1d", lambda f: f.depthwise and f.stride == 1 and f.dilation == 1
+             and f.kernel_vec, "depthwise kernel: whole vectors of channels in one pass"),
+        Path("gemm multiply-adds", "depthwise1d multiply-adds", lambda f: f.depthwise,
+             "per-channel taps as fused multiply-adds: MLX's grouped conv is several times slower"),
+        Path("kernel", "conv1d", lambda f: f.k > 1 and f.stride == 1 and f.kernel,
+             "direct conv kernel for k > 1 taps (dilated ones too)"),
+        Path("gemm strided", "conv1d strided", lambda f: f.stride != 1,
+             "stride s as a stride-1 conv over frames folded s at a time (a free reshape)"),
+        Path("gemm 1x1", "conv1d 1x1", lambda f: f.k == 1,
+             "a pointwise conv is one GEMM (OpenBLAS's blocked sum keeps the attention logits' rounding)"),
+        Path("gemm shifted", "conv1d shifted", lambda f: True,
+             "k shifted GEMMs accumulated by addmm: MLX's dilated conv is far slower"),
+    ),
+    "conv_transpose": (
+        Path("mlx", "{op}", lambda f: f.dilated, "dilation: MLX's transposed conv only"),
+        Path("kernel", "{op}", lambda f: f.kernel, "one direct conv per output phase"),
+        Path("gemm overlap-add", "{op} overlap-add", lambda f: True,
+             "one GEMM + phase-wise overlap-add: MLX's CPU transposed conv is far slower"),
+    ),
+    "conv2d (k,1)": (  # CREPE's tall convs, always GEMMs (MLX's single GEMM over k*C loses torch's accuracy)
+        Path("gemm per-tap", "conv2d (k,1) per-tap", lambda f: f.length > 2 * f.outputs,
+             "short outputs: 2-D GEMMs of each tap's rows (a batched GEMM of tiny matrices is slow)"),
+        Path("gemm folded", "conv2d (k,1) folded", lambda f: True,
+             "frames folded into GEMM rows, block-Toeplitz taps: wide GEMMs instead of thin ones"),
+    ),
+    "gru": (
+        Path("kernel", "gru", lambda f: f.kernel, "vectorised GEMV + gates per step, both directions at once"),
+        Path("gemm numpy scan", "gru numpy scan", lambda f: f.cpu,
+             "the recurrence in numpy on the host: MLX's per-op dispatch costs more than a whole step"),
+        Path("mlx", "gru compiled steps", lambda f: True, "other devices: compiled MLX steps"),
+    ),
+}
+
+
+def choose(op: str, /, **facts: Any) -> str:
+    """The first path of TABLE[op] whose condition holds for `facts`; reported to an active observer."""
+    f = SimpleNamespace(**facts)
+    for path in TABLE[op]:
+        if path.when(f):
+            _report(path.name.split()[0], path.label.format(op=facts.get("op", op)))
+            return path.name
+    raise AssertionError(f"dispatch.TABLE[{op!r}] has no path for {facts}")  # the last rows always hold
 
 
 def conv2d(x: mx.array, weight_shape: tuple[int, ...], padding: tuple[int, int], simple: bool) -> str:
-    """Conv2d of NHWC x (weight (O, kh, kw, C)): KERNEL, MLX (native), or GEMM (shifted / 1x1). `simple`: stride,
-    dilation and groups all 1 (else MLX)."""
+    """Conv2d of NHWC x (weight (O, kh, kw, C)); `simple`: stride, dilation and groups all 1."""
     o, kh, kw, c = weight_shape
-    if not simple:
-        return _report(MLX, "conv2d")
-    if ((kh, kw) != (1, 1) or o <= THIN_GEMM_OUTPUTS) and _nonempty(x, weight_shape, padding) and kernel_for(x):
-        return _report(KERNEL, "conv2d")
-    if c == 1 or c >= NATIVE_CONV2D_CHANNELS and x.shape[1] * x.shape[2] <= NATIVE_CONV2D_MAX_PIXELS:
-        return _report(MLX, "conv2d")
-    return _report(GEMM, "conv2d 1x1" if (kh, kw) == (1, 1) else "conv2d shifted")
+    return choose("conv2d", simple=simple, kernel=kernel_for(x), nonempty=_nonempty(x, weight_shape, padding),
+                  pointwise=(kh, kw) == (1, 1), o=o, c=c, pixels=x.shape[1] * x.shape[2])
 
 
 def conv2d_epilogue(x: mx.array | np.ndarray, weight_shape: tuple[int, ...], padding: tuple[int, int],
@@ -323,29 +386,15 @@ def _nonempty(x, weight_shape: tuple[int, ...], padding: tuple[int, int]) -> boo
 
 
 def tap_conv2d(length: int, outputs: int) -> str:
-    """CREPE's (k, 1) convs as GEMMs: 'per-tap' (each tap's rows copied: 2-D GEMMs, for short outputs, where a
-    batched GEMM of tiny matrices is slow) or 'folded' (frames folded into GEMM rows, block-Toeplitz taps)."""
-    form = "per-tap" if length > 2 * outputs else "folded"
-    _report(GEMM, f"conv2d (k,1) {form}")
-    return form
+    """CREPE's (k, 1) convs as GEMMs over `length` input frames giving `outputs` frames."""
+    return choose("conv2d (k,1)", length=length, outputs=outputs)
 
 
 def conv1d(x: mx.array, weight_shape: tuple[int, ...], groups: int, stride: int, dilation: int) -> str:
-    """Conv1d of NLC x (weight (O, k, C / groups)): KERNEL (k > 1, groups 1, stride 1; or depthwise with whole
-    vectors, stride and dilation 1), GEMM (shifted / strided / 1x1 / depthwise multiply-adds) or MLX (other
-    grouped or strided convs)."""
+    """Conv1d of NLC x (weight (O, k, C / groups))."""
     o, k, c = weight_shape
-    depthwise = groups == o == x.shape[-1] and c == 1
-    if groups != 1 and not depthwise or stride != 1 and (depthwise or dilation != 1):
-        return _report(MLX, "conv1d")
-    if depthwise:
-        if stride == 1 and dilation == 1 and kernel_for(x, o):
-            return _report(KERNEL, "depthwise1d")
-        return _report(GEMM, "depthwise1d multiply-adds")
-    # a pointwise conv is one GEMM already (and OpenBLAS's blocked sum keeps the attention logits' rounding)
-    if k > 1 and stride == 1 and kernel_for(x):
-        return _report(KERNEL, "conv1d")
-    return _report(GEMM, "conv1d strided" if stride != 1 else "conv1d 1x1" if k == 1 else "conv1d shifted")
+    return choose("conv1d", groups=groups, depthwise=groups == o == x.shape[-1] and c == 1, stride=stride,
+                  dilation=dilation, k=k, kernel=kernel_for(x), kernel_vec=kernel_for(x, o))
 
 
 def fused(x: mx.array | np.ndarray, op: str, channels: int | None = None, weights: tuple = ()) -> bool:
@@ -359,14 +408,9 @@ def fused(x: mx.array | np.ndarray, op: str, channels: int | None = None, weight
 
 
 def conv_transpose(x: mx.array, dilation: int | tuple[int, int], one_d: bool) -> str:
-    """Transposed conv of x: KERNEL (one direct conv per output phase), GEMM (one GEMM + phase overlap-add) or
-    MLX (dilated)."""
-    op = "conv_transpose1d" if one_d else "conv_transpose2d"
-    if dilation not in (1, (1, 1)):
-        return _report(MLX, op)
-    if kernel_for(x):
-        return _report(KERNEL, op)
-    return _report(GEMM, op + " overlap-add")
+    """Transposed conv of x (1-D or 2-D)."""
+    return choose("conv_transpose", op="conv_transpose1d" if one_d else "conv_transpose2d",
+                  dilated=dilation not in (1, (1, 1)), kernel=kernel_for(x))
 
 
 def float64_sum(x: mx.array, op: str) -> bool:
@@ -379,13 +423,8 @@ def float64_sum(x: mx.array, op: str) -> bool:
 
 
 def gru(x: mx.array) -> str:
-    """GRU recurrence: KERNEL (vectorised GEMV + gates per step, directions in parallel), GEMM (numpy scan on the
-    host, the CPU fallback) or MLX (compiled steps, other devices)."""
-    if kernel_for(x):
-        return _report(KERNEL, "gru")
-    if mx.default_device() == mx.cpu:
-        return _report(GEMM, "gru numpy scan")
-    return _report(MLX, "gru compiled steps")
+    """The GRU recurrence over x."""
+    return choose("gru", kernel=kernel_for(x), cpu=mx.default_device() == mx.cpu)
 
 
 # ----------------------------------------------------------------------------------------------- chunk sizes

@@ -27,9 +27,8 @@ def hann_window(n: int) -> np.ndarray:
 def stft_magnitude(audio, n_fft: int, hop: int, win_length: int):
     """|STFT| with centre reflect padding like torch.stft(center=True); audio (B, N) -> (B, frames, n_fft//2+1).
     Always in float32, as the originals' front ends run in every precision."""
-    from rvc_mlx.runtime import mx
-
     from rvc_mlx.precision import as_float32
+    from rvc_mlx.runtime import mx
 
     audio = as_float32(audio)
 

@@ -22,8 +22,8 @@ from pathlib import Path
 
 import numpy as np
 
-from rvc_mlx.checkpoints import CheckpointError, _key_list, _torch, error_line
 from rvc_common.config import ConfigError, HubertConfig
+from rvc_mlx.checkpoints import CheckpointError, _key_list, _torch, error_line
 
 
 # --------------------------------------------------------------------------------------------- stand-ins

@@ -11,10 +11,8 @@ The polynomials are float32 forms: float16 / bfloat16 inputs always take MLX's o
 
 from __future__ import annotations
 
-from rvc_mlx.runtime import mx
-from rvc_mlx.runtime import nn
-
 from rvc_mlx import cpu_kernels, dispatch
+from rvc_mlx.runtime import mx, nn
 
 _LOG2E = 1.4426950408889634
 _LN2_HI, _LN2_LO = 0.693359375, -2.12194440e-4  # Cody-Waite split of ln 2: n * LN2_HI is exact in float32

@@ -8,18 +8,17 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from rvc_mlx.runtime import mx
-from rvc_mlx.runtime import nn
 import numpy as np
 
 from rvc_common.audio import check_mono
-from rvc_mlx.checkpoints import check_fcpe_checkpoint
 from rvc_common.config import FCPE_CFG, FCPEConfig
-from rvc_mlx.dsp import hann_window, mel_filterbank
 from rvc_common.instrument import layer_by_layer, tap
+from rvc_mlx import precision
+from rvc_mlx.checkpoints import check_fcpe_checkpoint
+from rvc_mlx.dsp import hann_window, mel_filterbank
 from rvc_mlx.fastmath import GLU, SiLU, sigmoid
 from rvc_mlx.layers import Conv1d
-from rvc_mlx import precision
+from rvc_mlx.runtime import mx, nn
 
 
 def read_fcpe_state(raw: object, source: Path) -> dict[str, np.ndarray]:

@@ -8,16 +8,15 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from rvc_mlx.runtime import mx
-from rvc_mlx.runtime import nn
 import numpy as np
 
 from rvc_common.audio import check_mono
 from rvc_common.config import HUBERT, HubertConfig
+from rvc_common.instrument import layer_by_layer, split
+from rvc_mlx import cpu_kernels, dispatch, precision
 from rvc_mlx.fastmath import GELU, softmax
 from rvc_mlx.layers import Conv1d
-from rvc_mlx import cpu_kernels, dispatch, precision
-from rvc_common.instrument import layer_by_layer, split
+from rvc_mlx.runtime import mx, nn
 
 
 class GroupNormConvLayer(nn.Module):

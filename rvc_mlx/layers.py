@@ -4,15 +4,13 @@ from __future__ import annotations
 
 from functools import lru_cache, partial
 
-from rvc_mlx.runtime import mx
-from rvc_mlx.runtime import nn
 import numpy as np
 from threadpoolctl import threadpool_limits
 
-from rvc_mlx import cpu_kernels, dispatch, fastmath
-from rvc_mlx.dispatch import GEMM, KERNEL, MLX
 from rvc_common.instrument import profiled
+from rvc_mlx import cpu_kernels, dispatch, fastmath
 from rvc_mlx.precision import host
+from rvc_mlx.runtime import mx, nn
 
 
 class GRU(nn.Module):
@@ -44,7 +42,7 @@ class GRU(nn.Module):
         b_hh = getattr(self, "bias_hh" + suffix)
         gi = self._input_projection(x, suffix)
         steps = range(x.shape[1] - 1, -1, -1) if reverse else range(x.shape[1])
-        if impl == GEMM:  # in float32 whatever x's dtype (numpy has no bfloat16), the result in x's
+        if impl == "gemm numpy scan":  # in float32 whatever x's dtype (numpy has no bfloat16), the result in x's
             out, h = _gru_scan_host(host(gi), host(w_hh), host(b_hh), steps)
             return _in(mx.array(out), x.dtype), _in(mx.array(h), x.dtype)
         h = mx.zeros((x.shape[0], H), dtype=x.dtype)
@@ -55,13 +53,20 @@ class GRU(nn.Module):
         return mx.stack(outs, axis=1), h
 
     def __call__(self, x: mx.array) -> tuple[mx.array, mx.array]:
-        suffixes = ("_l0", "_l0_reverse") if self.bidirectional else ("_l0",)
+        """(output (B, T, D*H), final states (D, B, H)) by the path dispatch.TABLE["gru"] chooses."""
         impl = dispatch.gru(x)
-        if impl == KERNEL:  # the CPU kernel's scan: both directions at once, on a core each
-            gis = [self._input_projection(x, s) for s in suffixes]
-            outs, hs = cpu_kernels.gru_scan(gis, [getattr(self, "weight_hh" + s) for s in suffixes],
-                                            [getattr(self, "bias_hh" + s) for s in suffixes])
-            return mx.concatenate(outs, axis=-1) if len(outs) > 1 else outs[0], mx.stack(hs)
+        return self._kernel(x) if impl == "kernel" else self._steps(x, impl)
+
+    def _kernel(self, x: mx.array) -> tuple[mx.array, mx.array]:
+        """The CPU kernel's scan: both directions at once, on a core each."""
+        suffixes = ("_l0", "_l0_reverse") if self.bidirectional else ("_l0",)
+        gis = [self._input_projection(x, s) for s in suffixes]
+        outs, hs = cpu_kernels.gru_scan(gis, [getattr(self, "weight_hh" + s) for s in suffixes],
+                                        [getattr(self, "bias_hh" + s) for s in suffixes])
+        return mx.concatenate(outs, axis=-1) if len(outs) > 1 else outs[0], mx.stack(hs)
+
+    def _steps(self, x: mx.array, impl: str) -> tuple[mx.array, mx.array]:
+        """Each direction step by step: numpy on the host, or compiled MLX steps."""
         out, h = self._direction(x, "_l0", reverse=False, impl=impl)
         if not self.bidirectional:
             return out, h[None]
@@ -124,7 +129,7 @@ class TapConv2d(nn.Conv2d):
         b, length = x.shape[0], x.shape[1]
         n = length - k + 1
         w = self.weight[:, :, 0, :]
-        if dispatch.tap_conv2d(length, n) == "per-tap":  # copy each tap's rows (2-D GEMMs)
+        if dispatch.tap_conv2d(length, n) == "gemm per-tap":  # copy each tap's rows (2-D GEMMs)
             y = x[:, 0:n, 0].reshape(b * n, c) @ w[:, 0].T
             for j in range(1, k):
                 y = mx.addmm(y, x[:, j:j + n, 0].reshape(b * n, c), w[:, j].T)
@@ -198,33 +203,44 @@ class Conv1d(nn.Conv1d):
 
     PRECISION_ENTRY_POINTS = ("glu_depthwise_silu",)  # take the layer's input: precision.apply casts them too
 
+    PATHS = {"mlx": "_mlx", "kernel": "_kernel", "kernel depthwise": "_kernel_depthwise",
+             "gemm multiply-adds": "_multiply_adds", "gemm strided": "_strided", "gemm 1x1": "_shifted",
+             "gemm shifted": "_shifted"}
+
     def __call__(self, x: mx.array, pad: bool = True) -> mx.array:
-        """`pad=False`: the caller's input already carries the zero margins (the output is 2 * padding shorter)."""
-        o, k, c = self.weight.shape
-        depthwise = self.groups == o == x.shape[-1] and c == 1
+        """conv1d(x) + bias by the path dispatch.TABLE["conv1d"] chooses. `pad=False`: the caller's input already
+        carries the zero margins (the output is 2 * padding shorter)."""
         impl = dispatch.conv1d(x, self.weight.shape, self.groups, self.stride, self.dilation)
-        if impl == MLX:
-            if not pad:
-                raise ValueError(f"Conv1d(groups={self.groups}, stride={self.stride}) has no pad=False path")
-            return super().__call__(x)
-        if impl == KERNEL:
-            if depthwise:
-                return cpu_kernels.depthwise_conv1d(self, x, self.padding if pad else 0)
-            return cpu_kernels.conv1d(self, x, self.padding if pad else 0, self.dilation)
-        if self.padding and pad:
-            x = pad_time(x, self.padding, self.padding)
-        if self.stride != 1:
-            return self._strided(x)
-        d = self.dilation
+        return getattr(self, self.PATHS[impl])(x, self.padding if pad else 0)
+
+    def _mlx(self, x: mx.array, padding: int) -> mx.array:
+        if padding != self.padding:
+            raise ValueError(f"Conv1d(groups={self.groups}, stride={self.stride}) has no pad=False path")
+        return super().__call__(x)
+
+    def _kernel(self, x: mx.array, padding: int) -> mx.array:
+        return cpu_kernels.conv1d(self, x, padding, self.dilation)
+
+    def _kernel_depthwise(self, x: mx.array, padding: int) -> mx.array:
+        return cpu_kernels.depthwise_conv1d(self, x, padding)
+
+    def _multiply_adds(self, x: mx.array, padding: int) -> mx.array:
+        """Per-channel taps: one fused multiply-add per tap."""
+        x = pad_time(x, padding, padding) if padding else x
+        k, d = self.weight.shape[1], self.dilation
         n = x.shape[1] - d * (k - 1)
-        if depthwise:  # per-channel taps: one fused multiply-add per tap (MLX's grouped conv is ~5x slower)
-            w = self.weight[:, :, 0].T  # (k, C)
-            y = x[:, 0:n] * w[0]
-            for j in range(1, k):
-                y = _fma(y, x[:, j * d:j * d + n], w[j])
-            return y + self.bias if "bias" in self else y
-        # the bias seeds the first GEMM (beta = 1) and addmm accumulates each tap into the donated buffer:
-        # no separate pass over the output for either
+        w = self.weight[:, :, 0].T  # (k, C)
+        y = x[:, 0:n] * w[0]
+        for j in range(1, k):
+            y = _fma(y, x[:, j * d:j * d + n], w[j])
+        return y + self.bias if "bias" in self else y
+
+    def _shifted(self, x: mx.array, padding: int) -> mx.array:
+        """k shifted GEMMs (one for a 1x1 conv): the bias seeds the first GEMM (beta = 1) and addmm accumulates each
+        tap into the donated buffer, with no separate pass over the output for either."""
+        x = pad_time(x, padding, padding) if padding else x
+        k, d = self.weight.shape[1], self.dilation
+        n = x.shape[1] - d * (k - 1)
         y = _matmul_bias(x[:, 0:n], self.weight[:, 0, :].T, self.get("bias"))
         for j in range(1, k):
             y = mx.addmm(y, x[:, j * d:j * d + n], self.weight[:, j, :].T)
@@ -248,9 +264,10 @@ class Conv1d(nn.Conv1d):
         one kernel pass (`cpu_kernels.leaky_conv1d`); host (B, L', O) out."""
         return cpu_kernels.leaky_conv1d(self, x, slope, valid, residual)
 
-    def _strided(self, x: mx.array) -> mx.array:
+    def _strided(self, x: mx.array, padding: int) -> mx.array:
         """Stride s as a stride-1 conv over frames folded s at a time: (B, L, C) -> (B, L/s, s*C) is a free reshape,
         and output t reads folded frames t .. t + ceil(k/s) - 1 (of the last one, only its first k mod s frames)."""
+        x = pad_time(x, padding, padding) if padding else x
         o, k, c = self.weight.shape
         s = self.stride
         n = (x.shape[1] - k) // s + 1
@@ -279,11 +296,14 @@ class ConvTranspose1d(nn.ConvTranspose1d):
     PRECISION_ENTRY_POINTS = ("leaky_add",)  # take the layer's input: precision.apply casts them too
 
     def __call__(self, x: mx.array) -> mx.array:
+        """conv_transpose1d(x) + bias by the path dispatch.TABLE["conv_transpose"] chooses."""
         impl = dispatch.conv_transpose(x, self.dilation, one_d=True)
-        if impl == MLX:
-            return super().__call__(x)
-        if impl == KERNEL:
-            return cpu_kernels.conv_transpose2d(self, x, (1, self.stride), (0, self.padding), (0, self.output_padding))
+        return super().__call__(x) if impl == "mlx" else self._kernel(x) if impl == "kernel" else self._overlap_add(x)
+
+    def _kernel(self, x: mx.array) -> mx.array:
+        return cpu_kernels.conv_transpose2d(self, x, (1, self.stride), (0, self.padding), (0, self.output_padding))
+
+    def _overlap_add(self, x: mx.array) -> mx.array:
         o, k, c = self.weight.shape
         s, p = self.stride, self.padding
         b, t, _ = x.shape
@@ -366,17 +386,27 @@ class Conv2d(nn.Conv2d):
     def _simple(self) -> bool:
         return _pair(self.stride) == (1, 1) and self.groups == 1 and _pair(self.dilation) == (1, 1)
 
+    PATHS = {"kernel": "_kernel", "mlx": "_mlx", "gemm 1x1": "_pointwise", "gemm shifted": "_shifted"}
+
     def __call__(self, x: mx.array) -> mx.array:
+        """conv2d(x) + bias by the path dispatch.TABLE["conv2d"] chooses."""
+        impl = dispatch.conv2d(x, self.weight.shape, _pair(self.padding), self._simple())
+        return getattr(self, self.PATHS[impl])(x)
+
+    def _kernel(self, x: mx.array) -> mx.array:
+        return cpu_kernels.conv2d(self, x, _pair(self.padding))
+
+    def _mlx(self, x: mx.array) -> mx.array:
+        return super().__call__(x)
+
+    def _pointwise(self, x: mx.array) -> mx.array:
+        ph, pw = _pair(self.padding)
+        y = (x if (ph, pw) == (0, 0) else mx.pad(x, [(0, 0), (ph, ph), (pw, pw), (0, 0)])) @ self.weight[:, 0, 0].T
+        return y + self.bias if "bias" in self else y
+
+    def _shifted(self, x: mx.array) -> mx.array:
         o, kh, kw, c = self.weight.shape
         ph, pw = _pair(self.padding)
-        impl = dispatch.conv2d(x, self.weight.shape, (ph, pw), self._simple())
-        if impl == KERNEL:
-            return cpu_kernels.conv2d(self, x, (ph, pw))
-        if impl == MLX:
-            return super().__call__(x)
-        if (kh, kw) == (1, 1):
-            y = (x if (ph, pw) == (0, 0) else mx.pad(x, [(0, 0), (ph, ph), (pw, pw), (0, 0)])) @ self.weight[:, 0, 0].T
-            return y + self.bias if "bias" in self else y
         b, h, w, _ = x.shape
         hp, wp = h + 2 * ph, w + 2 * pw
         ho, wo = hp - kh + 1, wp - kw + 1
@@ -421,13 +451,17 @@ class ConvTranspose2d(nn.ConvTranspose2d):
     PRECISION_ENTRY_POINTS = ("conv_bn_relu",)  # take the layer's input: precision.apply casts them too
 
     def __call__(self, x: mx.array) -> mx.array:
+        """conv_transpose2d(x) + bias by the path dispatch.TABLE["conv_transpose"] chooses."""
         impl = dispatch.conv_transpose(x, _pair(self.dilation), one_d=False)
-        if impl == MLX:
-            return super().__call__(x)
+        return super().__call__(x) if impl == "mlx" else self._kernel(x) if impl == "kernel" else self._overlap_add(x)
+
+    def _kernel(self, x: mx.array) -> mx.array:
+        return cpu_kernels.conv_transpose2d(self, x, _pair(self.stride), _pair(self.padding),
+                                            _pair(self.output_padding))
+
+    def _overlap_add(self, x: mx.array) -> mx.array:
         o, kh, kw, c = self.weight.shape
         (sh, sw), (ph, pw), (oh, ow) = _pair(self.stride), _pair(self.padding), _pair(self.output_padding)
-        if impl == KERNEL:
-            return cpu_kernels.conv_transpose2d(self, x, (sh, sw), (ph, pw), (oh, ow))
         b, h, w, _ = x.shape
         z = (x @ self.weight.transpose(3, 1, 2, 0).reshape(c, kh * kw * o)).reshape(b, h, w, kh, kw, o)
         qh, qw = -(-kh // sh), -(-kw // sw)  # taps per phase (ceil)

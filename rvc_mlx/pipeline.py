@@ -16,14 +16,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from rvc_mlx.runtime import mx
 import numpy as np
 
-from rvc_mlx import precision
 from rvc_common.config import PIPELINE, PipelineConfig
-from rvc_mlx.pipeline_audio import highpass, limit_peak, rms_mix, shift_f0, to_16k_mono
 from rvc_common.inputs import coarse_pitch, make_noise
 from rvc_common.instrument import split, tap
+from rvc_mlx import precision
+from rvc_mlx.pipeline_audio import highpass, limit_peak, rms_mix, shift_f0, to_16k_mono
+from rvc_mlx.runtime import mx
 
 F0_METHODS = ("rmvpe", "crepe", "crepe-tiny", "fcpe")
 

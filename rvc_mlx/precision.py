@@ -24,8 +24,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
-from rvc_mlx.runtime import mx
 import numpy as np
+
+from rvc_mlx.runtime import mx
 
 DTYPES = {"float32": mx.float32, "float16": mx.float16, "bfloat16": mx.bfloat16}
 REDUCED = ("float16", "bfloat16")

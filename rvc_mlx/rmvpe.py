@@ -7,18 +7,17 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from rvc_mlx.runtime import mx
-from rvc_mlx.runtime import nn
 import numpy as np
 
-from rvc_common.config import RMVPE as CFG
 from rvc_common.audio import check_mono
+from rvc_common.config import RMVPE as CFG
 from rvc_common.config import RMVPEConfig
+from rvc_common.instrument import layer_by_layer, output, split, tap
+from rvc_mlx import precision
 from rvc_mlx.dsp import log_mel, mel_filterbank
 from rvc_mlx.fastmath import Sigmoid
 from rvc_mlx.layers import GRU, BatchNorm, Conv2d, ConvTranspose2d
-from rvc_common.instrument import layer_by_layer, output, split, tap
-from rvc_mlx import precision
+from rvc_mlx.runtime import mx, nn
 
 
 class ConvBlockRes(nn.Module):

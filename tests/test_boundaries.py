@@ -7,8 +7,8 @@ import dataclasses
 
 import numpy as np
 
-from rvc_mlx import dispatch
 from rvc_common.config import CREPEConfig, PipelineConfig, RMVPEConfig
+from rvc_mlx import dispatch
 from rvc_mlx.testing.components import load_specs
 
 

@@ -19,8 +19,8 @@ import torch
 import torch.nn.functional as F
 
 from rvc_common import instrument
-from rvc_mlx import cpu_kernels, dispatch, fastmath, layers
 from rvc_common.config import HubertConfig
+from rvc_mlx import cpu_kernels, dispatch, fastmath, layers
 from rvc_mlx.hubert import GroupNormConvLayer
 from rvc_mlx.rmvpe import ConvBlockRes
 from rvc_mlx.testing.taps import LayoutMap, LayoutRule, MLXRecorder

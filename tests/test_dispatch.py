@@ -118,3 +118,17 @@ def test_the_pytest_header_names_the_kernel_build_and_the_blas(pytester):
     result = pytester.runpytest_subprocess("-p", "rvc_mlx.testing.plugin")
     assert any(line.startswith(f"rvc-mlx: {dispatch.status()}") for line in result.outlines), result.outlines
     assert any(line.startswith("rvc-mlx: MLX matmuls use") for line in result.outlines)
+
+
+def test_the_path_table_gives_every_op_a_reason_per_path_a_fallback_and_a_layer_method_per_path():
+    from types import SimpleNamespace
+
+    from rvc_mlx import layers
+
+    for op, paths in dispatch.TABLE.items():
+        assert all(p.why.strip() and p.name.split()[0] in (dispatch.KERNEL, dispatch.GEMM, dispatch.MLX)
+                   for p in paths), op
+        assert paths[-1].when(SimpleNamespace()), f"{op}: the last path must always hold (the fallback)"
+    for layer, op in ((layers.Conv2d, "conv2d"), (layers.Conv1d, "conv1d")):
+        assert {p.name for p in dispatch.TABLE[op]} == set(layer.PATHS), op
+        assert all(callable(getattr(layer, method)) for method in layer.PATHS.values()), op

@@ -24,8 +24,8 @@ import numpy as np
 import pytest
 import torch
 
-from rvc_mlx.checkpoints import CheckpointError, convert_state, read_contentvec_dir, save_mlx_weights
 from rvc_common.config import HUBERT, HubertConfig
+from rvc_mlx.checkpoints import CheckpointError, convert_state, read_contentvec_dir, save_mlx_weights
 from rvc_mlx.fairseq import is_fairseq_checkpoint, read_fairseq_hubert
 from rvc_mlx.hubert import HuBERT, HubertModel
 from rvc_mlx.pipeline import Pipeline

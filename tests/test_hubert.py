@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from reference_torch.hubert import HuBERT as TwinHuBERT
-from rvc_mlx.checkpoints import CheckpointError
 from rvc_common.config import HUBERT
+from rvc_mlx.checkpoints import CheckpointError
 from rvc_mlx.hubert import HuBERT
 from rvc_mlx.testing.components import GOLDEN
 from rvc_mlx.testing.signals import read_wav

@@ -160,7 +160,7 @@ def test_gru_kernel_scan_matches_torch_over_a_long_sequence(isa, bidirectional, 
 @pytest.mark.parametrize("bidirectional", [False, True])
 @pytest.mark.parametrize("hidden", [16, 48])
 def test_gru_host_scan_without_the_kernels_matches_torch_over_a_long_sequence(pure_mlx, bidirectional, hidden):
-    assert dispatch.gru(mx.zeros((1, 2, 12))) == dispatch.GEMM
+    assert dispatch.gru(mx.zeros((1, 2, 12))) == "gemm numpy scan"
     _gru_matches_torch(bidirectional, hidden)
 
 

@@ -9,8 +9,15 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from rvc_mlx.outputs import (AUDIO_FORMATS, OutputError, atomic_write, atomic_write_bytes, check_output,
-                             remove_orphans, write_audio)
+from rvc_mlx.outputs import (
+    AUDIO_FORMATS,
+    OutputError,
+    atomic_write,
+    atomic_write_bytes,
+    check_output,
+    remove_orphans,
+    write_audio,
+)
 
 
 def test_a_failed_write_leaves_the_old_file_and_no_temp_file(tmp_path):

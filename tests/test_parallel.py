@@ -9,10 +9,10 @@ import sys
 
 import numpy as np
 import pytest
+from test_golden_store import MANIFEST_RENAME_FAILS  # the same failing rename, now under xdist
 
 from rvc_mlx.testing.components import GOLDEN, REPO
 from rvc_mlx.testing.golden import CaseData, GoldenStore, TapInfo
-from test_golden_store import MANIFEST_RENAME_FAILS  # the same failing rename, now under xdist
 
 pytest.importorskip("xdist", reason="pytest-xdist is a dev dependency: run `make install`")
 

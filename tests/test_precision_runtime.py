@@ -255,8 +255,8 @@ def _convert(tmp_path, monkeypatch, samples: int, x_pad: float, dtypes, f0_metho
     """`rvc-mlx convert --dtype D` on `samples` of speech, padded by `x_pad` s (the original's 1 s would take minutes
     in half precision on this CPU), with the plain reduced models (no plan file): D -> the written audio."""
     import rvc_mlx.pipeline
-    from rvc_mlx.cli import main
     from rvc_common.config import PipelineConfig
+    from rvc_mlx.cli import main
     from rvc_mlx.testing.synthetic import cached_checkpoint
 
     class ShortPipeline(rvc_mlx.pipeline.Pipeline):

@@ -149,8 +149,8 @@ def test_bench_table_gives_ratio_rtf_peak_memory_op_classes_and_60s_growth(tmp_p
 
 
 def report_policy():
-    from rvc_mlx.testing.tolerances import load_policy
     from rvc_mlx.testing.components import GOLDEN
+    from rvc_mlx.testing.tolerances import load_policy
 
     return load_policy(GOLDEN / "tolerances.toml")
 

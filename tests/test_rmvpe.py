@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from reference_torch.rmvpe import RMVPE as TwinRMVPE
-from rvc_mlx.checkpoints import CheckpointError, convert_checkpoint
 from rvc_common.config import RMVPE as CFG
+from rvc_mlx.checkpoints import CheckpointError, convert_checkpoint
 from rvc_mlx.rmvpe import E2E, RMVPE
 from rvc_mlx.testing.components import GOLDEN
 from rvc_mlx.testing.metrics import pitch_metrics

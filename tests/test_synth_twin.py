@@ -6,9 +6,9 @@ import pytest
 import torch
 
 from reference_torch.synthesizer.model import Synthesizer
-from rvc_mlx.checkpoints import CheckpointError, read_rvc_checkpoint
 from rvc_common.config import synth_variants
 from rvc_common.inputs import coarse_pitch, make_noise
+from rvc_mlx.checkpoints import CheckpointError, read_rvc_checkpoint
 from rvc_mlx.testing.synthetic import cached_checkpoint
 
 VARIANTS = sorted(synth_variants())

@@ -6,9 +6,9 @@ import pytest
 import torch
 
 from reference_torch.synthesizer.model import Synthesizer as TwinSynthesizer
-from rvc_mlx.checkpoints import CheckpointError
 from rvc_common.config import synth_variants
 from rvc_common.inputs import coarse_pitch, make_noise
+from rvc_mlx.checkpoints import CheckpointError
 from rvc_mlx.synthesizer.model import Synthesizer
 from rvc_mlx.testing.metrics import tensor_metrics
 from rvc_mlx.testing.synthetic import cached_checkpoint
@@ -60,6 +60,7 @@ def test_mlx_refuses_a_checkpoint_whose_config_disagrees_with_its_weights(tmp_pa
 
 def _stage_blocks(channels=8):
     import mlx.core as mx
+
     from rvc_mlx.synthesizer.nsf_hifigan import ResBlock
 
     mx.random.seed(3)
@@ -88,6 +89,7 @@ def _stage_reference(blocks, x: np.ndarray, dtype) -> np.ndarray:
 def _run_stage(blocks, x, frames):
     import mlx.core as mx
     import mlx.nn as nn
+
     from rvc_mlx import dispatch
     from rvc_mlx.synthesizer import nsf_hifigan
     from rvc_mlx.testing.taps import LayoutMap, LayoutRule, MLXRecorder
@@ -134,6 +136,7 @@ def test_resblock_stage_in_padded_time_chunks_on_pure_mlx_matches_the_float64_or
 def test_resblock_stage_calls_every_conv_on_the_whole_signal_only_layer_by_layer():
     import mlx.core as mx
     import mlx.nn as nn
+
     from rvc_mlx.synthesizer import nsf_hifigan
     from rvc_mlx.testing.taps import LayoutMap, LayoutRule, MLXRecorder
 

@@ -7,8 +7,16 @@ import pytest
 import torch
 import torch.nn as tnn
 
-from rvc_mlx.testing.taps import (LayoutMap, LayoutRule, MLXRecorder, TapError, TorchRecorder, from_torch_layout,
-                                  tap, to_torch_layout)
+from rvc_mlx.testing.taps import (
+    LayoutMap,
+    LayoutRule,
+    MLXRecorder,
+    TapError,
+    TorchRecorder,
+    from_torch_layout,
+    tap,
+    to_torch_layout,
+)
 
 
 class TorchToy(tnn.Module):

@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import math
 
-from rvc_mlx.runtime import mx
-from rvc_mlx.runtime import nn
-
-from rvc_mlx.layers import Conv1d
 from rvc_mlx.fastmath import softmax
+from rvc_mlx.layers import Conv1d
+from rvc_mlx.runtime import mx, nn
 
 
 class LayerNorm(nn.Module):

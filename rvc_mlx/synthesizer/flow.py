@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-from rvc_mlx.runtime import mx
-from rvc_mlx.runtime import nn
-
 from rvc_common.config import SynthConfig
-from rvc_mlx.layers import Conv1d
 from rvc_mlx.fastmath import sigmoid, tanh
+from rvc_mlx.layers import Conv1d
+from rvc_mlx.runtime import mx, nn
 
 
 class WaveNet(nn.Module):

@@ -5,18 +5,17 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from rvc_mlx.runtime import mx
-from rvc_mlx.runtime import nn
 import numpy as np
 
 from rvc_common.config import SynthConfig
-from rvc_mlx.synthesizer.flow import ResidualCouplingBlock
 from rvc_common.inputs import SynthNoise, check_inputs
+from rvc_common.instrument import tap
+from rvc_mlx import precision
+from rvc_mlx.fastmath import exp
+from rvc_mlx.runtime import mx, nn
+from rvc_mlx.synthesizer.flow import ResidualCouplingBlock
 from rvc_mlx.synthesizer.nsf_hifigan import HiFiGANGenerator, HiFiGANNSFGenerator
 from rvc_mlx.synthesizer.text_encoder import TextEncoder
-from rvc_common.instrument import tap
-from rvc_mlx.fastmath import exp
-from rvc_mlx import precision
 
 
 class SynthesizerModel(nn.Module):

@@ -7,16 +7,15 @@ from __future__ import annotations
 
 import math
 
-from rvc_mlx.runtime import mx
-from rvc_mlx.runtime import nn
 import numpy as np
 
-from rvc_mlx import cpu_kernels, dispatch
 from rvc_common.config import SynthConfig
-from rvc_mlx.fastmath import Tanh, tanh
 from rvc_common.instrument import layer_by_layer, split, tap
+from rvc_mlx import cpu_kernels, dispatch
+from rvc_mlx.fastmath import Tanh, tanh
 from rvc_mlx.layers import Conv1d, ConvTranspose1d, leaky_relu, pad_time
 from rvc_mlx.precision import as_float32
+from rvc_mlx.runtime import mx, nn
 
 
 def _zero_margins(x: mx.array, width: int, beyond: tuple[int, int]) -> mx.array:

@@ -4,13 +4,11 @@ from __future__ import annotations
 
 import math
 
-from rvc_mlx.runtime import mx
-from rvc_mlx.runtime import nn
-
 from rvc_common.config import SynthConfig
 from rvc_common.instrument import output
 from rvc_mlx import dispatch
 from rvc_mlx.layers import Conv1d
+from rvc_mlx.runtime import mx, nn
 from rvc_mlx.synthesizer.attentions import FFN, LayerNorm, MultiHeadAttention
 
 

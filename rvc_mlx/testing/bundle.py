@@ -67,8 +67,7 @@ def _arrays(prefix: str, value: Any, arrays: dict[str, np.ndarray], scalars: dic
 def _injected(comp, case, ref: CaseData) -> dict[str, np.ndarray]:
     """Noise the model draws inside, generated here from its seed (docs/golden-format.md, Noise)."""
     from rvc_common.config import CREPEConfig, synth_variants
-    from rvc_common.inputs import crepe_dither
-    from rvc_common.inputs import make_noise
+    from rvc_common.inputs import crepe_dither, make_noise
 
     out: dict[str, np.ndarray] = {}
     if comp.name == "crepe":

@@ -32,8 +32,20 @@ import numpy as np
 
 from rvc_mlx.outputs import safetensors_bytes
 from rvc_mlx.testing.environment import environment
-from rvc_mlx.testing.golden_commit import (JOURNAL, STAGING_PREFIX, GoldenError, dir_lock, finish,
-                                          forward, one_line, plan, rollback, settle, sweep, write_synced)
+from rvc_mlx.testing.golden_commit import (
+    JOURNAL,
+    STAGING_PREFIX,
+    GoldenError,
+    dir_lock,
+    finish,
+    forward,
+    one_line,
+    plan,
+    rollback,
+    settle,
+    sweep,
+    write_synced,
+)
 
 MANIFEST_FORMAT = 1
 FIX = "restore it with `git checkout golden/` or regenerate with `make golden`"

@@ -11,7 +11,6 @@ import html
 from pathlib import Path
 from typing import Any
 
-
 from rvc_mlx.testing.golden import CaseData, Staged, tap_changes, tensor_stats
 from rvc_mlx.testing.tolerances import Policy
 

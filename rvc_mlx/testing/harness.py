@@ -18,8 +18,18 @@ from rvc_mlx.testing.compare import CaseResult, Check, compare_case
 from rvc_mlx.testing.components import GOLDEN, CaseSpec, Component, Coverage, SpecError, Weights, registry
 from rvc_mlx.testing.golden import CaseData, GoldenError, GoldenStore, TapInfo, tensor_sha256, tensor_stats, versions
 from rvc_mlx.testing.metrics import tensor_metrics
-from rvc_mlx.testing.taps import (CallInfo, MLXRecorder, TorchRecorder, _flatten, _mlx_or_host_array,
-                                  _torch_is_array, from_torch_layout, host_array, to_torch_layout, tree_map)
+from rvc_mlx.testing.taps import (
+    CallInfo,
+    MLXRecorder,
+    TorchRecorder,
+    _flatten,
+    _mlx_or_host_array,
+    _torch_is_array,
+    from_torch_layout,
+    host_array,
+    to_torch_layout,
+    tree_map,
+)
 from rvc_mlx.testing.tolerances import Policy, load_policy
 
 
@@ -164,8 +174,9 @@ def local_outputs(comp: Component, ref: CaseData, mlx_root: Any, t32_root: Any |
                   names: set[str] | None) -> Iterator[tuple[str, np.ndarray, np.ndarray | None]]:
     """For each tapped module with recorded oracle inputs (those in `names`): (tap, the MLX module's output on
     those inputs, the float32 twin module's output or None without `t32_root`), in PyTorch layout."""
-    from rvc_mlx.runtime import mx
     import torch
+
+    from rvc_mlx.runtime import mx
 
     is_np = lambda a: isinstance(a, np.ndarray)  # noqa: E731
     for info in ref.ordered():

@@ -26,8 +26,8 @@ import pytest
 
 from rvc_mlx.checkpoints import CheckpointError
 from rvc_mlx.dispatch import KernelError
-from rvc_mlx.testing.components import GOLDEN, SpecError
 from rvc_mlx.testing import parallel, phases
+from rvc_mlx.testing.components import GOLDEN, SpecError
 from rvc_mlx.testing.golden import GoldenError
 from rvc_mlx.testing.taps import TapError
 from rvc_mlx.testing.tolerances import ToleranceError

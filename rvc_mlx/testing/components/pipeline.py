@@ -40,8 +40,8 @@ class PipelineComponent(Component):
         return f"pipeline-{case.variant}-{case.f0_method}-{'index' if case.index else 'noindex'}"
 
     def weights(self, weights_dir: Path | None, case: CaseSpec | None = None) -> Weights:
-        from rvc_mlx.checkpoints import file_sha256
         from rvc_common.config import synth_variants
+        from rvc_mlx.checkpoints import file_sha256
         from rvc_mlx.pipeline import packaged_pitch_weights
         from rvc_mlx.testing import synthetic
         from rvc_mlx.testing.components import registry
