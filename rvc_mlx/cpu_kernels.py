@@ -146,7 +146,7 @@ def gru_scan(gis: list[mx.array], w_hh: list[mx.array], b_hh: list[mx.array]) ->
     outs = [np.empty((b, t, h3 // 3), dtype=np.float32) for _ in gis]
     last = [np.empty((b, h3 // 3), dtype=np.float32) for _ in gis]
     _k().gru_scan([(host(gi), _transposed(w), host(bias), out, h, i == 1)
-                       for i, (gi, w, bias, out, h) in enumerate(zip(gis, w_hh, b_hh, outs, last, strict=True))])
+                   for i, (gi, w, bias, out, h) in enumerate(zip(gis, w_hh, b_hh, outs, last, strict=True))])
     return [mx.array(o) for o in outs], [mx.array(h) for h in last]
 
 

@@ -198,8 +198,8 @@ class HubertModel(nn.Module):
     # Modules the original keeps in float32 in half mode (`precision`). Its attention softmax also runs in
     # float32 (fairseq's utils.softmax): fastmath.softmax accumulates half inputs in float32 (precise=True).
     FLOAT32 = {
-        "feature_extractor.conv_layers.0.layer_norm": "fairseq's Fp32GroupNorm: per-channel statistics over "
-                                                       "every frame of the first conv's output, in float32",
+        "feature_extractor.conv_layers.0.layer_norm":
+            "fairseq's Fp32GroupNorm: per-channel statistics over every frame of the first conv's output, in float32",
     }
 
     def __init__(self, cfg: HubertConfig = HUBERT, final_proj: bool = True):

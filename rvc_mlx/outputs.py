@@ -147,7 +147,7 @@ def check_output(path: str | Path, arg: str, suffixes: dict | None = None, input
         raise OutputError(f"{what}: is a directory; give a file name, e.g. {path / 'out.wav'}")
     if suffixes is not None and path.suffix.lower() not in suffixes:
         raise OutputError(f"{what}: cannot write {path.suffix or 'files without an extension'}; "
-                                        f"use {' or '.join(sorted(suffixes))}")
+                          f"use {' or '.join(sorted(suffixes))}")
     folder = path.parent
     if not folder.is_dir():
         raise OutputError(f"{what}: folder {folder} does not exist; create it first")
@@ -155,7 +155,7 @@ def check_output(path: str | Path, arg: str, suffixes: dict | None = None, input
         if source is not None and Path(source).exists() and path.exists() and os.path.samefile(source, path) \
                 and not overwrite:
             raise OutputError(f"{what}: is the input file; choose another output or pass "
-                                            "--overwrite to replace the input")
+                              "--overwrite to replace the input")
     check_writable(folder, what)
     return path
 

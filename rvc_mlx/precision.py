@@ -132,7 +132,7 @@ def apply(model: Any, plan: Plan | str) -> Any:
             methods = {name: _casting_call(getattr(cls, name))
                        for name in ("__call__", *getattr(cls, "PRECISION_ENTRY_POINTS", ()))}
             classes[cls] = type(cls.__name__, (cls,), {**methods, "_casts_inputs": True,
-                                                      "__module__": cls.__module__, "__qualname__": cls.__qualname__})
+                                                       "__module__": cls.__module__, "__qualname__": cls.__qualname__})
         module.__class__ = classes[cls]
         object.__setattr__(module, "_compute_dtype", dt)
     object.__setattr__(model, "_precision", plan)

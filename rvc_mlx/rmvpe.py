@@ -119,7 +119,7 @@ class ResDecoderBlock(nn.Module):
         out_pad = (0, 1) if tuple(cfg.pool) == (1, 2) else (1, 1)
         self.conv1 = [
             ConvTranspose2d(in_channels, out_channels, 3, stride=cfg.pool, padding=1,
-                               output_padding=out_pad, bias=False),
+                            output_padding=out_pad, bias=False),
             BatchNorm(out_channels, eps=cfg.bn_eps),
             nn.ReLU(),
         ]

@@ -160,7 +160,7 @@ def test_fused_conv_bn_relu_residual_equals_the_layer_by_layer_ops_bit_for_bit(i
     (64, 32, 3, (2, 2), 1, (1, 1), (32, 4)), (16, 16, 3, (1, 2), (1, 0), (0, 1), (8, 5)),
     (16, 32, 2, 3, 0, 0, (5, 5)), (16, 8, 3, 2, 1, 1, (6, 6))])
 def test_fused_transposed_conv_bn_relu_equals_the_layer_by_layer_ops_bit_for_bit(isa, c_in, c_out, k, stride, pad,
-                                                                                  out_pad, hw):
+                                                                                 out_pad, hw):
     mx.random.seed(c_in + c_out)
     tconv = layers.ConvTranspose2d(c_in, c_out, k, stride=stride, padding=pad, output_padding=out_pad)
     bn = layers.BatchNorm(c_out)
@@ -292,7 +292,7 @@ CONV_T1D_CASES = [(64, 32, 16, 8, 4, 0, 50), (32, 16, 24, 12, 6, 0, 20), (32, 16
 
 @pytest.mark.parametrize("c_in,c_out,k,stride,pad,out_pad,length", CONV_T1D_CASES)
 def test_conv_transpose1d_phases_match_torch_float64_and_fuse_leaky_relu_and_an_add(isa, c_in, c_out, k, stride, pad,
-                                                                                     out_pad, length):
+                                                                                    out_pad, length):
     x, w, b = _randn(2, c_in, length), _randn(c_in, c_out, k, scale=0.3), _randn(c_out)
     conv = layers.ConvTranspose1d(c_in, c_out, k, stride=stride, padding=pad, output_padding=out_pad)
     conv.weight, conv.bias = mx.array(w.transpose(1, 2, 0)), mx.array(b)
@@ -302,7 +302,7 @@ def test_conv_transpose1d_phases_match_torch_float64_and_fuse_leaky_relu_and_an_
     ref = F.conv_transpose1d(torch.from_numpy(x).double(), torch.from_numpy(w).double(), torch.from_numpy(b).double(),
                              **args)
     err, err_torch = _errors(y.transpose(0, 2, 1), ref, F.conv_transpose1d(torch.from_numpy(x), torch.from_numpy(w),
-                                                                            torch.from_numpy(b), **args))
+                                                                           torch.from_numpy(b), **args))
     assert err <= 3 * err_torch + 2.4e-7, (err, err_torch)
     residual = mx.array(_randn(*y.shape))
     fused = np.array(conv.leaky_add(xm, 0.1, residual))  # the kernel's prologue and epilogue when O fits vectors

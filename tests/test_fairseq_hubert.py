@@ -266,7 +266,7 @@ def test_fairseq_file_gives_the_hf_state_config_and_features_of_the_contentvec_d
 
 
 def test_hubert_base_pt_loads_through_from_checkpoint_and_the_cache_like_the_contentvec_dir(tmp_path, hf_state,
-                                                                                           speech, monkeypatch):
+                                                                                            speech, monkeypatch):
     monkeypatch.setenv("RVC_MLX_CACHE", str(tmp_path / "cache"))
     path = write(tmp_path / "hubert_base.pt", checkpoint(fairseq_state(hf_state), SMALL))
     hf_dir = tmp_path / "contentvec"
@@ -382,7 +382,7 @@ def _global(fn) -> str:
     (CheckCall, "next to the Dictionary in task_state", "subprocess.check_call"),  # pickled as commands.*
 ])
 def test_a_pickle_that_calls_code_is_refused_naming_the_global_and_nothing_runs(tmp_path, payload, where, name,
-                                                                                 legacy):
+                                                                                legacy):
     marker = tmp_path / "ran"
     ckpt = checkpoint(OrderedDict({"mask_emb": torch.zeros(768)}), SMALL, layout="dictconfig")
     if where == "cfg":

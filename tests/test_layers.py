@@ -180,6 +180,6 @@ def test_folded_tap_sum_equals_the_plain_shifted_gemm_sum(fold):
     n, groups = 37, [(0, w0), (9, w1)]  # two kernel rows, as Conv2d passes them
     y = layers.folded_tap_sum(mx.array(rows), [(b, mx.array(w)) for b, w in groups], n, mx.array(bias), fold=fold)
     ref = bias.astype(np.float64) + sum(rows[base + j:base + j + n].astype(np.float64) @ w[j]
-                                         for base, w in groups for j in range(w.shape[0]))
+                                        for base, w in groups for j in range(w.shape[0]))
     assert y.shape == (n, 5)
     np.testing.assert_allclose(np.array(y), ref, rtol=0, atol=1e-5)

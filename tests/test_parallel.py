@@ -73,7 +73,7 @@ def _regen_on_two_workers(pytester, tmp_path, monkeypatch):
 
 
 def test_golden_regenerated_on_two_xdist_workers_is_committed_once_by_the_controller(pytester, tmp_path,
-                                                                                      monkeypatch):
+                                                                                     monkeypatch):
     root, res, log = _regen_on_two_workers(pytester, tmp_path, monkeypatch)
     out = res.stdout.str()
     assert res.ret == 0, out

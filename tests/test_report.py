@@ -180,4 +180,4 @@ def test_report_and_regenerated_manifest_entries_record_what_decides_float32_res
     assert entry["environment"]["variables"]["OPENBLAS_CORETYPE"] == "Haswell"
     other = dict(entry["environment"], kernels="avx512", cpu="Intel Xeon")
     assert differences(entry["environment"], other) == [f"cpu: {env['cpu']} -> Intel Xeon",
-                                                       f"kernels: {env['kernels']} -> avx512"]
+                                                        f"kernels: {env['kernels']} -> avx512"]

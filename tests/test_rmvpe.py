@@ -41,7 +41,7 @@ def _decision_margin_frames(salience, margin=1e-5):
     """Frames whose voicing or argmax the oracle decides by less than `margin` (allowed to flip)."""
     top2 = np.sort(salience, axis=1)[:, -2:]
     return (np.abs(top2[:, 1] - CFG.threshold) <= margin) | ((top2[:, 1] - top2[:, 0] <= margin)
-                                                            & (top2[:, 1] > CFG.threshold))
+                                                             & (top2[:, 1] > CFG.threshold))
 
 
 def test_f0_on_whole_speech_input_within_one_cent_with_identical_voicing(mlx_rmvpe, oracle, speech):

@@ -22,7 +22,7 @@ class WaveNet(nn.Module):
         for i in range(n_layers):
             d = dilation_rate ** i
             self.in_layers.append(Conv1d(hidden, 2 * hidden, kernel_size, dilation=d,
-                                            padding=(kernel_size * d - d) // 2))
+                                         padding=(kernel_size * d - d) // 2))
             self.res_skip_layers.append(Conv1d(hidden, hidden if i == n_layers - 1 else 2 * hidden, 1))
 
     def __call__(self, x: mx.array, x_mask: mx.array, g: mx.array) -> mx.array:

@@ -190,11 +190,11 @@ class HiFiGANNSFGenerator(nn.Module):
         for i, (u, k) in enumerate(zip(rates, cfg.upsample_kernel_sizes, strict=True)):
             padding = (k - u) // 2 if u % 2 == 0 else u // 2 + u % 2
             self.ups.append(ConvTranspose1d(cfg.upsample_initial_channel // (2 ** i), channels[i], k, u,
-                                               padding=padding, output_padding=u % 2))
+                                            padding=padding, output_padding=u % 2))
             stride = math.prod(rates[i + 1:]) if i + 1 < len(rates) else 1
             kernel = 1 if stride == 1 else stride * 2 - stride % 2
             self.noise_convs.append(Conv1d(1, channels[i], kernel, stride,
-                                              padding=0 if stride == 1 else (kernel - stride) // 2))
+                                           padding=0 if stride == 1 else (kernel - stride) // 2))
         self.resblocks = _resblocks(cfg, channels)
         self.conv_post = Conv1d(channels[-1], 1, 7, padding=3, bias=False)
         self.cond = Conv1d(cfg.gin_channels, cfg.upsample_initial_channel, 1)
@@ -224,7 +224,7 @@ class HiFiGANGenerator(nn.Module):
         channels = _channels(cfg)
         rates_kernels = zip(cfg.upsample_rates, cfg.upsample_kernel_sizes, strict=True)
         self.ups = [ConvTranspose1d(cfg.upsample_initial_channel // (2 ** i), channels[i], k, u,
-                                       padding=(k - u) // 2) for i, (u, k) in enumerate(rates_kernels)]
+                                    padding=(k - u) // 2) for i, (u, k) in enumerate(rates_kernels)]
         self.resblocks = _resblocks(cfg, channels)
         self.conv_post = Conv1d(channels[-1], 1, 7, padding=3, bias=False)
         self.cond = Conv1d(cfg.gin_channels, cfg.upsample_initial_channel, 1)

@@ -72,7 +72,7 @@ class TapResult:
         """One line: tap, module type, what failed and the tolerance it would need."""
         head = f"{self.name} ({self.module_type})"
         if self.status in ("missing", "shape", "nonfinite", "error") or (self.status == "fail"
-                                                                      and self.kind != "tensor"):
+                                                                         and self.kind != "tensor"):
             return f"{head}: {self.detail}"
         c = self.worst()
         if c is None:

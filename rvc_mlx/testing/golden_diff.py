@@ -66,7 +66,7 @@ def to_html(diffs: list[dict[str, Any]], kept: int) -> str:
         out.append(f"<h2>{html.escape(d['case'])} ({d['status']})</h2><p>{html.escape(d['summary'])}</p>")
         if d["provenance"]:
             out.append("<p>Provenance changed:</p><ul>" + "".join(f"<li>{html.escape(p)}</li>"
-                                                                   for p in d["provenance"]) + "</ul>")
+                                                                  for p in d["provenance"]) + "</ul>")
         out.append(f"<p>{d['unchanged']} taps bitwise unchanged" + (f"; removed: {html.escape(', '.join(d['removed']))}"
                                                                     if d["removed"] else "") + ".</p>")
         if d["rows"]:

@@ -46,7 +46,7 @@ def live_reference(comp: Component, case_name: str, weights: Weights, keep_input
     # a golden that keeps a list of taps need not record the rest (CREPE-full's conv1 is 1 MB per frame)
     select64 = list(case.store) if for_golden and isinstance(case.store, list) else None
     with comp.constants(case, twin64), TorchRecorder(comp.twin_module(twin64), root=comp.root,
-                                                      inputs=keep_inputs, select=select64) as rec64:
+                                                     inputs=keep_inputs, select=select64) as rec64:
         comp.run_twin(twin64, audio)
     keep = (lambda n, t: comp.stored(case, n, t)) if for_golden else comp.compared
     names = [n for n, r in rec64.records.items() if keep(n, r.module_type)]
@@ -54,7 +54,7 @@ def live_reference(comp: Component, case_name: str, weights: Weights, keep_input
     if with_fp32:
         twin32 = comp.twin(weights, torch.float32)
         with comp.constants(case, twin32), TorchRecorder(comp.twin_module(twin32), root=comp.root,
-                                                          select=names) as rec32:
+                                                         select=names) as rec32:
             comp.run_twin(twin32, audio)
     tensors: dict[str, np.ndarray] = {}
     taps: dict[str, TapInfo] = {}

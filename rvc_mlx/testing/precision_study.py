@@ -318,7 +318,7 @@ class Study:
         model = self.build(subj, subj.case, plan)
         root = comp.mlx_module(model)
         chosen = {path for path, dt in precision.module_dtypes(root, plan).items() if path and (every or
-                                                                                             dt != "float32")}
+                                                                                                dt != "float32")}
         nan = {"max_rel": math.nan, "rmse_rel": math.nan, "snr_db": math.nan}
         out = {path: dict(nan) for path in chosen}
         with comp.constants(spec, model), instrument.layers(True):
