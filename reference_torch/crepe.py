@@ -15,8 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from rvc_common.audio import check_mono
-from rvc_common.config import CREPE as CREPE_CFG
-from rvc_common.config import CREPEConfig
+from rvc_common.config import CREPE as CREPE_CFG, CREPEConfig
 from rvc_common.inputs import crepe_dither
 from rvc_common.instrument import tap
 

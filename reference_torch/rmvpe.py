@@ -15,8 +15,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from rvc_common.audio import check_mono
-from rvc_common.config import RMVPE as CFG
-from rvc_common.config import RMVPEConfig
+from rvc_common.config import RMVPE as CFG, RMVPEConfig
 from rvc_common.instrument import tap
 
 

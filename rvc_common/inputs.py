@@ -7,8 +7,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from rvc_common.config import CREPE as CREPE_CFG
-from rvc_common.config import CREPEConfig, SynthConfig
+from rvc_common.config import CREPE as CREPE_CFG, CREPEConfig, SynthConfig
 
 
 @dataclass(frozen=True)

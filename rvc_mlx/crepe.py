@@ -11,8 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from rvc_common.audio import check_mono
-from rvc_common.config import CREPE as CREPE_CFG
-from rvc_common.config import CREPEConfig
+from rvc_common.config import CREPE as CREPE_CFG, CREPEConfig
 from rvc_common.inputs import crepe_dither
 from rvc_common.instrument import split, tap
 from rvc_mlx import precision

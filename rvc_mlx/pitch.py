@@ -10,8 +10,7 @@ from functools import lru_cache
 
 import numpy as np
 
-from rvc_common.config import CREPE as CREPE_CFG
-from rvc_common.config import CREPEConfig
+from rvc_common.config import CREPE as CREPE_CFG, CREPEConfig
 
 
 @lru_cache(maxsize=2)

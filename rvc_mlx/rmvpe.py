@@ -10,8 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from rvc_common.audio import check_mono
-from rvc_common.config import RMVPE as CFG
-from rvc_common.config import RMVPEConfig
+from rvc_common.config import RMVPE as CFG, RMVPEConfig
 from rvc_common.instrument import layer_by_layer, output, split, tap
 from rvc_mlx import precision
 from rvc_mlx.dsp import log_mel, mel_filterbank

@@ -11,8 +11,7 @@ import pytest
 
 from rvc_mlx import precision
 from rvc_mlx.precision import Plan
-from rvc_mlx.testing import precision_report as pr
-from rvc_mlx.testing import precision_study as ps
+from rvc_mlx.testing import precision_report as pr, precision_study as ps
 
 # subjects whose committed plans are run in `make test` (the shortest domain cases); the others in `make parity`
 QUICK = ("hubert", "rmvpe", "fcpe")
