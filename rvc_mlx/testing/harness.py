@@ -358,8 +358,8 @@ class Parity:
 
     def uncovered(self, component: str, coverage: Coverage, case: str) -> list[str]:
         """What the golden of `case` fails to cover under `coverage` (golden/cases.toml), one line each: modules the
-        twin calls (of the listed types, the case's `skip` aside) without a stored tap, too few of them, or a
-        named tap missing."""
+        twin calls (of the listed types, that the case's `store` selects and its `skip` keeps) without a stored
+        tap, too few of them, or a named tap missing."""
         import torch
 
         comp = self.component(component)
@@ -377,7 +377,8 @@ class Parity:
             if len(called) < coverage.min_modules:
                 gaps.append(f"{component}/{case}: the twin calls {len(called)} modules of the checked types, fewer "
                             f"than the {coverage.min_modules} golden/cases.toml expects")
-            expected = {n for n in called if not any(fnmatch.fnmatchcase(n, g) for g in spec.skip)}
+            # of those, what the case's `store` and `skip` select (all; the component's blocks; a list of globs)
+            expected = {n for n in called if comp.stored(spec, n, rec.records[n].module_type)}
             missing = sorted(expected - stored)
             if missing:
                 gaps.append(f"{component}/{case}: {len(missing)} modules without a golden tap: {missing[:10]}")
