@@ -4,7 +4,6 @@ goldens."""
 
 from __future__ import annotations
 
-import fnmatch
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
