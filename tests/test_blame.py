@@ -143,3 +143,29 @@ def test_the_failure_message_lists_the_teacher_forced_verdict_of_the_modules_tha
     assert "teacher-forced on the shipped path: 2 of 3 modules pass on the oracle's inputs, failing locally:" \
         in message
     assert "\n  enc.1: max_rel 3e-05 (limit 1e-06, torch-fp32 1e-07)" in message
+
+
+def test_a_failing_tap_says_where_worst_element_and_share_and_a_pitch_tap_its_first_frames():
+    import numpy as np
+
+    from rvc_mlx.testing.compare import compare_case
+    from rvc_mlx.testing.golden import CaseData, TapInfo
+    from rvc_mlx.testing.tolerances import Policy
+
+    ref = {"x": np.linspace(-1, 1, 24, dtype=np.float32).reshape(2, 3, 4),
+           "f0": np.array([0, 100, 110, 120, 0, 130], np.float32)}
+    taps = {"x": TapInfo("x", (2, 3, 4), 0, "Linear", torch32={"max_rel": 1e-7, "rmse_rel": 1e-7}),
+            "f0": TapInfo("f0", (6,), 1, "tap", kind="f0")}
+    case = CaseData("toy", "a", ref, taps, {}, {})
+    mlx = {"x": ref["x"].copy(), "f0": np.array([0, 100, 0, 125, 0, 130], np.float32)}
+    mlx["x"][1, 2, 3] += 0.01
+    mlx["x"][0, 1, 0] += 0.001
+    result = compare_case(case, mlx, Policy())
+    lines = result.failure_message().splitlines()
+    assert lines[0].startswith("toy/a (") and "first divergence at x (Linear)" in lines[0]
+    assert lines[1] == ("  worst element at index (1, 2, 3): MLX 1.01, reference 1, difference 0.01; 2 of 24 elements "
+                        "(8.33%) over the max_rel limit"), lines[1]
+    f0 = next(t for t in result.taps if t.name == "f0")
+    assert f0.where == ("2 frames disagree, first: 2 (MLX 0.00 Hz, reference 110.00 Hz), 3 (MLX 125.00 Hz, "
+                        "reference 120.00 Hz)"), f0.where
+    assert f"    {f0.where}" in lines
