@@ -1,7 +1,8 @@
 """Instrumentation the models carry, free when nothing observes: named taps, the layer-by-layer mode, which
 implementation computed what (and where long work was split), and the MLX op profiler.
 
-Model code imports only this module; the parity harness (`rvc_mlx.testing`) builds its recorders on it. An
+Model code (the MLX port and the PyTorch twins alike) imports only this module for it; the parity harness
+(`rvc_mlx.testing`) builds its recorders on it. Pure Python: importing it loads no framework. An
 observer never changes what runs: the path a user runs is the path a recording sees. Layer-by-layer mode is
 separate and explicit (`with layers():`): it makes fused stages call each original layer in turn, for
 localisation, and says so in every report.
