@@ -9,7 +9,7 @@ from rvc_mlx.testing import bench
 from rvc_mlx.testing.profile import profile_mlx, profile_torch
 
 SECONDS = [pytest.param(1, id="1s"), pytest.param(10, id="10s", marks=pytest.mark.slow),
-           pytest.param(60, id="60s", marks=pytest.mark.slow)]
+           pytest.param(60, id="60s", marks=(pytest.mark.slow, pytest.mark.long_bench))]
 # component -> (harness component, packaged weights or None, method returning a numpy array)
 MODELS = {"hubert": ("hubert", None, "features"), "rmvpe": ("rmvpe", None, "f0"),
           "crepe-full": ("crepe", "crepe-full", "f0"), "crepe-tiny": ("crepe", "crepe-tiny", "f0"),
@@ -45,7 +45,7 @@ def _predictor(parity, _loaded: dict, name: str, impl: str):
 # construction (the 10 s entry gives the ratio), and the 60 s pair alone took ten minutes of `make parity`.
 LINEAR_BY_CONSTRUCTION = {"crepe-full"}
 CASES = [pytest.param(name, impl, s.values[0], id=f"{name}-{impl}-{s.id}",
-                      marks=(pytest.mark.slow,) if name.startswith("crepe") and impl == "torch" else s.marks)
+                      marks=(pytest.mark.slow, *s.marks) if name.startswith("crepe") and impl == "torch" else s.marks)
          for name in MODELS for impl in ("mlx", "torch") for s in SECONDS
          if not (name in LINEAR_BY_CONSTRUCTION and s.values[0] == 60)]
 

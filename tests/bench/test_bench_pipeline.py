@@ -10,7 +10,7 @@ from rvc_mlx.testing.components import CaseSpec
 from rvc_mlx.testing.profile import profile_mlx, profile_torch
 
 SECONDS = [pytest.param(1, id="1s"), pytest.param(10, id="10s", marks=pytest.mark.slow),
-           pytest.param(60, id="60s", marks=pytest.mark.slow)]
+           pytest.param(60, id="60s", marks=(pytest.mark.slow, pytest.mark.long_bench))]
 CASE = CaseSpec(component="pipeline", name="bench", input="speech", variant="v2-40k-f0", f0_method="rmvpe",
                 index=True, seed=3)
 OPTIONS = {"f0_method": "rmvpe", "index_rate": 0.75, "protect": 0.33, "seed": 3}

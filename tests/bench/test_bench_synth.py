@@ -9,7 +9,7 @@ from rvc_mlx.testing.components import CaseSpec
 from rvc_mlx.testing.profile import profile_mlx, profile_torch
 
 SECONDS = [pytest.param(1, id="1s"), pytest.param(10, id="10s", marks=pytest.mark.slow),
-           pytest.param(60, id="60s", marks=pytest.mark.slow)]
+           pytest.param(60, id="60s", marks=(pytest.mark.slow, pytest.mark.long_bench))]
 
 
 @pytest.mark.parametrize("seconds", SECONDS)
