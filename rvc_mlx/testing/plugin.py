@@ -44,6 +44,8 @@ def pytest_addoption(parser):
     g.addoption("--weights-dir", type=Path, default=None, help="run parity on real checkpoints in DIR "
                 "(rmvpe.pt, ...) against a live float64 twin run instead of golden")
     g.addoption("--report", type=Path, default=None, help="write the parity report JSON here (+ .html beside)")
+    g.addoption("--bench-results", type=Path, default=None, help="with --report: the benchmark JSON of an earlier "
+                "run (make parity times its benchmarks alone first, then judges parity on two workers)")
     g.addoption("--baseline", type=Path, default=Path("reports/baseline.json"),
                 help="the accepted run to report drift against (default reports/baseline.json, if present; "
                      "`make baseline` accepts the current reports/parity.json)")
@@ -363,7 +365,8 @@ def pytest_sessionfinish(session, exitstatus):
         from rvc_mlx.testing import report as rep
 
         bench = None
-        bj = getattr(config.option, "benchmark_json", None)  # a path (pytest-benchmark >= 5) or an open file
+        # a path (pytest-benchmark >= 5) or an open file
+        bj = config.getoption("--bench-results") or getattr(config.option, "benchmark_json", None)
         if bj is not None:
             try:
                 path = Path(bj) if isinstance(bj, (str, os.PathLike)) else Path(bj.name)
