@@ -74,7 +74,7 @@ def test_speed(benchmark):
 """
 
 
-def test_report_option_writes_json_and_html_with_benchmarks_from_the_same_run(pytester, tmp_path):
+def test_report_option_writes_json_and_html_with_benchmarks_from_the_same_or_an_earlier_run(pytester, tmp_path):
     pytester.makepyfile(INNER)
     out = tmp_path / "r" / "parity.json"
     res = pytester.runpytest_subprocess("-p", "rvc_mlx.testing.plugin", "--report", str(out),
@@ -84,6 +84,12 @@ def test_report_option_writes_json_and_html_with_benchmarks_from_the_same_run(py
     assert data["summary"] == {"cases": 1, "passed": 1, "failed": 0}
     assert data["benchmarks"][0]["group"] == "noop"
     assert (tmp_path / "r" / "parity.html").is_file()
+    # make parity's second run: parity alone, the benchmark table from the first run's JSON
+    again = tmp_path / "r2" / "parity.json"
+    res = pytester.runpytest_subprocess("-p", "rvc_mlx.testing.plugin", "--report", str(again), "-k", "test_case",
+                                        "--bench-results", str(tmp_path / "bench.json"), "-q")
+    assert res.ret == 0, res.stdout.str()
+    assert json.loads(again.read_text())["benchmarks"][0]["group"] == "noop"
 
 
 def test_bench_json_records_the_machine_and_the_table_header_states_cpu_isa_kernels_and_blas(pytester, tmp_path,
