@@ -53,6 +53,11 @@ class TorchPeak:
         self.bytes = None if hwm is None or self.start is None else max(hwm - self.start, 0) * 1024
 
 
+# --bench-spot-check (make parity): each entry timed once, with no warm-up round past the first duration and no
+# op-class profile. Its table is a spot check of the ratios; `make bench` keeps medians of 3 and the profile.
+SPOT_CHECK = False
+
+
 def run(benchmark, impl: str, seconds: float, group: str, fn: Callable[[], Any], rounds: int = 3,
         warmup: int = 1, profile: Callable[[], dict[str, float]] | None = None,
         warm: Callable[[], Any] | None = None) -> Any:
@@ -60,6 +65,9 @@ def run(benchmark, impl: str, seconds: float, group: str, fn: Callable[[], Any],
 
     `warm`, when given, replaces the warm-up rounds: a short input through the same model pays the first-call costs
     (weight loading, kernel compilation) without a second minute-long untimed run of a 60 s input."""
+    if SPOT_CHECK:  # the model is warm from the shortest entry, which keeps its warm-up round
+        rounds, profile = 1, None
+        warmup, warm = (warmup if seconds <= 1 else 0), None
     if warm is not None:
         warm()
         warmup = 0

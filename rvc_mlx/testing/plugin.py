@@ -44,6 +44,8 @@ def pytest_addoption(parser):
     g.addoption("--weights-dir", type=Path, default=None, help="run parity on real checkpoints in DIR "
                 "(rmvpe.pt, ...) against a live float64 twin run instead of golden")
     g.addoption("--report", type=Path, default=None, help="write the parity report JSON here (+ .html beside)")
+    g.addoption("--bench-spot-check", action="store_true", help="time each benchmark once, without the op-class "
+                "profile (make parity; make bench takes medians of 3)")
     g.addoption("--bench-results", type=Path, default=None, help="with --report: the benchmark JSON of an earlier "
                 "run (make parity times its benchmarks alone first, then judges parity on two workers)")
     g.addoption("--baseline", type=Path, default=Path("reports/baseline.json"),
@@ -80,6 +82,10 @@ class _PhaseClock:
 
 def pytest_configure(config):
     config.pluginmanager.register(_PhaseClock(), f"rvc_mlx_phases_{id(config)}")
+    if config.getoption("--bench-spot-check"):
+        from rvc_mlx.testing import bench
+
+        bench.SPOT_CHECK = True
     if config.getoption("--regen-golden") and os.environ.get("CI"):
         raise pytest.UsageError("refusing to regenerate golden files in CI (CI is set): goldens are reviewed "
                                 "artefacts; run `make golden` locally and commit the result")
