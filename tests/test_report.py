@@ -187,3 +187,28 @@ def test_report_and_regenerated_manifest_entries_record_what_decides_float32_res
     other = dict(entry["environment"], kernels="avx512", cpu="Intel Xeon")
     assert differences(entry["environment"], other) == [f"cpu: {env['cpu']} -> Intel Xeon",
                                                         f"kernels: {env['kernels']} -> avx512"]
+
+
+def test_a_spot_check_times_each_benchmark_once_without_warmup_past_one_second_or_profile(monkeypatch):
+    from types import SimpleNamespace
+
+    from rvc_mlx.testing import bench
+
+    calls = []
+
+    class Fake:
+        group, extra_info = None, {}
+        stats = SimpleNamespace(stats=SimpleNamespace(median=2.0))
+
+        def pedantic(self, fn, rounds, warmup_rounds):
+            calls.append((rounds, warmup_rounds))
+            return fn()
+
+    profiled = []
+    monkeypatch.setattr(bench, "SPOT_CHECK", True)
+    bench.run(Fake(), "torch", 10, "x 10s", lambda: 1, profile=lambda: profiled.append(1) or {})
+    bench.run(Fake(), "torch", 1, "x 1s", lambda: 1)
+    assert calls == [(1, 0), (1, 1)] and not profiled
+    monkeypatch.setattr(bench, "SPOT_CHECK", False)
+    bench.run(Fake(), "torch", 10, "x 10s", lambda: 1, profile=lambda: profiled.append(1) or {})
+    assert calls[-1] == (3, 1) and profiled == [1]
