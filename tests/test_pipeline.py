@@ -287,7 +287,7 @@ def test_a_model_whose_config_disagrees_with_its_weights_is_invalid_for_info_and
     bad = tmp_path / "model.pth"
     torch.save(ckpt, bad)
     why = (f"rvc-mlx: {bad}: invalid RVC model: config sr=48000 but upsample_rates 10x10x2x2 give 400 samples per "
-           "10 ms frame, i.e. a 40000 Hz model\n")
+           "160-sample frame, i.e. a 40000 Hz model\n")
     assert main(["info", str(bad)]) == 2
     assert capsys.readouterr().err == why
     src = tmp_path / "in.wav"
