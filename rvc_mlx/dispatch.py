@@ -413,10 +413,11 @@ def conv_transpose(x: mx.array, dilation: int | tuple[int, int], one_d: bool) ->
                   dilated=dilation not in (1, (1, 1)), kernel=kernel_for(x))
 
 
-def float64_sum(x: mx.array, op: str) -> bool:
+def float64_sum(x: mx.array, op: str, weights: tuple = ()) -> bool:
     """Whether a sum whose error the model amplifies accumulates in float64 (`op`: the synthesizer's prior
-    projection): float32 input on MLX's CPU device, where MLX has float64 (its GPU backends do not)."""
-    if x.dtype == mx.float32 and mx.default_device() == mx.cpu:
+    projection): float32 input and `weights` (a half-precision plan's layer keeps its dtype) on MLX's CPU device,
+    where MLX has float64 (its GPU backends do not)."""
+    if x.dtype == mx.float32 and all(w.dtype == mx.float32 for w in weights) and mx.default_device() == mx.cpu:
         _report(GEMM, op + " float64")
         return True
     return False

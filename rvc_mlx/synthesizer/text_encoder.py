@@ -62,7 +62,7 @@ class TextEncoder(nn.Module):
         """proj(x), accumulated in float64 where dispatch says so. logs_p is exponentiated (z_p = m_p + exp(logs_p)
         * eps * 0.667), so its absolute error reaches z_p multiplied by up to ~1e2: a float32 sum's few ulps at
         the one largest element would decide z_p's error, and the flow's after it."""
-        if not dispatch.float64_sum(x, "synth prior projection"):
+        if not dispatch.float64_sum(x, "synth prior projection", (self.proj.weight,)):
             return self.proj(x)
         w = self.proj.weight[:, 0, :].astype(mx.float64)
         y = x.astype(mx.float64) @ w.T + self.proj.bias.astype(mx.float64)
