@@ -362,12 +362,14 @@ def test_a_forked_child_runs_the_kernel_with_a_pool_of_its_own(isa):
 # ------------------------------------------------------------------ elementwise kernels (csrc/elementwise.cpp)
 # softmax, GELU and per-channel GroupNorm + GELU, over row lengths and element counts that leave partial vectors;
 # their own generator keeps their inputs independent of the tests above
-RNG_ELEMENTWISE = np.random.default_rng(11)
+def _rng(*key) -> np.random.Generator:
+    """Each test's own inputs, from its parameters: the same draws whichever tests a worker ran before it."""
+    return np.random.default_rng([11, *(int(round(k * 10)) if isinstance(k, float) else int(k) for k in key)])
 
 
 @pytest.mark.parametrize("rows,n", [(3, 1), (37, 7), (12, 50), (5, 517)])
 def test_softmax_kernel_matches_torch_float64_copied_or_in_place(isa, rows, n):
-    x = (RNG_ELEMENTWISE.standard_normal((2, rows, n)) * 20).astype(np.float32)
+    x = (_rng(rows, n).standard_normal((2, rows, n)) * 20).astype(np.float32)
     t = torch.from_numpy(x)
     ref = torch.softmax(t.double() * 0.125, dim=-1)
     got = cpu_kernels.softmax(mx.array(x), 0.125)
@@ -379,7 +381,7 @@ def test_softmax_kernel_matches_torch_float64_copied_or_in_place(isa, rows, n):
 
 
 def test_softmax_copies_an_input_it_cannot_overwrite(isa):
-    x = mx.array((RNG_ELEMENTWISE.standard_normal((6, 40)) * 3).astype(np.float32))
+    x = mx.array((_rng(6, 40).standard_normal((6, 40)) * 3).astype(np.float32))
     strided = x.T  # a transposed view: written over in place, it would corrupt x
     before = np.array(x)
     y = cpu_kernels.softmax(strided, 1.0, in_place=True)
@@ -389,7 +391,7 @@ def test_softmax_copies_an_input_it_cannot_overwrite(isa):
 
 @pytest.mark.parametrize("n", [1, 7, 1000, 70_003])
 def test_gelu_kernel_matches_torch_float64(isa, n):
-    x = np.concatenate([RNG_ELEMENTWISE.standard_normal(n) * 4,
+    x = np.concatenate([_rng(n).standard_normal(n) * 4,
                         [0.0, -0.0, 1e-30, -9.0, 9.0, 40.0, -40.0]]).astype(np.float32)
     t = torch.from_numpy(x)
     got = cpu_kernels.gelu(mx.array(x))
@@ -402,11 +404,12 @@ def test_gelu_kernel_matches_torch_float64(isa, n):
 def test_group_norm_gelu_kernel_matches_torch_float64_no_worse_than_the_ops_in_turn(isa, channels, frames, offset):
     cfg = HubertConfig(conv_dim=(channels,), conv_kernel=(3,), conv_stride=(1,))
     layer = GroupNormConvLayer(cfg, 0)
-    gamma = RNG_ELEMENTWISE.standard_normal(channels).astype(np.float32)
-    beta = RNG_ELEMENTWISE.standard_normal(channels).astype(np.float32)
+    rng = _rng(channels, frames, offset)
+    gamma = rng.standard_normal(channels).astype(np.float32)
+    beta = rng.standard_normal(channels).astype(np.float32)
     layer.layer_norm.weight, layer.layer_norm.bias = mx.array(gamma), mx.array(beta)
     # a large common offset: the per-channel mean must be taken before the squares (two passes)
-    x = (RNG_ELEMENTWISE.standard_normal((2, frames, channels)) * 2 + offset).astype(np.float32)
+    x = (rng.standard_normal((2, frames, channels)) * 2 + offset).astype(np.float32)
     fused = np.array(cpu_kernels.group_norm_gelu(layer.layer_norm, mx.array(x)))
     with instrument.layers():
         ops = np.array(layer.activation(layer.layer_norm(mx.array(x))))
@@ -423,7 +426,7 @@ def test_group_norm_gelu_kernel_matches_torch_float64_no_worse_than_the_ops_in_t
 
 
 def test_elementwise_kernels_run_only_where_dispatch_chooses_them(isa):
-    x = mx.array(RNG_ELEMENTWISE.standard_normal((4, 64)).astype(np.float32))
+    x = mx.array(_rng(4, 64).standard_normal((4, 64)).astype(np.float32))
     assert dispatch.vectorised("gelu", x)
     with dispatch.use_math("mlx"):  # the kernels compute fastmath's polynomials: not with MLX's transcendentals
         assert not dispatch.vectorised("gelu", x)
