@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from rvc_mlx.testing.golden import CaseData, TapInfo
-from rvc_mlx.testing.metrics import pitch_metrics, tensor_metrics
+from rvc_mlx.testing.metrics import hz_to_cents, pitch_metrics, tensor_metrics
 from rvc_mlx.testing.tolerances import Policy, Rule
 
 
@@ -247,7 +247,7 @@ def _first_frames(value: np.ndarray, ref: np.ndarray, cents_limit: float, subjec
     est, r = np.asarray(value, dtype=np.float64).ravel(), np.asarray(ref, dtype=np.float64).ravel()
     both = (est > 0) & (r > 0)
     cents = np.zeros_like(r)
-    cents[both] = np.abs(1200.0 * np.log2(est[both] / r[both]))
+    cents[both] = np.abs(hz_to_cents(est[both]) - hz_to_cents(r[both]))
     frames = np.flatnonzero(((est > 0) != (r > 0)) | (cents > cents_limit))
     if frames.size == 0:
         return ""
