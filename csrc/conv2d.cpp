@@ -1,11 +1,13 @@
-// Direct 2-D convolution for MLX's CPU device (rvc_mlx._kernels): NHWC float32, stride 1, dilation 1, groups 1.
+// Direct 2-D convolution for MLX's CPU device (rvc_mlx._kernels): NHWC float32, stride 1, dilation 1; groups as
+// batches (batch b of x holds group b mod G's channels and is convolved by group b mod G's weights).
 //
 // MLX's CPU conv2d (im2col + one GEMM) and the shifted-GEMM sums in layers.py run RMVPE's 16-128 channel 3x3
 // convs at 40-110 GFLOP/s: each thin GEMM packs its input and re-reads its accumulator. This kernel keeps a block
 // of output pixels x output channels in vector registers for the whole kh*kw*C reduction (~190-260 GFLOP/s on
 // 2 AVX-512 cores, near torch's oneDNN). Summation per output: for each pass over 32 input channels
-// (CHANNEL_STEP), taps (i, j) row-major and the pass's channels in order with fused multiply-adds (the first
-// pass starts from the bias, the others from zero), each pass's sum added to the running total.
+// (CHANNEL_STEP; kernels longer than 16 taps: and 8 taps, TAP_STEP), taps (i, j) row-major and the pass's channels
+// in order with fused multiply-adds (the first pass starts from the bias, the others from zero), each pass's sum
+// added to the running total.
 #include "kernels.h"
 
 #include <algorithm>
@@ -44,7 +46,10 @@ struct Shape {
   Epilogue post;
   Prologue pre;
   const float* y0;  // start of y, for the residual's matching offset
-  int c0 = 0, c1 = 0;  // the input channels this pass sums; c0 > 0 continues from the partial sums in y
+  int c0 = 0, c1 = 0;  // the input channels this pass sums ...
+  int j0 = 0, j1 = 0;  // ... over these taps along rows; a pass after the first adds to the partial sums in y
+  bool first() const { return c0 == 0 && j0 == 0; }
+  bool last() const { return c1 >= C && j1 >= kw; }
 };
 
 // Where the pixels of a block are: consecutive in one row (Row), or anywhere in a window of rows (List: narrow
@@ -69,10 +74,10 @@ inline void pixel_block(const float* __restrict in, const Shape& s, const float*
   vf acc[PW][NB];
   for (int n = 0; n < NB; ++n) {
     vf b0 = bias ? *(const vf*)(bias + ob + n * LANES) : vf{};
-    for (int p = 0; p < PW; ++p) acc[p][n] = s.c0 ? vf{} : b0;
+    for (int p = 0; p < PW; ++p) acc[p][n] = s.first() ? b0 : vf{};
   }
   for (int i = 0; i < s.kh; ++i)
-    for (int j = 0; j < s.kw; ++j) {
+    for (int j = s.j0; j < s.j1; ++j) {
       const float* xr = in + i * s.rowlen + (size_t)j * s.dw * s.C;
       const float* wr = w + (size_t)(i * s.kw + j) * s.C * s.O + ob;
       for (int c = s.c0; c < s.c1; ++c) {
@@ -85,12 +90,12 @@ inline void pixel_block(const float* __restrict in, const Shape& s, const float*
         }
       }
     }
-  if (s.c0)  // each pass sums its channels from zero, then adds them to the total: a two-level sum, as blocked
+  if (!s.first())  // each pass sums its channels from zero, then adds them to the total: a two-level sum, as blocked
              // GEMMs do (one sequential sum over C = 1024 was 1.5x less accurate than OpenBLAS on FCPE)
     for (int p = 0; p < PW; ++p)
       for (int n = 0; n < NB; ++n) acc[p][n] = *(const vf*)(out + at.out(p) + ob + n * LANES) + acc[p][n];
   const Epilogue& e = s.post;
-  if (s.c1 < s.C) {  // partial sums: the next pass adds to them
+  if (!s.last()) {  // partial sums: the next pass adds to them
     for (int p = 0; p < PW; ++p)
       for (int n = 0; n < NB; ++n) *(vf*)(out + at.out(p) + ob + n * LANES) = acc[p][n];
     return;
@@ -137,13 +142,20 @@ void pixels(const float* in, const Shape& s, const float* w, const float* bias, 
 // (kh * kw * 32 * 64 floats, 72 KiB for 3x3) then stay in L2 while every pixel block reads them (RMVPE's
 // 512-channel convs on 32x4 pixels: 8.9 -> 4 ms).
 constexpr int CHANNEL_STEP = 32;
+// Long kernels also sum their taps in passes of TAP_STEP (HuBERT's positional conv, 128 taps of 48 channels: one
+// sequential sum over 4096 products per pass was 6x less accurate than torch's float32 conv; passes of 8 x 32).
+constexpr int LONG_KERNEL = 16, TAP_STEP = 8;
 
 template <int PW, int NB, class At>
 void channel_passes(const float* in, Shape s, const float* w, const float* bias, float* out, At at, int count,
                     int ob) {
-  for (s.c0 = 0; s.c0 < s.C; s.c0 = s.c1) {
-    s.c1 = std::min(s.C, s.c0 + CHANNEL_STEP);
-    pixels<PW, NB>(in, s, w, bias, out, at, count, ob);
+  const int tap_step = s.kw > LONG_KERNEL ? TAP_STEP : s.kw;
+  for (s.j0 = 0; s.j0 < s.kw; s.j0 = s.j1) {
+    s.j1 = std::min(s.kw, s.j0 + tap_step);
+    for (s.c0 = 0; s.c0 < s.C; s.c0 = s.c1) {
+      s.c1 = std::min(s.C, s.c0 + CHANNEL_STEP);
+      pixels<PW, NB>(in, s, w, bias, out, at, count, ob);
+    }
   }
 }
 
@@ -183,9 +195,10 @@ constexpr int TILE = 512;
 // 2.65 -> 2.05 ms, 512 ch on 32 x 4: 3.0 -> 2.3 ms; 128 and 512 measured the same or slower).
 constexpr int WINDOW = 256;
 
-// x (B, H, W, C); w (kh, kw, C, O); bias (O) or null; y (B, Yh, Yw, O). O must be a multiple of LANES.
+// x (B, H, W, C); w (G, kh, kw, C, O); bias (G, O) or null; y (B, Yh, Yw, O). O must be a multiple of LANES.
 void conv2d(const float* x, int B, int H, int W, const float* w, const float* bias, float* y, Shape s,
-            const Placement& q) {
+            const Placement& q, int G) {
+  const size_t group_taps = (size_t)s.kh * s.kw * s.C * s.O;  // one group's weights
   const int R = q.wo >= NARROW ? 1 : std::min(q.ho, (WINDOW + q.wo - 1) / q.wo);  // output rows per window
   const int tw = R == 1 ? std::min(q.wo, TILE) : q.wo;               // output columns per window
   const int groups = (q.ho + R - 1) / R, tiles = (q.wo + tw - 1) / tw;
@@ -233,8 +246,10 @@ void conv2d(const float* x, int B, int H, int W, const float* w, const float* bi
       }
       filled = g;
       float* out = y + ((size_t)(b * q.Yh + q.oy + h0 * q.sy) * q.Yw + q.ox) * s.O + t0 * s.ostride;
+      const float* wg = w + (size_t)(b % G) * group_taps;
+      const float* bg = bias ? bias + (size_t)(b % G) * s.O : nullptr;
       if (R == 1) {
-        channels(buf, s, w, bias, out, Row{(size_t)s.C, s.ostride}, cols, o0, o1);
+        channels(buf, s, wg, bg, out, Row{(size_t)s.C, s.ostride}, cols, o0, o1);
         continue;
       }
       size_t *ioff = offs, *ooff = offs + R * tw;
@@ -243,7 +258,7 @@ void conv2d(const float* x, int B, int H, int W, const float* w, const float* bi
           ioff[p] = r * s.rowlen + (size_t)c * s.C;
           ooff[p] = (size_t)r * q.sy * q.Yw * s.O + c * s.ostride;
         }
-      channels(buf, s, w, bias, out, List{ioff, ooff}, rows * cols, o0, o1);
+      channels(buf, s, wg, bg, out, List{ioff, ooff}, rows * cols, o0, o1);
     }
   };
   parallel(n, work);
@@ -253,12 +268,12 @@ void conv2d(const float* x, int B, int H, int W, const float* w, const float* bi
 
 PyObject* py_conv2d(PyObject*, PyObject* args) {
   PyObject *xo, *wo, *bo, *yo, *so = Py_None, *ho = Py_None, *ro = Py_None;
-  int relu = 0, dilation = 1;
+  int relu = 0, dilation = 1, G = 1;
   PyObject* slope_o = Py_None;
   Placement q;
   Prologue pre{false, 0, INT_MIN, INT_MAX};
-  if (!PyArg_ParseTuple(args, "OOOO(ii)(ii)(ii)(ii)|OOpOiO(ii)", &xo, &wo, &bo, &yo, &q.pt, &q.pl, &q.ho, &q.wo, &q.oy,
-                        &q.ox, &q.sy, &q.sx, &so, &ho, &relu, &ro, &dilation, &slope_o, &pre.v0, &pre.v1))
+  if (!PyArg_ParseTuple(args, "OOOO(ii)(ii)(ii)(ii)|OOpOiO(ii)i", &xo, &wo, &bo, &yo, &q.pt, &q.pl, &q.ho, &q.wo,
+                        &q.oy, &q.ox, &q.sy, &q.sx, &so, &ho, &relu, &ro, &dilation, &slope_o, &pre.v0, &pre.v1, &G))
     return nullptr;
   if (slope_o != Py_None) {
     pre.leaky = true;
@@ -282,10 +297,15 @@ PyObject* py_conv2d(PyObject*, PyObject* args) {
     return nullptr;
   }
   const Py_ssize_t *xs = xb.view.shape, *ws = wb.view.shape, *ys = yb.view.shape;
-  const int B = xs[0], H = xs[1], W = xs[2], C = xs[3], kh = ws[0], kw = ws[1], O = ws[3];
+  if (G < 1 || ws[0] % G || xs[0] % G || (G > 1 && so != Py_None)) {
+    PyErr_Format(PyExc_ValueError, "conv2d_nhwc: %d groups need w's first axis (%d) and the batch (%d) in whole "
+                 "groups, and no BatchNorm epilogue", G, (int)ws[0], (int)xs[0]);
+    return nullptr;
+  }
+  const int B = xs[0], H = xs[1], W = xs[2], C = xs[3], kh = ws[0] / G, kw = ws[1], O = ws[3];
   q.Yh = ys[1];
   q.Yw = ys[2];
-  if (ws[2] != C || O % LANES || ys[0] != B || ys[3] != O || (bo != Py_None && bb.view.shape[0] != O) ||
+  if (ws[2] != C || O % LANES || ys[0] != B || ys[3] != O || (bo != Py_None && bb.view.shape[0] != G * O) ||
       dilation < 1 || q.ho < 1 || q.wo < 1 || q.sy < 1 || q.sx < 1 || q.oy < 0 || q.ox < 0 || q.oy + (q.ho - 1) * q.sy >= q.Yh ||
       q.ox + (q.wo - 1) * q.sx >= q.Yw) {
     PyErr_Format(PyExc_ValueError,
@@ -304,7 +324,7 @@ PyObject* py_conv2d(PyObject*, PyObject* args) {
   bool out_of_memory = false;
   Py_BEGIN_ALLOW_THREADS
   try {
-    conv2d(xb.data(), B, H, W, wb.data(), bias, static_cast<float*>(yb.view.buf), s, q);
+    conv2d(xb.data(), B, H, W, wb.data(), bias, static_cast<float*>(yb.view.buf), s, q, G);
   } catch (const std::bad_alloc&) {
     out_of_memory = true;
   }

@@ -12,7 +12,8 @@ PyMethodDef methods[] = {
      "w (kh, kw, C, O), y (B, Yh, Yw, O), float32 C-contiguous, O a multiple of LANES. Optional scale, shift, "
      "relu, residual: y = relu(y * scale + shift) + residual, as MLX computes BatchNorm -> ReLU -> add; dilation: "
      "along rows, tap j reads column w + j * dilation - pl; slope: x is read as max(x, x * slope) (leaky ReLU); "
-     "(v0, v1): only input columns v0 <= w < v1 are read, the others as zeros."},
+     "(v0, v1): only input columns v0 <= w < v1 are read, the others as zeros; groups G: w is (G * kh, kw, C, O), "
+     "bias (G * O), and batch b of x and y is group b mod G (x's channels and w's taps of that group)."},
     {"gru_scan", py_gru_scan, METH_VARARGS,
      "gru_scan(directions): for each (gi, w_hh, b_hh, out, h, reverse), gi (B, T, 3H) the input projections, "
      "w_hh (H, 3H), b_hh (3H): torch's GRU recurrence (gates r, z, n) from h = 0 over t (descending if reverse), "

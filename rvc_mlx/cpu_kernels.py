@@ -60,6 +60,21 @@ def conv1d(module, x: mx.array, padding: int, dilation: int) -> mx.array:
     return _to_mlx(y[:, 0], module.weight.shape[0])
 
 
+def grouped_conv1d(module, x: mx.array, padding: int) -> mx.array:
+    """`module`'s grouped conv (weight (O, k, C / G), optional bias, stride 1, dilation 1; O / G a multiple of the
+    vector width) of NLC x with zero padding: each group a batch of the kernel's conv, run by the cores together."""
+    g, (o, k, cg) = module.groups, module.weight.shape
+    b, length, c = x.shape
+    og = o // g
+    xg = np.ascontiguousarray(host(x).reshape(b, length, g, cg).transpose(0, 2, 1, 3)).reshape(b * g, 1, length, cg)
+    weight = _packed_groups(module)
+    y = np.empty((b * g, 1, length + 2 * padding - k + 1, og), dtype=np.float32)
+    bias = np.asarray(module.bias, dtype=np.float32) if "bias" in module else None
+    _k().conv2d_nhwc(xg, weight, bias, y, (0, padding), y.shape[1:3], (0, 0), (1, 1), None, None, False, None, 1,
+                     None, (0, length), g)
+    return mx.array(y.reshape(b, g, -1, og).transpose(0, 2, 1, 3).reshape(b, -1, o))
+
+
 def leaky_conv1d(module, x: np.ndarray, slope: float, valid: tuple[int, int],
                  residual: np.ndarray | None = None) -> np.ndarray:
     """`module`'s unpadded conv (weight (O, k, C), O a multiple of the vector width) of host NLC x read as
@@ -224,6 +239,19 @@ def _packed(module, key, select) -> np.ndarray:
         w = np.pad(w, [(0, -w.shape[0] % lanes), (0, 0), (0, 0), (0, 0)])
         cache[lanes, key] = np.ascontiguousarray(w.transpose(1, 2, 3, 0))
     return cache[lanes, key]
+
+
+def _packed_groups(module) -> np.ndarray:
+    """A grouped conv1d's weight (O, k, C / G) as the kernel's (G * 1, k, C / G, O / G): group after group."""
+    cache = module.__dict__.get("_kernel_weights")
+    if cache is None or cache["weight"] is not module.weight:
+        cache = {"weight": module.weight}
+        object.__setattr__(module, "_kernel_weights", cache)  # not a parameter
+    if "groups" not in cache:
+        (o, k, cg), g = module.weight.shape, module.groups
+        w = np.asarray(module.weight, dtype=np.float32).reshape(g, o // g, k, cg)
+        cache["groups"] = np.ascontiguousarray(w.transpose(0, 2, 3, 1))
+    return cache["groups"]
 
 
 def _bias(module) -> np.ndarray | None:

@@ -316,6 +316,9 @@ TABLE: dict[str, tuple[Path, ...]] = {
              "kh*kw shifted GEMMs on flattened rows: MLX's CPU conv is several times slower on thin convs"),
     ),
     "conv1d": (
+        Path("kernel grouped", "conv1d grouped", lambda f: f.groups != 1 and not f.depthwise and f.stride == 1
+             and f.dilation == 1 and f.kernel_groups, "each group a batch of the direct conv kernel (outputs per "
+             "group in whole vectors): MLX's grouped conv runs on one core"),
         Path("mlx", "conv1d", lambda f: f.groups != 1 and not f.depthwise or f.stride != 1
              and (f.depthwise or f.dilation != 1), "grouped (not depthwise), or strided and dilated: MLX's conv only"),
         Path("kernel depthwise", "depthwise1d", lambda f: f.depthwise and f.stride == 1 and f.dilation == 1
@@ -394,7 +397,8 @@ def conv1d(x: mx.array, weight_shape: tuple[int, ...], groups: int, stride: int,
     """Conv1d of NLC x (weight (O, k, C / groups))."""
     o, k, c = weight_shape
     return choose("conv1d", groups=groups, depthwise=groups == o == x.shape[-1] and c == 1, stride=stride,
-                  dilation=dilation, k=k, kernel=kernel_for(x), kernel_vec=kernel_for(x, o))
+                  dilation=dilation, k=k, kernel=kernel_for(x), kernel_vec=kernel_for(x, o),
+                  kernel_groups=groups > 1 and kernel_for(x, o // groups))
 
 
 def fused(x: mx.array | np.ndarray, op: str, channels: int | None = None, weights: tuple = ()) -> bool:

@@ -95,8 +95,8 @@ class PositionalConvEmbedding(nn.Module):
 
     def __init__(self, cfg: HubertConfig):
         super().__init__()
-        self.conv = nn.Conv1d(cfg.hidden_size, cfg.hidden_size, cfg.num_conv_pos_embeddings,
-                              padding=cfg.num_conv_pos_embeddings // 2, groups=cfg.num_conv_pos_embedding_groups)
+        self.conv = Conv1d(cfg.hidden_size, cfg.hidden_size, cfg.num_conv_pos_embeddings,
+                           padding=cfg.num_conv_pos_embeddings // 2, groups=cfg.num_conv_pos_embedding_groups)
         self.padding = SamePad(cfg.num_conv_pos_embeddings)
         self.activation = GELU()
 

@@ -196,14 +196,14 @@ def _block_toeplitz(w: mx.array, fold: int, taps: int) -> mx.array:
 
 
 class Conv1d(nn.Conv1d):
-    """nn.Conv1d (groups 1 or depthwise; strided: groups 1, dilation 1) on NLC (B, L, C), as shifted GEMMs.
+    """nn.Conv1d on NLC (B, L, C): shifted GEMMs or the C++ kernels where dispatch.TABLE["conv1d"] says, else MLX's.
 
     MLX's CPU kernel for dilated convs is 15-60x slower than torch; the shifted-GEMM sum is as fast as torch and
     accurate to torch's level (each GEMM sums over C only)."""
 
     PRECISION_ENTRY_POINTS = ("glu_depthwise_silu",)  # take the layer's input: precision.apply casts them too
 
-    PATHS = {"mlx": "_mlx", "kernel": "_kernel", "kernel depthwise": "_kernel_depthwise",
+    PATHS = {"mlx": "_mlx", "kernel": "_kernel", "kernel depthwise": "_kernel_depthwise", "kernel grouped": "_grouped",
              "gemm multiply-adds": "_multiply_adds", "gemm strided": "_strided", "gemm 1x1": "_shifted",
              "gemm shifted": "_shifted"}
 
@@ -220,6 +220,9 @@ class Conv1d(nn.Conv1d):
 
     def _kernel(self, x: mx.array, padding: int) -> mx.array:
         return cpu_kernels.conv1d(self, x, padding, self.dilation)
+
+    def _grouped(self, x: mx.array, padding: int) -> mx.array:
+        return cpu_kernels.grouped_conv1d(self, x, padding)
 
     def _kernel_depthwise(self, x: mx.array, padding: int) -> mx.array:
         return cpu_kernels.depthwise_conv1d(self, x, padding)

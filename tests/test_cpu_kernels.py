@@ -239,6 +239,25 @@ def test_conv1d_kernel_matches_torch_float64(isa, c_in, c_out, k, dilation, leng
     np.testing.assert_array_equal(np.array(conv(mx.array(x.transpose(0, 2, 1)))), np.array(y))  # the layer uses it
 
 
+# (C, groups, k, padding, length): HuBERT's positional conv (768 channels in 16 groups, k 128, half padding) at 10 s
+# of audio, a tail under one register block, and several batches of a small one.
+GROUPED_CASES = [(768, 16, 128, 64, 499, 1), (64, 4, 5, 2, 13, 3), (96, 2, 3, 0, 600, 2)]
+
+
+@pytest.mark.parametrize("channels,groups,k,pad,length,batch", GROUPED_CASES)
+def test_grouped_conv1d_kernel_matches_torch_float64(isa, channels, groups, k, pad, length, batch):
+    x, w, b = _randn(batch, length, channels), _randn(channels, channels // groups, k, scale=0.1), _randn(channels)
+    conv = layers.Conv1d(channels, channels, k, padding=pad, groups=groups)
+    conv.weight, conv.bias = mx.array(w.transpose(0, 2, 1)), mx.array(b)
+    assert dispatch.conv1d(mx.array(x), conv.weight.shape, groups, 1, 1) == "kernel grouped"
+    y = np.array(conv(mx.array(x)))
+    args = dict(padding=pad, groups=groups)
+    xt = torch.from_numpy(x).permute(0, 2, 1)
+    ref = F.conv1d(xt.double(), torch.from_numpy(w).double(), torch.from_numpy(b).double(), **args)
+    err, err_torch = _errors(y.transpose(0, 2, 1), ref, F.conv1d(xt, torch.from_numpy(w), torch.from_numpy(b), **args))
+    assert err <= 2 * err_torch + 2.4e-7, (err, err_torch)
+
+
 # (C, k, padding, length): FCPE's conformer conv (k 31, "same"), a tail of frames under one register block, no
 # padding, and a sequence longer than one work tile (256 frames).
 DEPTHWISE_CASES = [(64, 31, 15, 100), (32, 5, 2, 13), (16, 3, 0, 40), (32, 7, 3, 700)]
