@@ -1,7 +1,7 @@
-// Elementwise kernels for MLX's CPU device: row softmax (of scaled scores), GELU, and per-channel GroupNorm fused
-// with GELU (HuBERT's first feature-extractor layer). MLX's Linux build runs these as chains of scalar passes
-// (fastmath's polynomials compile to one pass each, but with no vector instructions); here each is one or two
-// vectorised passes shared across the cores. Transcendentals are fastmath's polynomials (vmath.h).
+// Elementwise kernels for MLX's CPU device: row softmax (of scaled scores), GELU, LayerNorm (after a residual add),
+// and per-channel GroupNorm fused with GELU (HuBERT's first feature-extractor layer). MLX's Linux build runs these
+// as chains of scalar passes (fastmath's polynomials compile to one pass each, but with no vector instructions);
+// here each is one to three vectorised passes shared across the cores. Transcendentals are fastmath's polynomials (vmath.h).
 #include "vmath.h"
 
 #include <atomic>
@@ -9,49 +9,6 @@
 #include <vector>
 
 namespace {
-
-// Runs item(i) for i in [0, total) on up to cores() threads.
-template <class F>
-void share(long total, F item) {
-  const int n = (int)std::max(1L, std::min<long>(total, cores()));
-  std::atomic<long> next{0};
-  parallel(n, [&](int) {
-    for (long i; (i = next.fetch_add(1, std::memory_order_relaxed)) < total;) item(i);
-  });
-}
-
-// One row of n: y = softmax(x * scale), as fastmath computes it: s = x * scale (rounded), e = exp(s - max),
-// y = e / sum(e). The tail that does not fill a vector is padded with -inf-like values whose exp is dropped.
-void softmax_row(const float* x, float* y, int n, float scale) {
-  const int whole = n - n % LANES;
-  const vf low = vf{} - 3.0e38f;
-  vf m = low;
-  for (int i = 0; i < whole; i += LANES) {
-    const vf s = *(const vf*)(x + i) * scale;
-    m = s > m ? s : m;
-  }
-  vf tail = low;
-  for (int i = whole; i < n; ++i) tail[i - whole] = x[i] * scale;
-  m = tail > m ? tail : m;
-  const float mx = hmax(m);
-  vf acc{};
-  for (int i = 0; i < whole; i += LANES) {
-    const vf e = exp_v(*(const vf*)(x + i) * scale - mx);
-    *(vf*)(y + i) = e;
-    acc += e;
-  }
-  float sum = hsum(acc);
-  if (whole < n) {
-    const vf e = exp_v(tail - mx);
-    for (int i = whole; i < n; ++i) {
-      y[i] = e[i - whole];
-      sum += e[i - whole];
-    }
-  }
-  const vf s = vf{} + sum;
-  for (int i = 0; i < whole; i += LANES) *(vf*)(y + i) = *(vf*)(y + i) / s;
-  for (int i = whole; i < n; ++i) y[i] = y[i] / sum;
-}
 
 constexpr long CHUNK = 1 << 14;  // elements per GELU work item
 
@@ -108,7 +65,67 @@ void group_norm_gelu_block(const float* x, float* y, const float* gamma, const f
   }
 }
 
+// One row of n (a multiple of LANES): h = x + r (r optional, rounded as MLX's add), then LayerNorm. The mean is the
+// row's first value plus the mean difference from it (float32 vector sums totalled in float64), held as two floats
+// hi + lo, so that h - hi - lo is exact near the mean even for values far from zero (as group_norm_gelu_block);
+// the variance is the mean square about it (a second pass); y may be x.
+void layer_norm_row(const float* x, const float* r, const float* gamma, const float* beta, float* y, int n,
+                    float eps) {
+  const float first = r ? x[0] + r[0] : x[0];
+  vf acc{};
+  for (int i = 0; i < n; i += LANES) {
+    const vf h = r ? *(const vf*)(x + i) + *(const vf*)(r + i) : *(const vf*)(x + i);
+    *(vf*)(y + i) = h;
+    acc += h - first;
+  }
+  double total = 0.0;
+  for (int i = 0; i < LANES; ++i) total += acc[i];
+  const double mean = (double)first + total / n;
+  const float hi = (float)mean, lo = (float)(mean - (double)hi);
+  acc = vf{};
+  for (int i = 0; i < n; i += LANES) {
+    const vf d = *(const vf*)(y + i) - hi - lo;
+    acc += d * d;
+  }
+  total = 0.0;
+  for (int i = 0; i < LANES; ++i) total += acc[i];
+  const float inv = 1.0f / std::sqrt((float)(total / n) + eps);
+  for (int i = 0; i < n; i += LANES)
+    *(vf*)(y + i) = (*(const vf*)(y + i) - hi - lo) * inv * *(const vf*)(gamma + i) + *(const vf*)(beta + i);
+}
+
 }  // namespace
+
+PyObject* py_layer_norm(PyObject*, PyObject* args) {
+  PyObject *xo, *ro, *go, *bo, *yo;
+  float eps;
+  if (!PyArg_ParseTuple(args, "OOOOOf", &xo, &ro, &go, &bo, &yo, &eps)) return nullptr;
+  Buffer xb("layer_norm"), rb("layer_norm"), gb("layer_norm"), bb("layer_norm"), yb("layer_norm");
+  if (!xb.get(xo, PyBUF_SIMPLE, "x", 2) || (ro != Py_None && !rb.get(ro, PyBUF_SIMPLE, "residual", 2)) ||
+      !gb.get(go, PyBUF_SIMPLE, "gamma", 1) || !bb.get(bo, PyBUF_SIMPLE, "beta", 1) ||
+      !yb.get(yo, PyBUF_WRITABLE, "y", 2))
+    return nullptr;
+  const long rows = xb.view.shape[0];
+  const int n = (int)xb.view.shape[1];
+  bool ok = n >= LANES && n % LANES == 0 && gb.view.shape[0] == n && bb.view.shape[0] == n &&
+            yb.view.shape[0] == rows && yb.view.shape[1] == n;
+  if (ro != Py_None) ok = ok && rb.view.shape[0] == rows && rb.view.shape[1] == n;
+  if (!ok) {
+    PyErr_Format(PyExc_ValueError, "layer_norm: x (rows, n) with n a multiple of %d, residual and y shaped as x, "
+                 "gamma and beta (n,)", LANES);
+    return nullptr;
+  }
+  const float *x = xb.data(), *r = ro == Py_None ? nullptr : rb.data(), *g = gb.data(), *b = bb.data();
+  float* y = yb.mutable_data();
+  const long per = std::max(1L, 16384L / n);  // rows per work item
+  Py_BEGIN_ALLOW_THREADS
+  share((rows + per - 1) / per, [&](long item) {
+    for (long i = item * per, end = std::min(rows, i + per); i < end; ++i)
+      layer_norm_row(x + i * n, r ? r + i * n : nullptr, g, b, y + i * n, n, eps);
+  });
+  Py_END_ALLOW_THREADS
+  Py_RETURN_NONE;
+}
 
 PyObject* py_softmax(PyObject*, PyObject* args) {
   PyObject *xo, *yo;

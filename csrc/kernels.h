@@ -4,6 +4,7 @@
 #include <Python.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cstring>
 #include <functional>
 #include <thread>
@@ -57,9 +58,21 @@ inline long cores() {
 // worker threads (fewer if no thread can be had: work must share out its items, e.g. by an atomic counter).
 void parallel(int n, const std::function<void(int)>& work);
 
+// Runs item(i) for i in [0, total) on up to cores() threads.
+template <class F>
+void share(long total, F item) {
+  const int n = (int)std::max(1L, std::min<long>(total, cores()));
+  std::atomic<long> next{0};
+  parallel(n, [&](int) {
+    for (long i; (i = next.fetch_add(1, std::memory_order_relaxed)) < total;) item(i);
+  });
+}
+
 PyObject* py_conv2d(PyObject*, PyObject* args);
 PyObject* py_depthwise_conv1d(PyObject*, PyObject* args);
 PyObject* py_gru_scan(PyObject*, PyObject* args);
 PyObject* py_softmax(PyObject*, PyObject* args);
 PyObject* py_gelu(PyObject*, PyObject* args);
 PyObject* py_group_norm_gelu(PyObject*, PyObject* args);
+PyObject* py_attention(PyObject*, PyObject* args);
+PyObject* py_layer_norm(PyObject*, PyObject* args);

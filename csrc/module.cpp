@@ -1,5 +1,5 @@
 // rvc_mlx._kernels_<isa>: CPU kernels MLX's Linux build lacks a fast form of (conv2d.cpp, depthwise.cpp, gru.cpp,
-// elementwise.cpp; worker threads: pool.cpp). setup.py compiles these sources once per ISA (avx512, avx2, generic) and names each
+// elementwise.cpp, attention.cpp; worker threads: pool.cpp). setup.py compiles these sources once per ISA (avx512, avx2, generic) and names each
 // build with -DRVC_KERNELS_ISA=<isa>; rvc_mlx.dispatch imports one only after rvc_mlx._cpu says the CPU runs it.
 #include "kernels.h"
 
@@ -29,6 +29,13 @@ PyMethodDef methods[] = {
     {"group_norm_gelu", py_group_norm_gelu, METH_VARARGS,
      "group_norm_gelu(x, gamma, beta, y, eps, gelu): per (batch, channel) over the L frames of x (B, L, C), "
      "y = (x - mean) / sqrt(var + eps) * gamma + beta, then GELU if gelu; C a multiple of LANES."},
+    {"layer_norm", py_layer_norm, METH_VARARGS,
+     "layer_norm(x, residual, gamma, beta, y, eps): per row of x (R, N), h = x + residual (None: x), y = (h - mean) "
+     "/ sqrt(var + eps) * gamma + beta; N a multiple of LANES, y may be x."},
+    {"attention", py_attention, METH_VARARGS,
+     "attention(q, k, v, out, heads, scale, rows): per batch and head (D = E / heads dims), out[b, t, head] = "
+     "softmax over keys j of (q[b, t, head] . k[b, j, head]) * scale, times v[b, j, head]; q, k, v, out (B, T, E) "
+     "float32 C-contiguous, D a multiple of 2 * LANES; `rows` query rows per work item."},
     {nullptr, nullptr, 0, nullptr}};
 
 #ifndef RVC_KERNELS_ISA

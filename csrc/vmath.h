@@ -58,3 +58,36 @@ inline float hmax(vf v) {
   for (int i = 1; i < LANES; ++i) m = std::max(m, v[i]);
   return m;
 }
+
+// One row of n: y = softmax(x * scale), as fastmath computes it: s = x * scale (rounded), e = exp(s - max),
+// y = e / sum(e). The tail that does not fill a vector is padded with -inf-like values whose exp is dropped.
+inline void softmax_row(const float* x, float* y, int n, float scale) {
+  const int whole = n - n % LANES;
+  const vf low = vf{} - 3.0e38f;
+  vf m = low;
+  for (int i = 0; i < whole; i += LANES) {
+    const vf s = *(const vf*)(x + i) * scale;
+    m = s > m ? s : m;
+  }
+  vf tail = low;
+  for (int i = whole; i < n; ++i) tail[i - whole] = x[i] * scale;
+  m = tail > m ? tail : m;
+  const float mx = hmax(m);
+  vf acc{};
+  for (int i = 0; i < whole; i += LANES) {
+    const vf e = exp_v(*(const vf*)(x + i) * scale - mx);
+    *(vf*)(y + i) = e;
+    acc += e;
+  }
+  float sum = hsum(acc);
+  if (whole < n) {
+    const vf e = exp_v(tail - mx);
+    for (int i = whole; i < n; ++i) {
+      y[i] = e[i - whole];
+      sum += e[i - whole];
+    }
+  }
+  const vf s = vf{} + sum;
+  for (int i = 0; i < whole; i += LANES) *(vf*)(y + i) = *(vf*)(y + i) / s;
+  for (int i = whole; i < n; ++i) y[i] = y[i] / sum;
+}

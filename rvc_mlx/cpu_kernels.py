@@ -1,6 +1,7 @@
 """MLX front end of the C++ kernels (csrc/, one build per ISA: `rvc_mlx.dispatch` picks it) for MLX's CPU device:
 direct NHWC conv2d, transposed conv2d and conv1d (one conv per output phase), dilated conv1d (a 1 x k conv2d over
-one row), depthwise conv1d, the GRU recurrence, softmax, GELU and per-channel GroupNorm + GELU; with fused
+one row), grouped conv1d, depthwise conv1d, the GRU recurrence, multi-head attention, softmax, GELU, LayerNorm and
+per-channel GroupNorm + GELU; with fused
 neighbours (BatchNorm, ReLU, leaky ReLU, residual adds, GLU, SiLU) rounded as MLX's ops.
 
 MLX has no fast CPU conv for 16-256 channels (its im2col + GEMM, and the shifted-GEMM sums in layers.py, run
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import sys
 import warnings
+from typing import Callable
 
 import numpy as np
 
@@ -148,10 +150,10 @@ def depthwise_conv1d(module, x: mx.array, padding: int, glu: bool = False, silu:
     c, k, _ = module.weight.shape
     b, length, _ = x.shape
     weight = _packed(module, "depthwise", lambda w: w[:, None])[0, :, 0]  # (C, k, 1) as (k, C)
-    y = np.empty((b, length + 2 * padding - k + 1, c), dtype=np.float32)
+    buf, y = _output((b, length + 2 * padding - k + 1, c))
     bias = np.asarray(module.bias, dtype=np.float32) if "bias" in module else None
-    _k().depthwise_conv1d(host(x), weight, bias, y, padding, glu, silu)
-    return mx.array(y)
+    _k().depthwise_conv1d(host(x), weight, bias, buf, padding, glu, silu)
+    return y()
 
 
 def gru_scan(gis: list[mx.array], w_hh: list[mx.array], b_hh: list[mx.array]) -> tuple[list, list]:
@@ -173,26 +175,68 @@ def softmax(x: mx.array, scale: float, in_place: bool = False) -> mx.array:
         _k().softmax(xn.reshape(-1, xn.shape[-1]), xn.reshape(-1, xn.shape[-1]), float(scale))
         return x
     xn = np.ascontiguousarray(xn)
-    y = np.empty(xn.shape, dtype=np.float32)
-    _k().softmax(xn.reshape(-1, xn.shape[-1]), y.reshape(-1, xn.shape[-1]), float(scale))
-    return mx.array(y)
+    buf, y = _output(xn.shape)
+    _k().softmax(xn.reshape(-1, xn.shape[-1]), buf.reshape(-1, xn.shape[-1]), float(scale))
+    return y()
+
+
+def attention(q: mx.array, k: mx.array, v: mx.array, heads: int, scale: float, rows: int) -> mx.array:
+    """softmax(q k^T * scale) v per head of q, k, v (B, T, heads * D), the heads' dims side by side, as out (B, T,
+    heads * D): a work item computes one head's block of `rows` query rows (scores, softmax, output) in cache."""
+    mx.eval(q, k, v)
+    qn, kn, vn = host(q), host(k), host(v)
+    buf, out = _output(qn.shape)
+    _k().attention(qn, kn, vn, buf, heads, float(scale), rows)
+    return out()
 
 
 def gelu(x: mx.array) -> mx.array:
     """torch's exact GELU of x (any layout)."""
     xn = host(x)
-    y = np.empty(xn.shape, dtype=np.float32)
-    _k().gelu(xn.reshape(-1), y.reshape(-1))
-    return mx.array(y)
+    buf, y = _output(xn.shape)
+    _k().gelu(xn.reshape(-1), buf.reshape(-1))
+    return y()
+
+
+def layer_norm(norm, x: mx.array, residual: mx.array | None = None) -> mx.array:
+    """`norm` (a LayerNorm over the last axis, affine) of x + residual (the add rounded as MLX's), one kernel pass
+    per row: the add, the statistics and the affine normalisation; C in whole vectors."""
+    mx.eval(x, residual) if residual is not None else mx.eval(x)
+    xn = host(x)
+    rn = None if residual is None else host(residual)
+    buf, y = _output(xn.shape)
+    c = xn.shape[-1]
+    _k().layer_norm(xn.reshape(-1, c), None if rn is None else rn.reshape(-1, c), host(norm.weight),
+                    host(norm.bias), buf.reshape(-1, c), float(norm.eps))
+    return y()
 
 
 def group_norm_gelu(norm, x: mx.array) -> mx.array:
     """`norm` (a GroupNorm with one group per channel: statistics per channel over all frames) of NLC x, then
     GELU, in one kernel; C in whole vectors."""
     xn = host(x)
-    y = np.empty(xn.shape, dtype=np.float32)
-    _k().group_norm_gelu(xn, host(norm.weight), host(norm.bias), y, float(norm.eps), True)
-    return mx.array(y)
+    buf, y = _output(xn.shape)
+    _k().group_norm_gelu(xn, host(norm.weight), host(norm.bias), buf, float(norm.eps), True)
+    return y()
+
+
+# glibc's largest mmap threshold: a bigger numpy buffer is fresh pages on every call, which the OS zeroes
+FRESH_PAGES_BYTES = 32 << 20
+
+
+def _output(shape: tuple[int, ...]) -> tuple[np.ndarray, Callable[[], mx.array]]:
+    """A float32 buffer for a kernel's output and the call that gives it to MLX afterwards. Small: a numpy buffer
+    (reused memory), copied into MLX. Large: the buffer of a new MLX array, written in place (fresh pages faulted
+    and zeroed on every call took HuBERT's first GroupNorm + GELU longer than its arithmetic; MLX's cache reuses)."""
+    if int(np.prod(shape)) * 4 < FRESH_PAGES_BYTES:
+        buf = np.empty(shape, dtype=np.float32)
+        return buf, lambda: mx.array(buf)
+    y = mx.zeros(shape, dtype=mx.float32)
+    mx.eval(y)
+    buf = np.asarray(y)
+    if not (buf.flags.writeable and buf.flags.c_contiguous):  # (MLX gives each evaluated zeros its own buffer)
+        raise AssertionError("MLX gave a kernel output buffer that is not writable and contiguous")
+    return buf, lambda: y
 
 
 def _transposed(w: mx.array) -> np.ndarray:

@@ -346,6 +346,13 @@ TABLE: dict[str, tuple[Path, ...]] = {
         Path("gemm folded", "conv2d (k,1) folded", lambda f: True,
              "frames folded into GEMM rows, block-Toeplitz taps: wide GEMMs instead of thin ones"),
     ),
+    "attention": (  # HuBERT's multi-head self-attention: softmax(q k^T * scale) v per head
+        Path("kernel", "attention", lambda f: f.kernel, "scores, softmax and output of a head's block of query rows "
+             "while the scores are in cache; MLX threads 12 thin GEMMs one by one and stores the (T, T) scores"),
+        Path("mlx chunked", "attention query chunks", lambda f: f.rows < f.frames,
+             "long inputs: query rows in chunks (softmax is per row), so that the scores stay in cache, not 430 MB"),
+        Path("mlx", "attention", lambda f: True, "the whole score matrix at once (it also gives the weights)"),
+    ),
     "gru": (
         Path("kernel", "gru", lambda f: f.kernel, "vectorised GEMV + gates per step, both directions at once"),
         Path("gemm numpy scan", "gru numpy scan", lambda f: f.cpu,
@@ -427,6 +434,21 @@ def float64_sum(x: mx.array, op: str, weights: tuple = ()) -> bool:
     return False
 
 
+def attention(q: mx.array, heads: int, head_dim: int, layers: bool) -> tuple[str, int]:
+    """HuBERT's attention of q (B, T, heads * head_dim): the path, and its query rows per chunk (per kernel work
+    item, or per MLX chunk; >= T: one chunk). `layers`: the layer-by-layer mode (MLX's ops, the whole matrix)."""
+    b, t, _ = q.shape
+    rows = settings().attention_rows
+    kernel = not layers and kernel_for(q) and head_dim % (2 * lanes()) == 0
+    if kernel:
+        rows = rows if rows is not None else ATTENTION_KERNEL_ROWS
+    elif layers:
+        rows = t
+    else:
+        rows = attention_rows(b, heads, t)
+    return choose("attention", kernel=kernel, rows=rows, frames=t), rows
+
+
 def gru(x: mx.array) -> str:
     """The GRU recurrence over x."""
     return choose("gru", kernel=kernel_for(x), cpu=mx.default_device() == mx.cpu)
@@ -437,6 +459,7 @@ def gru(x: mx.array) -> str:
 # than a few hundred query rows per GEMM (its other operand, the keys, is repacked per call) halve OpenBLAS's speed
 ATTENTION_CHUNK_BYTES = 64 << 20
 ATTENTION_MIN_ROWS = 256
+ATTENTION_KERNEL_ROWS = 24  # query rows per kernel work item: 4 register blocks (AVX2) reuse each block of keys
 RESBLOCK_CHUNK_BYTES = 4 << 20  # per activation in a time chunk: small enough to stay in cache across its GEMMs
 RESBLOCK_MIN_MARGINS = 4  # a chunk spans at least this many halos (each chunk re-reads its halos)
 

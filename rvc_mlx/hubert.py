@@ -16,6 +16,7 @@ from rvc_common.instrument import layer_by_layer, split
 from rvc_mlx import cpu_kernels, dispatch, precision
 from rvc_mlx.fastmath import GELU, softmax
 from rvc_mlx.layers import Conv1d
+from rvc_mlx.norms import LayerNorm
 from rvc_mlx.runtime import mx, nn
 
 
@@ -71,7 +72,7 @@ class FeatureProjection(nn.Module):
 
     def __init__(self, cfg: HubertConfig):
         super().__init__()
-        self.layer_norm = nn.LayerNorm(cfg.conv_dim[-1], eps=cfg.layer_norm_eps)
+        self.layer_norm = LayerNorm(cfg.conv_dim[-1], eps=cfg.layer_norm_eps)
         self.projection = nn.Linear(cfg.conv_dim[-1], cfg.hidden_size)
         self.dropout = nn.Dropout(0.0)
 
@@ -105,7 +106,8 @@ class PositionalConvEmbedding(nn.Module):
 
 
 class Attention(nn.Module):
-    """Multi-head self-attention (scores = (q k^T) * d^-0.5); returns (out, weights or None when chunked); (B, T, C)."""
+    """Multi-head self-attention (scores = (q k^T) * d^-0.5); returns (out, weights: None unless MLX computed the
+    whole score matrix); (B, T, C)."""
 
     def __init__(self, cfg: HubertConfig):
         super().__init__()
@@ -118,25 +120,27 @@ class Attention(nn.Module):
         self.q_proj = nn.Linear(e, e)
         self.out_proj = nn.Linear(e, e)
 
-    def __call__(self, x: mx.array) -> tuple[mx.array, mx.array]:
+    def __call__(self, x: mx.array) -> tuple[mx.array, mx.array | None]:
         b, t, _ = x.shape
+        q, k, v = self.q_proj(x), self.k_proj(x), self.v_proj(x)
+        impl, rows = dispatch.attention(q, self.num_heads, self.head_dim, layer_by_layer())
+        if rows < t:
+            split("hubert attention query chunks", -(-t // rows))
+        if impl == "kernel":
+            return self.out_proj(cpu_kernels.attention(q, k, v, self.num_heads, self.scaling, rows)), None
         shape = (b, t, self.num_heads, self.head_dim)
-        q = self.q_proj(x).reshape(shape).transpose(0, 2, 1, 3)
-        k = self.k_proj(x).reshape(shape).transpose(0, 2, 1, 3)
-        v = self.v_proj(x).reshape(shape).transpose(0, 2, 1, 3)
-        rows = dispatch.attention_rows(b, self.num_heads, t)
-        if rows >= t or layer_by_layer():
+        q, k, v = (a.reshape(shape).transpose(0, 2, 1, 3) for a in (q, k, v))
+        if impl == "mlx":
             weights = softmax(q @ k.transpose(0, 1, 3, 2), axis=-1, scale=self.scaling, overwrite=True)
             out = weights @ v
-        else:  # long inputs: query rows in chunks (softmax is per row), so the scores stay in cache, not 430 MB
+        else:  # query rows in chunks (softmax is per row): one chunk's scores alive at a time, in cache
             weights = None
             k_t = k.transpose(0, 1, 3, 2)
             chunks = []
             for s in range(0, t, rows):
                 chunks.append(softmax(q[:, :, s:s + rows] @ k_t, axis=-1, scale=self.scaling, overwrite=True) @ v)
-                mx.eval(chunks[-1])  # one chunk's scores alive at a time (a lazy graph would hold them all)
+                mx.eval(chunks[-1])  # (a lazy graph would hold every chunk's scores)
             out = mx.concatenate(chunks, axis=2)
-            split("hubert attention query chunks", -(-t // rows))
         return self.out_proj(out.transpose(0, 2, 1, 3).reshape(b, t, -1)), weights
 
 
@@ -163,14 +167,14 @@ class EncoderLayer(nn.Module):
         super().__init__()
         self.attention = Attention(cfg)
         self.dropout = nn.Dropout(0.0)
-        self.layer_norm = nn.LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_eps)
+        self.layer_norm = LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_eps)
         self.feed_forward = FeedForward(cfg)
-        self.final_layer_norm = nn.LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_eps)
+        self.final_layer_norm = LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_eps)
 
     def __call__(self, x: mx.array) -> mx.array:
         attn, _ = self.attention(x)
-        x = self.layer_norm(x + self.dropout(attn))
-        return self.final_layer_norm(x + self.feed_forward(x))
+        x = self.layer_norm(x, self.dropout(attn))  # LayerNorm(x + attn)
+        return self.final_layer_norm(x, self.feed_forward(x))
 
 
 class Encoder(nn.Module):
@@ -179,12 +183,12 @@ class Encoder(nn.Module):
     def __init__(self, cfg: HubertConfig):
         super().__init__()
         self.pos_conv_embed = PositionalConvEmbedding(cfg)
-        self.layer_norm = nn.LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_eps)
+        self.layer_norm = LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_eps)
         self.dropout = nn.Dropout(0.0)
         self.layers = [EncoderLayer(cfg) for _ in range(cfg.num_hidden_layers)]
 
     def __call__(self, x: mx.array, n_layers: int | None = None) -> list[mx.array]:
-        x = self.dropout(self.layer_norm(x + self.pos_conv_embed(x)))
+        x = self.dropout(self.layer_norm(x, self.pos_conv_embed(x)))  # LayerNorm(x + pos_conv(x))
         hidden = [x]
         for layer in self.layers[:n_layers]:
             x = layer(x)

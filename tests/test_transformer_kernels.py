@@ -1,0 +1,124 @@
+"""The transformer kernels (csrc/attention.cpp, LayerNorm in csrc/elementwise.cpp), in every build this CPU runs
+(the `isa` fixture), compute what torch computes in float64, no worse than torch's own float32 error: multi-head
+attention over query blocks, key passes and padded key blocks at their boundaries; LayerNorm of a residual sum,
+of offset inputs too. HuBERT's layers take them where dispatch says, and MLX's ops without the kernels."""
+
+import mlx.core as mx
+import numpy as np
+import pytest
+import torch
+
+from rvc_common import instrument
+from rvc_common.config import HubertConfig
+from rvc_mlx import cpu_kernels, dispatch
+from rvc_mlx.hubert import Attention
+from rvc_mlx.norms import LayerNorm
+
+
+class _Seen:
+    """An observer that keeps the implementations and splits it is told of."""
+
+    def __init__(self):
+        self.impls, self.splits = set(), {}
+
+    def extra(self, *_):
+        pass
+
+    def used(self, implementation: str):
+        self.impls.add(implementation)
+
+    def split(self, work: str, pieces: int):
+        self.splits[work] = pieces
+
+    def __enter__(self):
+        self._token = instrument.observe(self)
+        return self
+
+    def __exit__(self, *_):
+        instrument.stop_observing(self._token)
+
+
+def _rng(*key) -> np.random.Generator:
+    return np.random.default_rng([23, *(int(round(k * 10)) if isinstance(k, float) else int(k) for k in key)])
+
+
+def _errors(out, ref64: torch.Tensor, t32: torch.Tensor) -> tuple[float, float]:
+    ref = ref64.numpy()
+    scale = np.abs(ref).max()
+    return (np.abs(np.asarray(out, dtype=np.float64) - ref).max() / scale,
+            np.abs(t32.double().numpy() - ref).max() / scale)
+
+
+def _torch_attention(q, k, v, heads: int, scale: float) -> torch.Tensor:
+    b, t, e = q.shape
+    q, k, v = (a.reshape(b, t, heads, e // heads).transpose(1, 2) for a in (q, k, v))
+    out = torch.softmax(q @ k.transpose(-1, -2) * scale, dim=-1) @ v
+    return out.transpose(1, 2).reshape(b, t, e)
+
+
+# (batch, frames, heads, rows per work item): one frame; a tail under one register block; query blocks of 7 rows
+# (ragged) over 300 keys (two key passes of 256, a padded key block); HuBERT's shape at 10 s of audio
+ATTENTION_CASES = [(1, 1, 2, 24), (2, 13, 3, 24), (1, 300, 2, 7), (1, 499, 12, 24)]
+
+
+@pytest.mark.parametrize("batch,frames,heads,rows", ATTENTION_CASES)
+def test_attention_kernel_matches_torch_float64(isa, batch, frames, heads, rows):
+    head_dim = 64
+    q, k, v = (_rng(batch, frames, heads, i).standard_normal((batch, frames, heads * head_dim)).astype(np.float32)
+               * 2 for i in range(3))
+    tq, tk, tv = (torch.from_numpy(a) for a in (q, k, v))
+    ref = _torch_attention(tq.double(), tk.double(), tv.double(), heads, 0.125)
+    got = cpu_kernels.attention(mx.array(q), mx.array(k), mx.array(v), heads, 0.125, rows)
+    err, err_torch = _errors(got, ref, _torch_attention(tq, tk, tv, heads, 0.125))
+    assert err <= 2 * err_torch + 2.4e-7, (err, err_torch)
+
+
+def test_attention_kernel_refuses_head_dims_it_cannot_block(isa):
+    x = np.zeros((1, 5, 2 * 20), np.float32)
+    with pytest.raises(ValueError, match="D a multiple of"):
+        dispatch.kernels().attention(x, x, x, x.copy(), 2, 0.5, 4)
+
+
+def test_hubert_attention_takes_the_kernel_in_query_blocks_and_mlx_ops_layer_by_layer(isa):
+    cfg = HubertConfig(hidden_size=128, num_attention_heads=2, intermediate_size=256)
+    attn = Attention(cfg)
+    x = mx.array(_rng(5).standard_normal((1, 30, 128)).astype(np.float32))
+    with dispatch.use_chunks(attention_rows=8), _Seen() as seen:
+        fast, weights = attn(x)
+    assert weights is None and f"kernel attention {isa}" in seen.impls
+    assert seen.splits == {"hubert attention query chunks": 4}
+    with instrument.layers(), _Seen() as seen:
+        slow, weights = attn(x)
+    assert weights is not None and "mlx attention" in seen.impls and not seen.splits
+    np.testing.assert_allclose(np.asarray(fast), np.asarray(slow), rtol=0, atol=2e-6)
+
+
+# (rows, channels, offset, residual): HuBERT's projection (512) and encoder (768) widths, values far from zero
+LAYER_NORM_CASES = [(1, 8, 0.0, False), (37, 512, 0.0, False), (499, 768, 0.0, True), (64, 768, 50.0, True)]
+
+
+@pytest.mark.parametrize("rows,channels,offset,residual", LAYER_NORM_CASES)
+def test_layer_norm_kernel_matches_torch_float64(isa, rows, channels, offset, residual):
+    rng = _rng(rows, channels, offset, residual)
+    x = (rng.standard_normal((1, rows, channels)) + offset).astype(np.float32)
+    r = rng.standard_normal((1, rows, channels)).astype(np.float32) if residual else None
+    w, b = (rng.standard_normal(channels).astype(np.float32) for _ in range(2))
+    norm = LayerNorm(channels, eps=1e-5)
+    norm.weight, norm.bias = mx.array(w), mx.array(b)
+    assert dispatch.kernel_for(mx.array(x), channels)
+    got = norm(mx.array(x), None if r is None else mx.array(r))
+    tx = torch.from_numpy(x) + (0 if r is None else torch.from_numpy(r))  # the sum in float32, as both compute it
+    tw, tb = torch.from_numpy(w), torch.from_numpy(b)
+    ref = torch.nn.functional.layer_norm(tx.double(), (channels,), tw.double(), tb.double(), 1e-5)
+    err, err_torch = _errors(got, ref, torch.nn.functional.layer_norm(tx, (channels,), tw, tb, 1e-5))
+    assert err <= 2 * err_torch + 2.4e-7, (err, err_torch)
+
+
+def test_layer_norm_falls_back_to_mlx_without_the_kernels():
+    norm = LayerNorm(16)
+    x, r = (mx.array(_rng(9, i).standard_normal((2, 3, 16)).astype(np.float32)) for i in range(2))
+    with dispatch.use_kernels(False), _Seen() as seen:
+        y = norm(x, r)
+    assert not any(u.startswith("kernel") for u in seen.impls)
+    np.testing.assert_allclose(np.asarray(y), np.asarray(mx.fast.layer_norm(x + r, norm.weight, norm.bias, 1e-5)),
+                               rtol=0, atol=1e-6)
