@@ -11,11 +11,15 @@ REFERENCE_PACKAGES := torchcrepe==0.0.24 torchfcpe==0.0.4
 
 .PHONY: test parity baseline golden bench precision install clean
 
+# --no-compile: pip would byte-compile every installed module (torch's thousands: 70 of a fresh install's 150 s);
+# Python compiles the ones a run imports, once, on first import.
+PIP := $(PY) -m pip install -q --disable-pip-version-check --no-compile
+
 $(STAMP): pyproject.toml setup.py $(wildcard csrc/*.cpp csrc/*.h)
 	@sh tools/ensure-openblas.sh
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --disable-pip-version-check -e '.[dev]'
-	$(PY) -m pip install -q --disable-pip-version-check --no-deps $(REFERENCE_PACKAGES)
+	$(PIP) -e '.[dev]'
+	$(PIP) --no-deps $(REFERENCE_PACKAGES)
 	touch $@
 
 install: $(STAMP)
