@@ -96,7 +96,8 @@ void item(const float* q, const float* kp, const float* vp, float* out, const Di
   }
   const float* kh = kp + ((size_t)b * d.H + h) * d.D * d.Tp;
   for (int j = 0; j < d.Tp; j += WIDE)  // key blocks outer: a block's packed keys stay in L1 across the row blocks
-    for (int r = 0; r < R; r += RB) score_block(qb + (size_t)r * d.D, kh + (size_t)j * d.D, sb + (size_t)r * d.Tp, d, j);
+    for (int r = 0; r < R; r += RB)
+      score_block(qb + (size_t)r * d.D, kh + (size_t)j * d.D, sb + (size_t)r * d.Tp, d, j);
   for (int r = 0; r < rows; ++r) softmax_row(sb + (size_t)r * d.Tp, sb + (size_t)r * d.Tp, d.T, d.scale);
   for (int r = rows; r < R; ++r) std::memset(sb + (size_t)r * d.Tp, 0, sizeof(float) * d.Tp);
   const float* vh = vp + ((size_t)b * d.H + h) * d.T * d.D;

@@ -90,8 +90,9 @@ inline void pixel_block(const float* __restrict in, const Shape& s, const float*
         }
       }
     }
-  if (!s.first())  // each pass sums its channels from zero, then adds them to the total: a two-level sum, as blocked
-             // GEMMs do (one sequential sum over C = 1024 was 1.5x less accurate than OpenBLAS on FCPE)
+  // each pass sums from zero, then adds to the total: a two-level sum, as blocked GEMMs do (one sequential sum
+  // over C = 1024 was 1.5x less accurate than OpenBLAS on FCPE)
+  if (!s.first())
     for (int p = 0; p < PW; ++p)
       for (int n = 0; n < NB; ++n) acc[p][n] = *(const vf*)(out + at.out(p) + ob + n * LANES) + acc[p][n];
   const Epilogue& e = s.post;

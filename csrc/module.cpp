@@ -1,6 +1,7 @@
 // rvc_mlx._kernels_<isa>: CPU kernels MLX's Linux build lacks a fast form of (conv2d.cpp, depthwise.cpp, gru.cpp,
-// elementwise.cpp, attention.cpp; worker threads: pool.cpp). setup.py compiles these sources once per ISA (avx512, avx2, generic) and names each
-// build with -DRVC_KERNELS_ISA=<isa>; rvc_mlx.dispatch imports one only after rvc_mlx._cpu says the CPU runs it.
+// elementwise.cpp, attention.cpp; worker threads: pool.cpp). setup.py compiles these sources once per ISA (avx512,
+// avx2, generic) and names each build with -DRVC_KERNELS_ISA=<isa>; rvc_mlx.dispatch imports one only after
+// rvc_mlx._cpu says the CPU runs it.
 #include "kernels.h"
 
 namespace {
