@@ -93,8 +93,9 @@ def test_hubert_attention_takes_the_kernel_in_query_blocks_and_mlx_ops_layer_by_
     np.testing.assert_allclose(np.asarray(fast), np.asarray(slow), rtol=0, atol=2e-6)
 
 
-# (rows, channels, offset, residual): HuBERT's projection (512) and encoder (768) widths, values far from zero
-LAYER_NORM_CASES = [(1, 8, 0.0, False), (37, 512, 0.0, False), (499, 768, 0.0, True), (64, 768, 50.0, True)]
+# (rows, channels, offset, residual): one AVX-512 vector; HuBERT's projection (512) and encoder (768) widths;
+# values far from zero
+LAYER_NORM_CASES = [(1, 16, 0.0, False), (37, 512, 0.0, False), (499, 768, 0.0, True), (64, 768, 50.0, True)]
 
 
 @pytest.mark.parametrize("rows,channels,offset,residual", LAYER_NORM_CASES)
