@@ -42,10 +42,20 @@ def _predictor(parity, _loaded: dict, name: str, impl: str):
 # they would only re-check the twin that tests/test_crepe.py checks against torchcrepe; `make bench` and
 # `make parity` run them
 # Full CREPE has no 60 s entry: its 1024-sample windows are independent, so its cost is linear in frames by
-# construction (the 10 s entry gives the ratio), and the 60 s pair alone took ten minutes of `make parity`.
+# construction (the 10 s entry gives the ratio), and the 60 s pair alone took ten minutes of `make parity`. For the
+# same reason `make parity`'s spot check times it at 1 s only (its 10 s pair, MLX warm-up included, took 2.2 of the
+# spot check's 7.3 minutes; 1 s: 0.56x torch, 10 s: 0.65x); `make bench` times both.
 LINEAR_BY_CONSTRUCTION = {"crepe-full"}
-CASES = [pytest.param(name, impl, s.values[0], id=f"{name}-{impl}-{s.id}",
-                      marks=(pytest.mark.slow, *s.marks) if name.startswith("crepe") and impl == "torch" else s.marks)
+
+
+def _marks(name: str, impl: str, s) -> tuple:
+    marks = (pytest.mark.slow, *s.marks) if name.startswith("crepe") and impl == "torch" else s.marks
+    if name in LINEAR_BY_CONSTRUCTION and s.values[0] == 10:
+        marks = (*marks, pytest.mark.long_bench)
+    return marks
+
+
+CASES = [pytest.param(name, impl, s.values[0], id=f"{name}-{impl}-{s.id}", marks=_marks(name, impl, s))
          for name in MODELS for impl in ("mlx", "torch") for s in SECONDS
          if not (name in LINEAR_BY_CONSTRUCTION and s.values[0] == 60)]
 
