@@ -250,8 +250,11 @@ def test_grouped_conv1d_kernel_matches_torch_float64(isa, channels, groups, k, p
     conv = layers.Conv1d(channels, channels, k, padding=pad, groups=groups)
     conv.weight, conv.bias = mx.array(w.transpose(0, 2, 1)), mx.array(b)
     assert dispatch.conv1d(mx.array(x), conv.weight.shape, groups, 1, 1) == "kernel grouped"
-    y = np.array(conv(mx.array(x)))
-    args = dict(padding=pad, groups=groups)
+    _assert_nlc_conv1d_matches_torch_float64(np.array(conv(mx.array(x))), x, w, b, padding=pad, groups=groups)
+
+
+def _assert_nlc_conv1d_matches_torch_float64(y, x, w, b, **args):
+    """y (an NLC conv1d of NLC x by torch-layout w, b) within 2x torch float32's error of torch float64."""
     xt = torch.from_numpy(x).permute(0, 2, 1)
     ref = F.conv1d(xt.double(), torch.from_numpy(w).double(), torch.from_numpy(b).double(), **args)
     err, err_torch = _errors(y.transpose(0, 2, 1), ref, F.conv1d(xt, torch.from_numpy(w), torch.from_numpy(b), **args))
@@ -269,12 +272,7 @@ def test_depthwise_conv1d_kernel_matches_torch_float64(isa, channels, k, pad, le
     conv = layers.Conv1d(channels, channels, k, padding=pad, groups=channels)
     conv.weight, conv.bias = mx.array(w.transpose(0, 2, 1)), mx.array(b)
     assert dispatch.kernel_for(mx.array(x), channels)
-    y = np.array(conv(mx.array(x)))
-    args = dict(padding=pad, groups=channels)
-    xt = torch.from_numpy(x).permute(0, 2, 1)
-    ref = F.conv1d(xt.double(), torch.from_numpy(w).double(), torch.from_numpy(b).double(), **args)
-    err, err_torch = _errors(y.transpose(0, 2, 1), ref, F.conv1d(xt, torch.from_numpy(w), torch.from_numpy(b), **args))
-    assert err <= 2 * err_torch + 2.4e-7, (err, err_torch)
+    _assert_nlc_conv1d_matches_torch_float64(np.array(conv(mx.array(x))), x, w, b, padding=pad, groups=channels)
 
 
 @pytest.mark.parametrize("channels,k,pad,length", DEPTHWISE_CASES)
