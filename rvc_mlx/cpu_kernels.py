@@ -1,8 +1,8 @@
 """MLX front end of the C++ kernels (csrc/, one build per ISA: `rvc_mlx.dispatch` picks it) for MLX's CPU device:
 direct NHWC conv2d, transposed conv2d and conv1d (one conv per output phase), dilated conv1d (a 1 x k conv2d over
 one row), grouped conv1d, depthwise conv1d, the GRU recurrence, multi-head attention, softmax, GELU, LayerNorm and
-per-channel GroupNorm + GELU; with fused
-neighbours (BatchNorm, ReLU, leaky ReLU, residual adds, GLU, SiLU) rounded as MLX's ops.
+per-channel GroupNorm + GELU; with fused neighbours (BatchNorm, ReLU, leaky ReLU, residual adds, GLU, SiLU)
+rounded as MLX's ops.
 
 MLX has no fast CPU conv for 16-256 channels (its im2col + GEMM, and the shifted-GEMM sums in layers.py, run
 2-3x slower than torch's oneDNN on RMVPE), and runs depthwise convs and per-step recurrences as chains of
@@ -201,7 +201,7 @@ def gelu(x: mx.array) -> mx.array:
 def layer_norm(norm, x: mx.array, residual: mx.array | None = None) -> mx.array:
     """`norm` (a LayerNorm over the last axis, affine) of x + residual (the add rounded as MLX's), one kernel pass
     per row: the add, the statistics and the affine normalisation; C in whole vectors."""
-    mx.eval(x, residual) if residual is not None else mx.eval(x)
+    mx.eval(x if residual is None else (x, residual))  # one evaluation for both
     xn = host(x)
     rn = None if residual is None else host(residual)
     buf, y = _output(xn.shape)
