@@ -98,8 +98,8 @@ void item(const float* q, const float* kp, const float* vp, float* out, const Di
   for (int j = 0; j < d.Tp; j += WIDE)  // key blocks outer: a block's packed keys stay in L1 across the row blocks
     for (int r = 0; r < R; r += RB)
       score_block(qb + (size_t)r * d.D, kh + (size_t)j * d.D, sb + (size_t)r * d.Tp, d, j);
+  // (the padding rows' raw scores are zeros: their output is computed from them and dropped)
   for (int r = 0; r < rows; ++r) softmax_row(sb + (size_t)r * d.Tp, sb + (size_t)r * d.Tp, d.T, d.scale);
-  for (int r = rows; r < R; ++r) std::memset(sb + (size_t)r * d.Tp, 0, sizeof(float) * d.Tp);
   const float* vh = vp + ((size_t)b * d.H + h) * d.T * d.D;
   for (int j0 = 0; j0 < d.T; j0 += KEY_STEP)  // a pass's values (KEY_STEP x WIDE) stay in L1 across the row blocks
     for (int c = 0; c < d.D; c += WIDE)

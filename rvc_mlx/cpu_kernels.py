@@ -66,7 +66,7 @@ def grouped_conv1d(module, x: mx.array, padding: int) -> mx.array:
     """`module`'s grouped conv (weight (O, k, C / G), optional bias, stride 1, dilation 1; O / G a multiple of the
     vector width) of NLC x with zero padding: each group a batch of the kernel's conv, run by the cores together."""
     g, (o, k, cg) = module.groups, module.weight.shape
-    b, length, c = x.shape
+    b, length, _ = x.shape
     og = o // g
     xg = np.ascontiguousarray(host(x).reshape(b, length, g, cg).transpose(0, 2, 1, 3)).reshape(b * g, 1, length, cg)
     weight = _packed_groups(module)
@@ -270,13 +270,19 @@ def host(x: mx.array | np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(np.asarray(x))  # evaluates x; a view of MLX's buffer when x is contiguous
 
 
-def _packed(module, key, select) -> np.ndarray:
-    """select(weight (O, kh, kw, C)) as (kh', kw', C, O'), O' = O rounded up to the vector width with zero
-    channels; kept on the module, per key and vector width, until its weight array is replaced (new weights)."""
+def _weight_cache(module) -> dict:
+    """The module's packed copies of its weight, emptied when its weight array is replaced (new weights)."""
     cache = module.__dict__.get("_kernel_weights")
     if cache is None or cache["weight"] is not module.weight:
         cache = {"weight": module.weight}
         object.__setattr__(module, "_kernel_weights", cache)  # not a parameter
+    return cache
+
+
+def _packed(module, key, select) -> np.ndarray:
+    """select(weight (O, kh, kw, C)) as (kh', kw', C, O'), O' = O rounded up to the vector width with zero
+    channels; kept on the module, per key and vector width, until its weight array is replaced (new weights)."""
+    cache = _weight_cache(module)
     lanes = dispatch.lanes()
     if (lanes, key) not in cache:
         w = select(np.asarray(module.weight, dtype=np.float32))
@@ -287,10 +293,7 @@ def _packed(module, key, select) -> np.ndarray:
 
 def _packed_groups(module) -> np.ndarray:
     """A grouped conv1d's weight (O, k, C / G) as the kernel's (G * 1, k, C / G, O / G): group after group."""
-    cache = module.__dict__.get("_kernel_weights")
-    if cache is None or cache["weight"] is not module.weight:
-        cache = {"weight": module.weight}
-        object.__setattr__(module, "_kernel_weights", cache)  # not a parameter
+    cache = _weight_cache(module)
     if "groups" not in cache:
         (o, k, cg), g = module.weight.shape, module.groups
         w = np.asarray(module.weight, dtype=np.float32).reshape(g, o // g, k, cg)
