@@ -174,6 +174,24 @@ def test_the_report_table_and_plan_file_round_trip(tmp_path):
     assert "pipeline" not in ps.loaded_plans(path)
 
 
+def test_a_voicing_decision_within_the_dtypes_rounding_of_the_threshold_is_not_judged(study):
+    # RMVPE's speech oracle has one frame whose peak salience is 6e-6 below the 0.03 threshold: storing that value
+    # alone in float16 may flip it (it did on AVX-512, not on AVX2), so a float16 plan is not judged on it
+    from rvc_common.config import RMVPE as CFG
+
+    comp = study.parity.component("rmvpe")
+    ref = study.parity.reference(comp, "speech")
+    sal = ref.value("rmvpe.salience").astype(np.float64)
+    peak = sal.max(axis=1)
+    policy = study.parity.policy
+    float32 = comp.pitch_ignore(ref, policy)["rmvpe.f0"]
+    half = comp.pitch_ignore(ref, policy, ps.UNIT_ROUNDOFF["float16"])["rmvpe.f0"]
+    close = np.abs(peak - CFG.threshold) <= ps.UNIT_ROUNDOFF["float16"] * np.abs(sal).max()
+    assert close.sum() == 1 and not float32[close].any()  # float32 judges it
+    assert half[close].all() and half.sum() == close.sum()  # float16 leaves out that frame, and only it
+    assert (comp.pitch_ignore(ref, policy, ps.UNIT_ROUNDOFF["bfloat16"])["rmvpe.f0"] >= half).all()
+
+
 def test_every_subject_has_a_committed_plan_per_reduced_dtype():
     data = tomllib.loads(precision.PLAN_FILE.read_text())
     for subj in ps.SUBJECTS:

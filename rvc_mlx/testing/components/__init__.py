@@ -407,8 +407,9 @@ class Component:
     def run_mlx(self, model: Any, audio: np.ndarray) -> Any:  # pragma: no cover - abstract
         raise NotImplementedError
 
-    def pitch_ignore(self, ref, policy) -> dict[str, np.ndarray]:
-        """Frames whose decision is within tolerance of a threshold in the oracle (not judged)."""
+    def pitch_ignore(self, ref, policy, rounding: float = 0.0) -> dict[str, np.ndarray]:
+        """Frames whose decision is within tolerance of a threshold in the oracle (not judged). `rounding` (a reduced
+        dtype's unit roundoff) widens the tolerance by that fraction of the decision tensor's largest value."""
         return {}
 
     def extra_metrics(self, ref, values: dict[str, np.ndarray]) -> dict[str, Any]:

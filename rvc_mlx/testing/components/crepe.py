@@ -50,7 +50,7 @@ class CREPEComponent(Component):
     def run_mlx(self, model: Any, audio: np.ndarray) -> Any:
         return model.f0(audio, seed=0)
 
-    def pitch_ignore(self, ref, policy) -> dict[str, np.ndarray]:
+    def pitch_ignore(self, ref, policy, rounding: float = 0.0) -> dict[str, np.ndarray]:
         """Frames whose filtered periodicity is within tolerance of RVC's 0.1 voicing threshold in the oracle."""
         if "crepe.f0" not in ref.taps or "crepe.periodicity" not in ref.taps:
             return {}
@@ -59,5 +59,5 @@ class CREPEComponent(Component):
         pd = ref.value("crepe.periodicity").astype(np.float64)
         info = ref.taps["crepe.periodicity"]
         rule = policy.rule(self.name, "crepe.periodicity")
-        margin = rule.limit(float(info.torch32.get("max_abs", 0.0))) + rule.floor * float(np.max(np.abs(pd)))
+        margin = rule.limit(float(info.torch32.get("max_abs", 0.0))) + (rule.floor + rounding) * float(np.max(np.abs(pd)))
         return {"crepe.f0": np.abs(pd - CREPEConfig().periodicity_threshold) <= margin}

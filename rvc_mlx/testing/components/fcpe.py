@@ -57,14 +57,14 @@ class FCPEComponent(Component):
     def run_mlx(self, model: Any, audio: np.ndarray) -> Any:
         return model.f0(audio, threshold=THRESHOLD)
 
-    def pitch_ignore(self, ref, policy) -> dict[str, np.ndarray]:
+    def pitch_ignore(self, ref, policy, rounding: float = 0.0) -> dict[str, np.ndarray]:
         """Frames whose peak latent is within tolerance of the 0.006 threshold, or whose top-2 bins nearly tie."""
         if "fcpe.f0" not in ref.taps or "fcpe.latent" not in ref.taps:
             return {}
         lat = ref.value("fcpe.latent").astype(np.float64).reshape(-1, 360)
         info = ref.taps["fcpe.latent"]
         rule = policy.rule(self.name, "fcpe.latent")
-        margin = rule.limit(float(info.torch32.get("max_abs", 0.0))) + rule.floor * float(np.max(np.abs(lat)))
+        margin = rule.limit(float(info.torch32.get("max_abs", 0.0))) + (rule.floor + rounding) * float(np.max(np.abs(lat)))
         top2 = np.sort(lat, axis=1)[:, -2:]
         near_threshold = np.abs(top2[:, 1] - THRESHOLD) <= margin
         near_tie = ((top2[:, 1] - top2[:, 0]) <= margin) & (top2[:, 1] > THRESHOLD)

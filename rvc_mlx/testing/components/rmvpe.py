@@ -45,7 +45,7 @@ class RMVPEComponent(Component):
     def run_mlx(self, model: Any, audio: np.ndarray) -> Any:
         return model.f0(audio)
 
-    def pitch_ignore(self, ref, policy) -> dict[str, np.ndarray]:
+    def pitch_ignore(self, ref, policy, rounding: float = 0.0) -> dict[str, np.ndarray]:
         """Frames where the oracle's voicing (max salience vs 0.03) or argmax (top-2 gap) is closer to flipping
         than the salience tolerance: a float32 implementation may legitimately decide them either way."""
         if "rmvpe.f0" not in ref.taps or "rmvpe.salience" not in ref.taps:
@@ -55,7 +55,7 @@ class RMVPEComponent(Component):
         sal = ref.value("rmvpe.salience").astype(np.float64)
         info = ref.taps["rmvpe.salience"]
         rule = policy.rule(self.name, "rmvpe.salience")
-        margin = rule.limit(float(info.torch32.get("max_abs", 0.0))) + rule.floor * float(np.max(np.abs(sal)))
+        margin = rule.limit(float(info.torch32.get("max_abs", 0.0))) + (rule.floor + rounding) * float(np.max(np.abs(sal)))
         top2 = np.sort(sal, axis=1)[:, -2:]
         near_threshold = np.abs(top2[:, 1] - CFG.threshold) <= margin
         near_tie = ((top2[:, 1] - top2[:, 0]) <= margin) & (top2[:, 1] > CFG.threshold)
