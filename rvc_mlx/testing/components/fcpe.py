@@ -64,7 +64,8 @@ class FCPEComponent(Component):
         lat = ref.value("fcpe.latent").astype(np.float64).reshape(-1, 360)
         info = ref.taps["fcpe.latent"]
         rule = policy.rule(self.name, "fcpe.latent")
-        margin = rule.limit(float(info.torch32.get("max_abs", 0.0))) + (rule.floor + rounding) * float(np.max(np.abs(lat)))
+        margin = rule.limit(float(info.torch32.get("max_abs", 0.0))) \
+            + (rule.floor + rounding) * float(np.max(np.abs(lat)))
         top2 = np.sort(lat, axis=1)[:, -2:]
         near_threshold = np.abs(top2[:, 1] - THRESHOLD) <= margin
         near_tie = ((top2[:, 1] - top2[:, 0]) <= margin) & (top2[:, 1] > THRESHOLD)

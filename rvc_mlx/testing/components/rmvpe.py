@@ -55,7 +55,8 @@ class RMVPEComponent(Component):
         sal = ref.value("rmvpe.salience").astype(np.float64)
         info = ref.taps["rmvpe.salience"]
         rule = policy.rule(self.name, "rmvpe.salience")
-        margin = rule.limit(float(info.torch32.get("max_abs", 0.0))) + (rule.floor + rounding) * float(np.max(np.abs(sal)))
+        margin = rule.limit(float(info.torch32.get("max_abs", 0.0))) \
+            + (rule.floor + rounding) * float(np.max(np.abs(sal)))
         top2 = np.sort(sal, axis=1)[:, -2:]
         near_threshold = np.abs(top2[:, 1] - CFG.threshold) <= margin
         near_tie = ((top2[:, 1] - top2[:, 0]) <= margin) & (top2[:, 1] > CFG.threshold)
