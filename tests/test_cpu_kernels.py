@@ -254,11 +254,15 @@ def test_grouped_conv1d_kernel_matches_torch_float64(isa, channels, groups, k, p
 
 
 def _assert_nlc_conv1d_matches_torch_float64(y, x, w, b, **args):
-    """y (an NLC conv1d of NLC x by torch-layout w, b) within 2x torch float32's error of torch float64."""
+    """y (an NLC conv1d of NLC x by torch-layout w, b) within 3x torch float32's error of torch float64.
+
+    3x, as for conv2d: torch's float32 error depends on oneDNN's ISA. Its AVX-512 convs reduce in 16 lanes, with
+    about a third of the error of its AVX2 convs, which sum like these kernels (grouped 96 channels, k 3: 1.7-2.0e-7
+    against 5.2-6.1e-7 with ONEDNN_MAX_CPU_ISA=AVX2; the kernel 4-6.5e-7 on every variant)."""
     xt = torch.from_numpy(x).permute(0, 2, 1)
     ref = F.conv1d(xt.double(), torch.from_numpy(w).double(), torch.from_numpy(b).double(), **args)
     err, err_torch = _errors(y.transpose(0, 2, 1), ref, F.conv1d(xt, torch.from_numpy(w), torch.from_numpy(b), **args))
-    assert err <= 2 * err_torch + 2.4e-7, (err, err_torch)
+    assert err <= 3 * err_torch + 2.4e-7, (err, err_torch)
 
 
 # (C, k, padding, length): FCPE's conformer conv (k 31, "same"), a tail of frames under one register block, no
