@@ -10,7 +10,6 @@ from rvc_mlx import _blas
 
 
 def _import_rvc_mlx(code: str, env: dict | None = None) -> subprocess.CompletedProcess:
-
     return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
                           env={**os.environ, **(env or {})})
 
