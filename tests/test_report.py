@@ -167,7 +167,9 @@ def test_report_and_regenerated_manifest_entries_record_what_decides_float32_res
     from rvc_mlx.testing.golden import CaseData, GoldenStore, TapInfo
 
     monkeypatch.setenv("OPENBLAS_CORETYPE", "Haswell")
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX2")  # torch's ISA: the twins' rounding and speed
     env = environment()
+    assert env["variables"]["ONEDNN_MAX_CPU_ISA"] == "AVX2"
     assert env["kernels"] == (dispatch.variant() or "none") and env["execution"] == dispatch.execution()
     assert env["variables"]["OPENBLAS_CORETYPE"] == "Haswell" and env["cpu"] and env["vector_isa"] is not None
     from rvc_mlx.testing.tolerances import load_policy

@@ -14,8 +14,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
-# environment variables that change which code runs or how many threads split a reduction
-VARIABLES = re.compile(r"^(RVC_MLX_|OPENBLAS_|GOTO|OMP_|MKL_|MLX_|VECLIB_|ACCELERATE_)")
+# environment variables that change which code runs or how many threads split a reduction (ATEN_ / ONEDNN_ / DNNL_:
+# torch's vector ISA, which sets the twins' float32 rounding and speed)
+VARIABLES = re.compile(r"^(RVC_MLX_|OPENBLAS_|GOTO|OMP_|MKL_|MLX_|VECLIB_|ACCELERATE_|ATEN_|ONEDNN_|DNNL_)")
 
 
 def cpu_model() -> str:
