@@ -412,6 +412,21 @@ class Component:
         dtype's unit roundoff) widens the tolerance by that fraction of the decision tensor's largest value."""
         return {}
 
+    def decision_margin(self, ref, policy, tap: str, values: np.ndarray, rounding: float = 0.0) -> float:
+        """How close to a decision (threshold or tie) the oracle's `values` of `tap` must be for the frame not to be
+        judged: the tap's limit at torch float32's error, plus `rounding` of its largest value."""
+        rule = policy.rule(self.name, tap)
+        return rule.limit(float(ref.taps[tap].torch32.get("max_abs", 0.0))) \
+            + (rule.floor + rounding) * float(np.max(np.abs(values)))
+
+    @staticmethod
+    def near_decision(values: np.ndarray, threshold: float, margin: float) -> np.ndarray:
+        """Frames of `values` (frames, bins) whose peak is within `margin` of `threshold`, or voiced with the top
+        two bins within `margin` of each other (a voicing or argmax decision that may flip)."""
+        top2 = np.sort(values, axis=1)[:, -2:]
+        near_threshold = np.abs(top2[:, 1] - threshold) <= margin
+        return near_threshold | (((top2[:, 1] - top2[:, 0]) <= margin) & (top2[:, 1] > threshold))
+
     def extra_metrics(self, ref, values: dict[str, np.ndarray]) -> dict[str, Any]:
         """Component-specific metrics reported with the case (e.g. audio metrics of a final output)."""
         return {}

@@ -57,8 +57,5 @@ class CREPEComponent(Component):
         from rvc_common.config import CREPEConfig
 
         pd = ref.value("crepe.periodicity").astype(np.float64)
-        info = ref.taps["crepe.periodicity"]
-        rule = policy.rule(self.name, "crepe.periodicity")
-        margin = rule.limit(float(info.torch32.get("max_abs", 0.0))) \
-            + (rule.floor + rounding) * float(np.max(np.abs(pd)))
+        margin = self.decision_margin(ref, policy, "crepe.periodicity", pd, rounding)
         return {"crepe.f0": np.abs(pd - CREPEConfig().periodicity_threshold) <= margin}

@@ -62,11 +62,5 @@ class FCPEComponent(Component):
         if "fcpe.f0" not in ref.taps or "fcpe.latent" not in ref.taps:
             return {}
         lat = ref.value("fcpe.latent").astype(np.float64).reshape(-1, 360)
-        info = ref.taps["fcpe.latent"]
-        rule = policy.rule(self.name, "fcpe.latent")
-        margin = rule.limit(float(info.torch32.get("max_abs", 0.0))) \
-            + (rule.floor + rounding) * float(np.max(np.abs(lat)))
-        top2 = np.sort(lat, axis=1)[:, -2:]
-        near_threshold = np.abs(top2[:, 1] - THRESHOLD) <= margin
-        near_tie = ((top2[:, 1] - top2[:, 0]) <= margin) & (top2[:, 1] > THRESHOLD)
-        return {"fcpe.f0": near_threshold | near_tie}
+        margin = self.decision_margin(ref, policy, "fcpe.latent", lat, rounding)
+        return {"fcpe.f0": self.near_decision(lat, THRESHOLD, margin)}

@@ -53,11 +53,5 @@ class RMVPEComponent(Component):
         from rvc_common.config import RMVPE as CFG
 
         sal = ref.value("rmvpe.salience").astype(np.float64)
-        info = ref.taps["rmvpe.salience"]
-        rule = policy.rule(self.name, "rmvpe.salience")
-        margin = rule.limit(float(info.torch32.get("max_abs", 0.0))) \
-            + (rule.floor + rounding) * float(np.max(np.abs(sal)))
-        top2 = np.sort(sal, axis=1)[:, -2:]
-        near_threshold = np.abs(top2[:, 1] - CFG.threshold) <= margin
-        near_tie = ((top2[:, 1] - top2[:, 0]) <= margin) & (top2[:, 1] > CFG.threshold)
-        return {"rmvpe.f0": near_threshold | near_tie}
+        margin = self.decision_margin(ref, policy, "rmvpe.salience", sal, rounding)
+        return {"rmvpe.f0": self.near_decision(sal, CFG.threshold, margin)}
