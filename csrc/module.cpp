@@ -14,7 +14,9 @@ PyMethodDef methods[] = {
      "relu, residual: y = relu(y * scale + shift) + residual, as MLX computes BatchNorm -> ReLU -> add; dilation: "
      "along rows, tap j reads column w + j * dilation - pl; slope: x is read as max(x, x * slope) (leaky ReLU); "
      "(v0, v1): only input columns v0 <= w < v1 are read, the others as zeros; groups G: w is (G * kh, kw, C, O), "
-     "bias (G * O), and batch b of x and y is group b mod G (x's channels and w's taps of that group)."},
+     "bias (G * O), and batch b of x and y is group b mod G (x's channels and w's taps of that group); blocked: "
+     "w's memory holds each group's weights in blocks of WEIGHT_BLOCK output channels (the last narrower), each "
+     "block (kh, kw, C, width), as the kernel reads them (else the kernel makes that copy for the call)."},
     {"gru_scan", py_gru_scan, METH_VARARGS,
      "gru_scan(directions): for each (gi, w_hh, b_hh, out, h, reverse), gi (B, T, 3H) the input projections, "
      "w_hh (H, 3H), b_hh (3H): torch's GRU recurrence (gates r, z, n) from h = 0 over t (descending if reverse), "
@@ -55,6 +57,7 @@ PyModuleDef module = {PyModuleDef_HEAD_INIT, "_kernels_" RVC_STR(RVC_KERNELS_ISA
 PyMODINIT_FUNC RVC_CAT(PyInit__kernels_, RVC_KERNELS_ISA)() {
   PyObject* m = PyModule_Create(&module);
   if (m && (PyModule_AddIntConstant(m, "LANES", LANES) != 0 ||
+            PyModule_AddIntConstant(m, "WEIGHT_BLOCK", 4 * LANES) != 0 ||
             PyModule_AddStringConstant(m, "ISA", RVC_STR(RVC_KERNELS_ISA)) != 0)) {
     Py_DECREF(m);
     return nullptr;

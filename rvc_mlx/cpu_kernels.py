@@ -72,8 +72,7 @@ def grouped_conv1d(module, x: mx.array, padding: int) -> mx.array:
     weight = _packed_groups(module)
     y = np.empty((b * g, 1, length + 2 * padding - k + 1, og), dtype=np.float32)
     bias = np.asarray(module.bias, dtype=np.float32) if "bias" in module else None
-    _k().conv2d_nhwc(xg, weight, bias, y, (0, padding), y.shape[1:3], (0, 0), (1, 1), None, None, False, None, 1,
-                     None, (0, length), g)
+    _conv2d_nhwc(xg, weight, bias, y, (0, padding), y.shape[1:3], groups=g)
     return mx.array(y.reshape(b, g, -1, og).transpose(0, 2, 1, 3).reshape(b, -1, o))
 
 
@@ -102,8 +101,8 @@ def _conv(module, key, select, x: np.ndarray, padding: tuple[int, int], dilation
     b, h, w, _ = x.shape
     ho, wo = h + 2 * padding[0] - kh + 1, w + 2 * padding[1] - dilation * (kw - 1)
     y = np.empty((b, ho, wo, wide), dtype=np.float32)
-    _k().conv2d_nhwc(x, weight, _bias(module), y, padding, (ho, wo), (0, 0), (1, 1), scale, shift, relu,
-                     residual, dilation, slope, (0, w) if valid is None else valid)
+    _conv2d_nhwc(x, weight, _bias(module), y, padding, (ho, wo), scale=scale, shift=shift, relu=relu,
+                 residual=residual, dilation=dilation, slope=slope, valid=valid)
     return y
 
 
@@ -138,8 +137,8 @@ def conv_transpose2d(module, x: mx.array, stride, padding, output_padding, bn=No
                 continue
             weight = _packed(module, (ri, rj), lambda w, th=taps_h, tw=taps_w: (w[:, None] if one_d else w)[:, th][
                 :, :, tw])
-            _k().conv2d_nhwc(xn, weight, bias, y, (pt, pl), (rows, cols), (ri, rj), stride, scale, shift, relu,
-                             res, 1, slope)
+            _conv2d_nhwc(xn, weight, bias, y, (pt, pl), (rows, cols), (ri, rj), stride, scale=scale, shift=shift,
+                         relu=relu, residual=res, slope=slope)
     out = _to_mlx(y, o)
     return out[:, 0] if one_d else out
 
@@ -149,7 +148,7 @@ def depthwise_conv1d(module, x: mx.array, padding: int, glu: bool = False, silu:
     read as GLU(x) (a * sigmoid(b) of x's channel halves) if `glu`, written as SiLU(y) if `silu`."""
     c, k, _ = module.weight.shape
     b, length, _ = x.shape
-    weight = _packed(module, "depthwise", lambda w: w[:, None])[0, :, 0]  # (C, k, 1) as (k, C)
+    weight = _packed(module, "depthwise", lambda w: w[:, None], blocks=False)[0, :, 0]  # (C, k, 1) as (k, C)
     buf, y = _output((b, length + 2 * padding - k + 1, c))
     bias = np.asarray(module.bias, dtype=np.float32) if "bias" in module else None
     _k().depthwise_conv1d(host(x), weight, bias, buf, padding, glu, silu)
@@ -270,6 +269,26 @@ def host(x: mx.array | np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(np.asarray(x))  # evaluates x; a view of MLX's buffer when x is contiguous
 
 
+def _conv2d_nhwc(x: np.ndarray, weight: np.ndarray, bias, y: np.ndarray, padding: tuple[int, int],
+                 outputs: tuple[int, int], origin: tuple[int, int] = (0, 0), step: tuple[int, int] = (1, 1), *,
+                 scale=None, shift=None, relu: bool = False, residual=None, dilation: int = 1, slope=None,
+                 valid: tuple[int, int] | None = None, groups: int = 1) -> None:
+    """The kernel's conv2d_nhwc with weights packed by `_packed` / `_packed_groups` (in blocks of output channels)."""
+    valid = (-(1 << 31), (1 << 31) - 1) if valid is None else valid  # (the kernel clamps to x's columns)
+    _k().conv2d_nhwc(x, weight, bias, y, padding, outputs, origin, step, scale, shift, relu, residual, dilation,
+                     slope, valid, groups, True)
+
+
+def _in_blocks(w: np.ndarray, groups: int = 1) -> np.ndarray:
+    """(G * kh, kw, C, O) weights, each group's in blocks of the kernel's WEIGHT_BLOCK output channels (the last
+    narrower), block after block, each (kh, kw, C, width): the layout the kernel reads (the shape is kept)."""
+    block = _k().WEIGHT_BLOCK
+    o = w.shape[-1]
+    per_group = w.reshape(groups, -1, o)
+    flat = np.concatenate([per_group[:, :, b:b + block].reshape(groups, -1) for b in range(0, o, block)], axis=1)
+    return np.ascontiguousarray(flat).reshape(w.shape)
+
+
 def _weight_cache(module) -> dict:
     """The module's packed copies of its weight, emptied when its weight array is replaced (new weights)."""
     cache = module.__dict__.get("_kernel_weights")
@@ -279,26 +298,30 @@ def _weight_cache(module) -> dict:
     return cache
 
 
-def _packed(module, key, select) -> np.ndarray:
+def _packed(module, key, select, blocks: bool = True) -> np.ndarray:
     """select(weight (O, kh, kw, C)) as (kh', kw', C, O'), O' = O rounded up to the vector width with zero
-    channels; kept on the module, per key and vector width, until its weight array is replaced (new weights)."""
+    channels, in blocks of output channels for the conv kernel (`_in_blocks`) unless `blocks` is False; kept on
+    the module, per key and vector width, until its weight array is replaced (new weights)."""
     cache = _weight_cache(module)
     lanes = dispatch.lanes()
     if (lanes, key) not in cache:
         w = select(np.asarray(module.weight, dtype=np.float32))
         w = np.pad(w, [(0, -w.shape[0] % lanes), (0, 0), (0, 0), (0, 0)])
-        cache[lanes, key] = np.ascontiguousarray(w.transpose(1, 2, 3, 0))
+        w = np.ascontiguousarray(w.transpose(1, 2, 3, 0))
+        cache[lanes, key] = _in_blocks(w) if blocks else w
     return cache[lanes, key]
 
 
 def _packed_groups(module) -> np.ndarray:
-    """A grouped conv1d's weight (O, k, C / G) as the kernel's (G * 1, k, C / G, O / G): group after group."""
+    """A grouped conv1d's weight (O, k, C / G) as the kernel's (G * 1, k, C / G, O / G): group after group, each
+    in blocks of output channels (`_in_blocks`)."""
     cache = _weight_cache(module)
-    if "groups" not in cache:
+    key = dispatch.lanes(), "groups"
+    if key not in cache:
         (o, k, cg), g = module.weight.shape, module.groups
         w = np.asarray(module.weight, dtype=np.float32).reshape(g, o // g, k, cg)
-        cache["groups"] = np.ascontiguousarray(w.transpose(0, 2, 3, 1))
-    return cache["groups"]
+        cache[key] = _in_blocks(np.ascontiguousarray(w.transpose(0, 2, 3, 1)), g)
+    return cache[key]
 
 
 def _bias(module) -> np.ndarray | None:

@@ -196,6 +196,24 @@ def test_new_weights_replace_the_packed_copy(isa):
     np.testing.assert_allclose(after - np.array(conv.bias), 2 * (before - np.array(conv.bias)), rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("groups, blocks", [(1, 2.5), (3, 1.25), (2, 1)])
+def test_weights_packed_in_blocks_give_the_kernels_own_blocked_copy_bit_for_bit(isa, groups, blocks):
+    k = dispatch.kernels()
+    o = int(blocks * k.WEIGHT_BLOCK)  # a narrower last block where blocks is fractional
+    x, w = _randn(groups, 3, 40, 24), _randn(groups * 3, 3, 24, o)
+    args = (None, None, False, None, 1, None, (0, 40), groups)
+
+    def conv(weights, blocked):
+        y = np.empty((groups, 3, 40, o), np.float32)
+        k.conv2d_nhwc(x, weights, None, y, (1, 1), (3, 40), (0, 0), (1, 1), *args, blocked)
+        return y
+
+    own = conv(w, False)
+    np.testing.assert_array_equal(conv(cpu_kernels._in_blocks(w, groups), True), own)
+    if blocks > 1:  # the flag is read: plain (kh, kw, C, O) weights declared blocked are a different conv
+        assert not np.array_equal(conv(w, True), own)
+
+
 def test_mismatched_buffers_are_refused_with_the_shapes_named(isa):
     x, w = np.zeros((1, 4, 20, 8), np.float32), np.zeros((3, 3, 8, 16), np.float32)
     y = np.zeros((1, 4, 19, 16), np.float32)
