@@ -210,11 +210,10 @@ inline void copy_values(float* d, const float* src, size_t n, size_t width, cons
     }
   } else if (n == CHANNEL_STEP) {  // a whole channel block (most calls): vector moves, not a call
     for (int k = 0; k < CHANNEL_STEP; k += LANES) *(vf*)(d + k) = *(const vf*)(src + k);
-    return;
   } else if (n) {
     std::memcpy(d, src, sizeof(float) * n);
   }
-  std::memset(d + n, 0, sizeof(float) * (width - n));
+  if (width > n) std::memset(d + n, 0, sizeof(float) * (width - n));
 }
 
 // Window row dst of wb columns x C channels from input row src: window column u holds input column u + col0 for
