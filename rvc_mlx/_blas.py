@@ -14,6 +14,7 @@ import ctypes.util
 import os
 import sys
 import warnings
+from typing import Any
 
 CANDIDATES = (
     "/usr/lib/x86_64-linux-gnu/openblas-pthread/libopenblas.so.0",
@@ -28,7 +29,7 @@ CANDIDATES = (
 THREAD_TIMEOUT = "18"
 INSTALL_HINT = "apt-get install libopenblas0-pthread (make test/parity do this when run as root)"
 
-_state: dict[str, str | None] = {"path": None, "reason": None, "core": None}
+_state: dict[str, Any] = {"path": None, "reason": None, "core": None, "lib": None}
 
 
 def load_fast_blas() -> str | None:
@@ -62,6 +63,7 @@ def load_fast_blas() -> str | None:
                 del os.environ[k]
         _state["path"] = path
         _state["core"] = _corename(lib)
+        _state["lib"] = lib
         return path
     _state["reason"] = f"no OpenBLAS found ({INSTALL_HINT})"
     return None
@@ -91,6 +93,25 @@ def _corename(lib) -> str | None:
         return None
     fn.restype = ctypes.c_char_p
     return fn().decode()
+
+
+def cblas_sgemm() -> Any:
+    """The loaded OpenBLAS's `cblas_sgemm` (the GEMM MLX's matmuls call) as a ctypes function, or None where MLX
+    uses another BLAS (macOS, RVC_MLX_BLAS=none, none found)."""
+    lib = _state["lib"]
+    if lib is None:
+        return None
+    fn = _state.get("sgemm")
+    if fn is None:
+        try:
+            fn = lib.cblas_sgemm
+        except AttributeError:  # a library named by RVC_MLX_BLAS without the C interface
+            return None
+        i, f, p = ctypes.c_int, ctypes.c_float, ctypes.c_void_p
+        fn.argtypes = [i, i, i, i, i, i, f, p, i, p, i, f, p, i]  # order, transA, transB, M, N, K, alpha, A, lda ...
+        fn.restype = None
+        _state["sgemm"] = fn
+    return fn
 
 
 SLOW_CORES = {"prescott", "core2", "penryn", "dunnington", "nehalem", "atom", "generic"}

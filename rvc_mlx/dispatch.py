@@ -31,6 +31,7 @@ from typing import Any, Callable, Iterator
 import numpy as np
 
 from rvc_common import instrument
+from rvc_mlx import _blas
 from rvc_mlx.runtime import mx
 
 VARIANTS = ("avx512", "avx2", "generic")  # widest first
@@ -284,6 +285,12 @@ def kernel_for(x: mx.array | np.ndarray, channels: int | None = None) -> bool:
     return channels is None or channels % k.LANES == 0
 
 
+def blas_on_host() -> bool:
+    """Whether MLX's BLAS is one whose cblas_sgemm `host_gemm` can call on host buffers (OpenBLAS, loaded by
+    rvc_mlx._blas)."""
+    return _blas.cblas_sgemm() is not None
+
+
 # Thresholds the table below reads (each measured where it was set: README, Speed).
 NATIVE_CONV2D_CHANNELS = 64  # MLX's im2col conv2d wins from this many input channels ...
 NATIVE_CONV2D_MAX_PIXELS = 2048  # ... on images this small (RMVPE's bottom)
@@ -327,6 +334,9 @@ TABLE: dict[str, tuple[Path, ...]] = {
              "per-channel taps as fused multiply-adds: MLX's grouped conv is several times slower"),
         Path("kernel", "conv1d", lambda f: f.k > 1 and f.stride == 1 and f.kernel,
              "direct conv kernel for k > 1 taps (dilated ones too)"),
+        Path("gemm strided host", "conv1d strided host", lambda f: f.stride != 1 and f.k % f.stride and f.host_blas,
+             "the folded GEMMs below on the buffers in place: MLX's matmul first copies the last tap's partial rows "
+             "(k mod s frames of each s), at a few GB/s"),
         Path("gemm strided", "conv1d strided", lambda f: f.stride != 1,
              "stride s as a stride-1 conv over frames folded s at a time (a free reshape)"),
         Path("gemm 1x1", "conv1d 1x1", lambda f: f.k == 1,
@@ -400,12 +410,15 @@ def tap_conv2d(length: int, outputs: int) -> str:
     return choose("conv2d (k,1)", length=length, outputs=outputs)
 
 
-def conv1d(x: mx.array, weight_shape: tuple[int, ...], groups: int, stride: int, dilation: int) -> str:
-    """Conv1d of NLC x (weight (O, k, C / groups))."""
+def conv1d(x: mx.array, weight_shape: tuple[int, ...], groups: int, stride: int, dilation: int,
+           float32_weights: bool = True) -> str:
+    """Conv1d of NLC x (weight (O, k, C / groups)). Host GEMMs (`host_gemm`) run where the kernels do, on float32
+    weights, with OpenBLAS as MLX's BLAS."""
     o, k, c = weight_shape
+    host_blas = groups == 1 and dilation == 1 and float32_weights and kernel_for(x) and blas_on_host()
     return choose("conv1d", groups=groups, depthwise=groups == o == x.shape[-1] and c == 1, stride=stride,
                   dilation=dilation, k=k, kernel=kernel_for(x), kernel_vec=kernel_for(x, o),
-                  kernel_groups=groups > 1 and kernel_for(x, o // groups))
+                  kernel_groups=groups > 1 and kernel_for(x, o // groups), host_blas=host_blas)
 
 
 def fused(x: mx.array | np.ndarray, op: str, channels: int | None = None, weights: tuple = ()) -> bool:

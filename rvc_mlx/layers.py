@@ -8,7 +8,7 @@ import numpy as np
 from threadpoolctl import threadpool_limits
 
 from rvc_common.instrument import profiled
-from rvc_mlx import cpu_kernels, dispatch, fastmath
+from rvc_mlx import cpu_kernels, dispatch, fastmath, host_gemm
 from rvc_mlx.precision import host
 from rvc_mlx.runtime import mx, nn
 
@@ -204,13 +204,14 @@ class Conv1d(nn.Conv1d):
     PRECISION_ENTRY_POINTS = ("glu_depthwise_silu",)  # take the layer's input: precision.apply casts them too
 
     PATHS = {"mlx": "_mlx", "kernel": "_kernel", "kernel depthwise": "_kernel_depthwise", "kernel grouped": "_grouped",
-             "gemm multiply-adds": "_multiply_adds", "gemm strided": "_strided", "gemm 1x1": "_shifted",
-             "gemm shifted": "_shifted"}
+             "gemm multiply-adds": "_multiply_adds", "gemm strided host": "_strided_host", "gemm strided": "_strided",
+             "gemm 1x1": "_shifted", "gemm shifted": "_shifted"}
 
     def __call__(self, x: mx.array, pad: bool = True) -> mx.array:
         """conv1d(x) + bias by the path dispatch.TABLE["conv1d"] chooses. `pad=False`: the caller's input already
         carries the zero margins (the output is 2 * padding shorter)."""
-        impl = dispatch.conv1d(x, self.weight.shape, self.groups, self.stride, self.dilation)
+        impl = dispatch.conv1d(x, self.weight.shape, self.groups, self.stride, self.dilation,
+                               self.weight.dtype == mx.float32)
         return getattr(self, self.PATHS[impl])(x, self.padding if pad else 0)
 
     def _mlx(self, x: mx.array, padding: int) -> mx.array:
@@ -266,6 +267,9 @@ class Conv1d(nn.Conv1d):
         """Unpadded conv of host x read as leaky_relu(x, slope), frames outside `valid` as zeros, + residual, in
         one kernel pass (`cpu_kernels.leaky_conv1d`); host (B, L', O) out."""
         return cpu_kernels.leaky_conv1d(self, x, slope, valid, residual)
+
+    def _strided_host(self, x: mx.array, padding: int) -> mx.array:
+        return host_gemm.strided_conv1d(self, x, padding)
 
     def _strided(self, x: mx.array, padding: int) -> mx.array:
         """Stride s as a stride-1 conv over frames folded s at a time: (B, L, C) -> (B, L/s, s*C) is a free reshape,

@@ -44,15 +44,23 @@ def test_conv1d_shifted_gemms_match_torch(c_in, c_out, k, dilation, length, mlx_
     _check(np.array(y).transpose(0, 2, 1), ref, t32)
 
 
+@pytest.mark.parametrize("host", [True, False], ids=["host-gemm", "mlx-gemm"])
 @pytest.mark.parametrize("c_in,c_out,k,stride,pad,length", [
     (1, 8, 10, 5, 0, 403), (8, 8, 3, 2, 0, 81), (8, 6, 2, 2, 0, 40), (1, 6, 20, 10, 5, 200), (4, 5, 6, 3, 2, 64),
-    (3, 4, 2, 3, 0, 31)])
-def test_conv1d_strided_frame_fold_matches_torch(c_in, c_out, k, stride, pad, length):
-    # HuBERT's feature extractor (k10 s5, k3 s2, k2 s2), the NSF noise convs (k = 2s, pad s/2), k not a multiple of s
+    (3, 4, 2, 3, 0, 31), (5, 7, 7, 3, 2, 66), (1, 3, 3, 2, 0, 3)])
+def test_conv1d_strided_frame_fold_matches_torch(c_in, c_out, k, stride, pad, length, host, monkeypatch):
+    # HuBERT's feature extractor (k10 s5, k3 s2, k2 s2), the NSF noise convs (k = 2s, pad s/2), k not a multiple of
+    # s (with padding), k < s, one output frame; on the host GEMMs (k mod s != 0: MLX's matmul would copy the last
+    # tap's rows) and on MLX's
+    if not host:
+        monkeypatch.setattr(dispatch, "blas_on_host", lambda: False)
     x, w, b = _randn(2, c_in, length), _randn(c_out, c_in, k, scale=0.3), _randn(c_out)
     conv = layers.Conv1d(c_in, c_out, k, stride=stride, padding=pad)
     conv.weight, conv.bias = mx.array(w.transpose(0, 2, 1)), mx.array(b)
-    y = conv(mx.array(x.transpose(0, 2, 1)))
+    xm = mx.array(x).transpose(0, 2, 1)  # a strided view: the host GEMMs read it made contiguous
+    on_host = host and k % stride != 0 and dispatch.variant() is not None and dispatch.blas_on_host()
+    assert dispatch.conv1d(xm, conv.weight.shape, 1, stride, 1) == ("gemm strided host" if on_host else "gemm strided")
+    y = conv(xm)
     args = dict(stride=stride, padding=pad)
     ref = F.conv1d(torch.from_numpy(x).double(), torch.from_numpy(w).double(), torch.from_numpy(b).double(), **args)
     _check(np.array(y).transpose(0, 2, 1), ref, F.conv1d(torch.from_numpy(x), torch.from_numpy(w),
