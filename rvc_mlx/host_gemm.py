@@ -1,6 +1,7 @@
 """GEMM formulations run on host buffers through the BLAS MLX itself calls (OpenBLAS's `cblas_sgemm`), where MLX's
 matmul would first copy its operands: a strided conv1d reads each folded tap's rows in place (leading dimension
-stride * C), and its taps accumulate into one output buffer (beta = 1) that becomes the MLX array without a copy.
+stride * C), and its taps accumulate into one output buffer (beta = 1): a large one is the buffer of the MLX array
+returned (`cpu_kernels._output`), a small one is copied into MLX once.
 
 The sums are the GEMMs MLX's `gemm strided` path runs (same library, operands and shapes; OpenBLAS may pick another
 kernel for a small one with another leading dimension); the copies MLX makes around them are gone. Whether this runs
