@@ -29,7 +29,7 @@ CANDIDATES = (
 THREAD_TIMEOUT = "18"
 INSTALL_HINT = "apt-get install libopenblas0-pthread (make test/parity do this when run as root)"
 
-_state: dict[str, Any] = {"path": None, "reason": None, "core": None, "lib": None}
+_state: dict[str, Any] = {"path": None, "reason": None, "core": None, "lib": None, "sgemm": None}
 
 
 def load_fast_blas() -> str | None:
@@ -101,7 +101,7 @@ def cblas_sgemm() -> Any:
     lib = _state["lib"]
     if lib is None:
         return None
-    fn = _state.get("sgemm")
+    fn = _state["sgemm"]
     if fn is None:
         try:
             fn = lib.cblas_sgemm

@@ -415,9 +415,10 @@ def conv1d(x: mx.array, weight_shape: tuple[int, ...], groups: int, stride: int,
     """Conv1d of NLC x (weight (O, k, C / groups)). Host GEMMs (`host_gemm`) run where the kernels do, on float32
     weights, with OpenBLAS as MLX's BLAS."""
     o, k, c = weight_shape
-    host_blas = groups == 1 and dilation == 1 and float32_weights and kernel_for(x) and blas_on_host()
+    kernel = kernel_for(x)
+    host_blas = groups == 1 and dilation == 1 and float32_weights and kernel and blas_on_host()
     return choose("conv1d", groups=groups, depthwise=groups == o == x.shape[-1] and c == 1, stride=stride,
-                  dilation=dilation, k=k, kernel=kernel_for(x), kernel_vec=kernel_for(x, o),
+                  dilation=dilation, k=k, kernel=kernel, kernel_vec=kernel_for(x, o),
                   kernel_groups=groups > 1 and kernel_for(x, o // groups), host_blas=host_blas)
 
 

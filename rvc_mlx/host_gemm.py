@@ -31,10 +31,11 @@ def strided_conv1d(module, x: mx.array, padding: int) -> mx.array:
     n = (length - k) // s + 1
     if n < 1:
         raise ValueError(f"conv1d input of {length} frames (padding included) is shorter than its kernel ({k})")
+    taps = _tap_weights(module)
     buf, y = cpu_kernels._output((b, n, o))
     for i in range(b):
         out = buf[i].ctypes.data
-        for j, w in enumerate(_tap_weights(module)):
+        for j, w in enumerate(taps):
             # rows t = 0..n-1 of folded tap j start at frame (t + j) * s: read in place, s * C floats apart; the
             # last row ends at frame (n - 1) * s + k - 1 < length
             a = xn[i].ctypes.data + j * s * c * FLOAT
