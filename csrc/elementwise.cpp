@@ -1,5 +1,5 @@
 // Elementwise kernels for MLX's CPU device: row softmax (of scaled scores), GELU, LayerNorm (after a residual add),
-// and per-channel GroupNorm fused with GELU (HuBERT's first feature-extractor layer). MLX's Linux build runs these
+// and per-channel GroupNorm fused with GELU (HuBERT's first feature-extractor layer, with or without its conv). MLX's Linux build runs these
 // as chains of scalar passes (fastmath's polynomials compile to one pass each, but with no vector instructions);
 // here each is one to three vectorised passes shared across the cores. Transcendentals are fastmath's polynomials
 // (vmath.h).
@@ -18,51 +18,103 @@ constexpr long CHUNK = 1 << 14;  // elements per GELU work item
 constexpr int STAT_BLOCK = 256;
 constexpr int GROUP_VECTORS = 8;  // channels per GroupNorm work item: 8 vectors
 
-// Sums over the L frames of (x - center)^power (power 1 or 2) for `vecs` vectors of channels at row offset c:
-// float32 vector sums over blocks of STAT_BLOCK frames, the block sums in float64.
-void channel_sums(const float* x, long L, int C, int c, int vecs, const vf* center, int power, double* out) {
-  for (int k = 0; k < vecs * LANES; ++k) out[k] = 0.0;
+// The GroupNorm's input, channels-last (L, C): frame t's V vectors of channels from c, into h[0 .. V). Values in
+// memory ...
+struct Stored {
+  const float* x;
+  int C;
+  template <int V>
+  void row(long t, int c, vf* h) const {
+    for (int v = 0; v < V; ++v) h[v] = *(const vf*)(x + t * C + c + v * LANES);
+  }
+};
+
+// ... or a one-channel conv's output (HuBERT's first conv: 1 -> 512 channels, k 10, stride 5), recomputed in each
+// pass from the waveform, which stays in cache, instead of stored and read three times: sum over the taps j of
+// x[t * stride + j] * w[j, c], in tap order (fused multiply-adds, from the first product).
+struct MonoConv {
+  const float* x;  // the waveform of one batch item
+  const float* w;  // (K, C)
+  int K, C, stride;
+  template <int V>
+  void row(long t, int c, vf* h) const {
+    const float* xt = x + t * stride;
+    const float* wj = w + c;
+    for (int v = 0; v < V; ++v) h[v] = xt[0] * *(const vf*)(wj + v * LANES);
+    for (int j = 1; j < K; ++j) {
+      wj += C;
+      const float xj = xt[j];  // one broadcast per tap for all V vectors
+      for (int v = 0; v < V; ++v) h[v] += xj * *(const vf*)(wj + v * LANES);
+    }
+  }
+};
+
+// Sums over the L frames of (h - center)^power (power 1 or 2) for V vectors of channels at row offset c: float32
+// vector sums over blocks of STAT_BLOCK frames, the block sums in float64.
+template <int V, class Src>
+void channel_sums(const Src& h, long L, int c, const vf* center, int power, double* out) {
+  for (int k = 0; k < V * LANES; ++k) out[k] = 0.0;
   for (long t0 = 0; t0 < L; t0 += STAT_BLOCK) {
-    vf acc[GROUP_VECTORS] = {};
+    vf acc[V] = {};
     for (long t = t0, t1 = std::min(L, t0 + STAT_BLOCK); t < t1; ++t) {
-      const float* row = x + t * C + c;
-      for (int v = 0; v < vecs; ++v) {
-        const vf d = *(const vf*)(row + v * LANES) - center[v];
+      vf row[V];
+      h.template row<V>(t, c, row);
+      for (int v = 0; v < V; ++v) {
+        const vf d = row[v] - center[v];
         acc[v] += power == 1 ? d : d * d;
       }
     }
-    for (int v = 0; v < vecs; ++v)
+    for (int v = 0; v < V; ++v)
       for (int i = 0; i < LANES; ++i) out[v * LANES + i] += acc[v][i];
   }
 }
 
-void group_norm_gelu_block(const float* x, float* y, const float* gamma, const float* beta, long L, int C, int c,
-                           int vecs, float eps, bool gelu) {
-  double sum[GROUP_VECTORS * 16];
-  vf first[GROUP_VECTORS], mu[GROUP_VECTORS], mu_lo[GROUP_VECTORS], scale[GROUP_VECTORS];
+template <int V, class Src>
+void group_norm_gelu_block(const Src& h, float* y, const float* gamma, const float* beta, long L, int C, int c,
+                           float eps, bool gelu) {
+  double sum[V * LANES];
+  vf first[V], mu[V], mu_lo[V], scale[V];
   // the mean as the first frame plus the mean difference from it: float32 sums of values far from zero would
   // lose their low bits (a common offset of 50 cost 1e-5 of the mean)
-  for (int v = 0; v < vecs; ++v) first[v] = *(const vf*)(x + c + v * LANES);
-  channel_sums(x, L, C, c, vecs, first, 1, sum);
+  h.template row<V>(0, c, first);
+  channel_sums<V>(h, L, c, first, 1, sum);
   // the mean as two floats (hi + lo): x - hi is exact for x near the mean, so a large common offset costs nothing
-  for (int v = 0; v < vecs; ++v)
+  for (int v = 0; v < V; ++v)
     for (int i = 0; i < LANES; ++i) {
       const double mean = (double)first[v][i] + sum[v * LANES + i] / (double)L;
       mu[v][i] = (float)mean;
       mu_lo[v][i] = (float)(mean - (double)mu[v][i]);
     }
-  channel_sums(x, L, C, c, vecs, mu, 2, sum);  // the variance about the mean (two passes)
-  for (int v = 0; v < vecs; ++v)
+  channel_sums<V>(h, L, c, mu, 2, sum);  // the variance about the mean (two passes)
+  for (int v = 0; v < V; ++v)
     for (int i = 0; i < LANES; ++i)  // (x - mean) * rsqrt(var + eps) * gamma + beta, as MLX's GroupNorm rounds it
       scale[v][i] = 1.0f / std::sqrt((float)(sum[v * LANES + i] / (double)L) + eps);
   for (long t = 0; t < L; ++t) {
-    const float* row = x + t * C + c;
     float* dst = y + t * C + c;
-    for (int v = 0; v < vecs; ++v) {
+    vf row[V];
+    h.template row<V>(t, c, row);
+    for (int v = 0; v < V; ++v) {
       const vf g = *(const vf*)(gamma + c + v * LANES), b = *(const vf*)(beta + c + v * LANES);
-      const vf r = (*(const vf*)(row + v * LANES) - mu[v] - mu_lo[v]) * scale[v] * g + b;
+      const vf r = (row[v] - mu[v] - mu_lo[v]) * scale[v] * g + b;
       *(vf*)(dst + v * LANES) = gelu ? gelu_v(r) : r;
     }
+  }
+}
+
+// Work item `item` of GroupNorm (+ GELU) over B batches of L frames of C channels, from h(batch): GROUP_VECTORS
+// vectors of channels (the channels' last block, if narrower, a vector at a time: the counts are compile-time).
+template <class Source>
+void group_norm_gelu_item(const Source& h, long item, float* y, const float* gamma, const float* beta, long L, int C,
+                          float eps, bool gelu) {
+  const int blocks = (C / LANES + GROUP_VECTORS - 1) / GROUP_VECTORS;
+  const long batch = item / blocks;
+  const int c = (int)(item % blocks) * GROUP_VECTORS * LANES;
+  const auto src = h(batch);
+  float* yb = y + batch * L * C;
+  if ((C - c) / LANES >= GROUP_VECTORS) {
+    group_norm_gelu_block<GROUP_VECTORS>(src, yb, gamma, beta, L, C, c, eps, gelu);
+  } else {
+    for (int cv = c; cv < C; cv += LANES) group_norm_gelu_block<1>(src, yb, gamma, beta, L, C, cv, eps, gelu);
   }
 }
 
@@ -202,10 +254,41 @@ PyObject* py_group_norm_gelu(PyObject*, PyObject* args) {
   const int blocks = (C / LANES + GROUP_VECTORS - 1) / GROUP_VECTORS;
   Py_BEGIN_ALLOW_THREADS
   share(B * blocks, [&](long item) {
-    const long batch = item / blocks;
-    const int c = (int)(item % blocks) * GROUP_VECTORS * LANES;
-    const int vecs = std::min(GROUP_VECTORS, (C - c) / LANES);
-    group_norm_gelu_block(x + batch * L * C, y + batch * L * C, g, b, L, C, c, vecs, eps, gelu != 0);
+    group_norm_gelu_item([&](long batch) { return Stored{x + batch * L * C, C}; }, item, y, g, b, L, C, eps,
+                         gelu != 0);
+  });
+  Py_END_ALLOW_THREADS
+  Py_RETURN_NONE;
+}
+
+PyObject* py_conv_group_norm_gelu(PyObject*, PyObject* args) {
+  PyObject *xo, *wo, *go, *bo, *yo;
+  int stride;
+  float eps;
+  if (!PyArg_ParseTuple(args, "OOOOOif", &xo, &wo, &go, &bo, &yo, &stride, &eps)) return nullptr;
+  Buffer xb("conv_group_norm_gelu"), wb("conv_group_norm_gelu"), gb("conv_group_norm_gelu"),
+      bb("conv_group_norm_gelu"), yb("conv_group_norm_gelu");
+  if (!xb.get(xo, PyBUF_SIMPLE, "x", 2) || !wb.get(wo, PyBUF_SIMPLE, "w", 2) ||
+      !gb.get(go, PyBUF_SIMPLE, "gamma", 1) || !bb.get(bo, PyBUF_SIMPLE, "beta", 1) ||
+      !yb.get(yo, PyBUF_WRITABLE, "y", 3))
+    return nullptr;
+  const long B = xb.view.shape[0], N = xb.view.shape[1];
+  const int K = (int)wb.view.shape[0], C = (int)wb.view.shape[1];
+  const long L = stride >= 1 && N >= K ? (N - K) / stride + 1 : 0;
+  if (C % LANES || K < 1 || L < 1 || gb.view.shape[0] != C || bb.view.shape[0] != C || yb.view.shape[0] != B ||
+      yb.view.shape[1] != L || yb.view.shape[2] != C) {
+    PyErr_Format(PyExc_ValueError,
+                 "conv_group_norm_gelu: x (B, N), w (K, C) with C a multiple of %d, N >= K, stride >= 1, gamma and "
+                 "beta (C,), y (B, (N - K) / stride + 1, C)", LANES);
+    return nullptr;
+  }
+  const float *x = xb.data(), *w = wb.data(), *g = gb.data(), *b = bb.data();
+  float* y = yb.mutable_data();
+  const int blocks = (C / LANES + GROUP_VECTORS - 1) / GROUP_VECTORS;
+  Py_BEGIN_ALLOW_THREADS
+  share(B * blocks, [&](long item) {
+    group_norm_gelu_item([&](long batch) { return MonoConv{x + batch * N, w, K, C, stride}; }, item, y, g, b, L, C,
+                         eps, true);
   });
   Py_END_ALLOW_THREADS
   Py_RETURN_NONE;

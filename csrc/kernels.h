@@ -74,5 +74,6 @@ PyObject* py_gru_scan(PyObject*, PyObject* args);
 PyObject* py_softmax(PyObject*, PyObject* args);
 PyObject* py_gelu(PyObject*, PyObject* args);
 PyObject* py_group_norm_gelu(PyObject*, PyObject* args);
+PyObject* py_conv_group_norm_gelu(PyObject*, PyObject* args);
 PyObject* py_attention(PyObject*, PyObject* args);
 PyObject* py_layer_norm(PyObject*, PyObject* args);

@@ -32,6 +32,10 @@ PyMethodDef methods[] = {
     {"group_norm_gelu", py_group_norm_gelu, METH_VARARGS,
      "group_norm_gelu(x, gamma, beta, y, eps, gelu): per (batch, channel) over the L frames of x (B, L, C), "
      "y = (x - mean) / sqrt(var + eps) * gamma + beta, then GELU if gelu; C a multiple of LANES."},
+    {"conv_group_norm_gelu", py_conv_group_norm_gelu, METH_VARARGS,
+     "conv_group_norm_gelu(x, w, gamma, beta, y, stride, eps): h[b, t, c] = sum over j of x[b, t * stride + j] * "
+     "w[j, c] (a one-channel conv, no bias, of x (B, N) by w (K, C)), then per (batch, channel) over the L = "
+     "(N - K) / stride + 1 frames y = GELU((h - mean) / sqrt(var + eps) * gamma + beta); C a multiple of LANES."},
     {"layer_norm", py_layer_norm, METH_VARARGS,
      "layer_norm(x, residual, gamma, beta, y, eps): per row of x (R, N), h = x + residual (None: x), y = (h - mean) "
      "/ sqrt(var + eps) * gamma + beta; N a multiple of LANES, y may be x."},

@@ -219,6 +219,19 @@ def group_norm_gelu(norm, x: mx.array) -> mx.array:
     return y()
 
 
+def conv_group_norm_gelu(conv, norm, x: mx.array) -> mx.array:
+    """`conv` (one input channel, no bias, no padding; weight (O, k, 1)) of NLC x (B, N, 1), then `norm` (a
+    GroupNorm with one group per channel) and GELU, in one kernel: the conv's output is never stored, each of the
+    kernel's three passes recomputes it from x (k multiply-adds per value, the waveform in cache)."""
+    b, n, _ = x.shape
+    k, stride = conv.weight.shape[1], conv.stride
+    weight = _packed(conv, "mono", lambda w: w[:, None], blocks=False)[0, :, 0]  # (O, k, 1) as (k, O)
+    buf, y = _output((b, (n - k) // stride + 1, conv.weight.shape[0]))
+    _k().conv_group_norm_gelu(host(x).reshape(b, n), weight, host(norm.weight), host(norm.bias), buf, stride,
+                              float(norm.eps))
+    return y()
+
+
 # glibc's largest mmap threshold: a bigger numpy buffer is fresh pages on every call, which the OS zeroes
 FRESH_PAGES_BYTES = 32 << 20
 

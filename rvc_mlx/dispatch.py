@@ -231,7 +231,7 @@ def transcendental(op: str, x: mx.array | None = None) -> bool:
 
 
 def vectorised(op: str, x: mx.array, channels: int | None = None, weights: tuple = ()) -> bool:
-    """Whether a C++ kernel runs `op` (softmax, gelu, groupnorm+gelu) on x in one vectorised pass: `fused`'s rule
+    """Whether a C++ kernel runs `op` (softmax, gelu, [conv1d+]groupnorm+gelu) on x in vectorised passes: `fused`'s rule
     (kernels on, float32, MLX's CPU device; channels in whole vectors, float32 weights, where given) and fastmath's
     transcendentals chosen (the kernels compute its polynomials). MLX's Linux build has no vector elementwise ops:
     even fastmath's compiled polynomials run one scalar pass per op. Reported when it does (else `transcendental`

@@ -32,8 +32,15 @@ class GroupNormConvLayer(nn.Module):
         self.activation = GELU()
 
     def __call__(self, x: mx.array) -> mx.array:
-        x = self.conv(x)
-        if not layer_by_layer() and dispatch.vectorised("groupnorm+gelu", x, x.shape[-1], (self.layer_norm.weight,)):
+        if layer_by_layer():
+            return self.activation(self.layer_norm(self.conv(x)))
+        c = self.conv
+        mono = x.shape[-1] == 1 and "bias" not in c and c.padding == 0 and c.dilation == 1  # the waveform's conv
+        if mono and x.shape[1] >= c.weight.shape[1] and dispatch.vectorised(
+                "conv1d+groupnorm+gelu", x, c.weight.shape[0], (c.weight, self.layer_norm.weight)):
+            return cpu_kernels.conv_group_norm_gelu(c, self.layer_norm, x)  # (the conv's output is never stored)
+        x = c(x)
+        if dispatch.vectorised("groupnorm+gelu", x, x.shape[-1], (self.layer_norm.weight,)):
             return cpu_kernels.group_norm_gelu(self.layer_norm, x)
         return self.activation(self.layer_norm(x))
 

@@ -464,6 +464,56 @@ def test_group_norm_gelu_kernel_matches_torch_float64_no_worse_than_the_ops_in_t
     assert err <= 2 * err_torch + 2.4e-7 and err <= err_ops + 2.4e-7, (err, err_torch, err_ops)
 
 
+class _Implementations:
+    """An observer that keeps the implementations reported (instrument.used)."""
+
+    def __init__(self):
+        self.names: list[str] = []
+
+    def used(self, implementation):
+        self.names.append(implementation)
+
+    def extra(self, name, value, layout):
+        pass
+
+    def split(self, work, pieces):
+        pass
+
+
+@pytest.mark.parametrize("channels,samples,offset", [(48, 10, 0.0), (64, 1603, 0.3), (512, 16_000, 2.0)])
+def test_conv_group_norm_gelu_kernel_matches_torch_float64_without_storing_the_conv(isa, channels, samples, offset):
+    # HuBERT's first layer (1 -> C channels, k 10, stride 5, no bias) in one kernel: one output frame; a waveform
+    # with a DC offset (the per-channel means far from zero); a second of audio
+    cfg = HubertConfig(conv_dim=(channels,), conv_kernel=(10,), conv_stride=(5,))
+    layer = GroupNormConvLayer(cfg, 0)
+    rng = _rng(channels, samples)
+    w = (rng.standard_normal((channels, 1, 10)) * 0.3).astype(np.float32)
+    gamma = rng.standard_normal(channels).astype(np.float32)
+    beta = rng.standard_normal(channels).astype(np.float32)
+    layer.conv.weight = mx.array(w.transpose(0, 2, 1))
+    layer.layer_norm.weight, layer.layer_norm.bias = mx.array(gamma), mx.array(beta)
+    x = (rng.standard_normal((2, samples)) + offset).astype(np.float32)
+    seen = _Implementations()
+    token = instrument.observe(seen)
+    try:
+        fused = np.array(layer(mx.array(x)[..., None]))
+    finally:
+        instrument.stop_observing(token)
+    assert seen.names == [f"kernel conv1d+groupnorm+gelu {isa}"]  # the conv itself never ran
+    with instrument.layers():
+        ops = np.array(layer(mx.array(x)[..., None]))
+    t = torch.from_numpy(x)[:, None]
+    norm = torch.nn.GroupNorm(channels, channels, eps=cfg.group_norm_eps)
+    norm.weight.data, norm.bias.data = torch.from_numpy(gamma), torch.from_numpy(beta)
+    with torch.no_grad():
+        ref = F.gelu(norm.double()(F.conv1d(t.double(), torch.from_numpy(w).double(), stride=5))).permute(0, 2, 1)
+        t32 = F.gelu(norm.float()(F.conv1d(t, torch.from_numpy(w), stride=5))).permute(0, 2, 1)
+    assert fused.shape == tuple(ref.shape) == ((2, (samples - 10) // 5 + 1, channels))
+    err, err_torch = _errors(fused, ref, t32)
+    err_ops, _ = _errors(ops, ref, t32)
+    assert err <= 2 * err_torch + 2.4e-7 and err <= err_ops + 2.4e-7, (err, err_torch, err_ops)
+
+
 def test_elementwise_kernels_run_only_where_dispatch_chooses_them(isa):
     x = mx.array(_rng(4, 64).standard_normal((4, 64)).astype(np.float32))
     assert dispatch.vectorised("gelu", x)
@@ -483,5 +533,8 @@ def test_elementwise_kernels_refuse_mismatched_buffers(isa):
     with pytest.raises(ValueError, match="C a multiple"):
         k.group_norm_gelu(np.zeros((1, 5, 3), np.float32), np.zeros(3, np.float32), np.zeros(3, np.float32),
                           np.zeros((1, 5, 3), np.float32), 1e-5, True)
+    with pytest.raises(ValueError, match="N >= K"):  # a waveform shorter than the kernel
+        k.conv_group_norm_gelu(np.zeros((1, 9), np.float32), np.zeros((10, 16), np.float32), np.zeros(16, np.float32),
+                               np.zeros(16, np.float32), np.zeros((1, 1, 16), np.float32), 5, 1e-5)
     with pytest.raises(ValueError, match="float32"):
         k.gelu(np.zeros(4, np.float64), np.zeros(4, np.float64))
