@@ -119,8 +119,10 @@ SLOW_CORES = {"prescott", "core2", "penryn", "dunnington", "nehalem", "atom", "g
 
 def status() -> str:
     """One line: which BLAS MLX's matmuls use."""
-    if _state["path"]:
-        return f"OpenBLAS ({_state['path']}, {_state.get('core') or 'unknown'} kernels)"
+    if _state["path"] and _state.get("core"):
+        return f"OpenBLAS ({_state['path']}, {_state['core']} kernels)"
+    if _state["path"]:  # RVC_MLX_BLAS named a library without OpenBLAS's corename (e.g. MKL's libmkl_rt)
+        return f"{_state['path']} (RVC_MLX_BLAS; not OpenBLAS: its kernels are not known)"
     return f"MLX's bundled BLAS: {_state['reason'] or 'not checked'}"
 
 

@@ -30,6 +30,17 @@ def test_importing_mlx_before_rvc_mlx_warns_in_one_line():
     assert "reference BLAS" in lines[0] and "import an rvc_mlx model (or rvc_mlx.runtime) first" in lines[0]
 
 
+def test_a_chosen_blas_that_is_not_openblas_is_not_reported_as_openblas(monkeypatch):
+    # RVC_MLX_BLAS=/path/libmkl_rt.so.3 loads (MLX's cblas_sgemm resolves to MKL); the report must not call it
+    # OpenBLAS with unknown kernels
+    monkeypatch.setitem(_blas._state, "path", "/opt/mkl/lib/libmkl_rt.so.3")
+    monkeypatch.setitem(_blas._state, "core", None)
+    line = _blas.status()
+    assert "/opt/mkl/lib/libmkl_rt.so.3" in line and "OpenBLAS (" not in line and "not OpenBLAS" in line
+    monkeypatch.setitem(_blas._state, "core", "SkylakeX")
+    assert _blas.status() == "OpenBLAS (/opt/mkl/lib/libmkl_rt.so.3, SkylakeX kernels)"
+
+
 def test_importing_rvc_mlx_or_its_config_loads_neither_mlx_nor_a_blas():
     r = _import_rvc_mlx("import sys, ctypes, rvc_mlx, rvc_common.config, rvc_common.instrument\n"
                         "maps = open('/proc/self/maps').read() if sys.platform.startswith('linux') else ''\n"
