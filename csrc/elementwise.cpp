@@ -1,8 +1,8 @@
 // Elementwise kernels for MLX's CPU device: row softmax (of scaled scores), GELU, LayerNorm (after a residual add),
-// and per-channel GroupNorm fused with GELU (HuBERT's first feature-extractor layer, with or without its conv). MLX's Linux build runs these
-// as chains of scalar passes (fastmath's polynomials compile to one pass each, but with no vector instructions);
-// here each is one to three vectorised passes shared across the cores. Transcendentals are fastmath's polynomials
-// (vmath.h).
+// and per-channel GroupNorm fused with GELU (HuBERT's first feature-extractor layer, with or without its conv).
+// MLX's Linux build runs these as chains of scalar passes (fastmath's polynomials compile to one pass each, but with
+// no vector instructions); here each is one to three vectorised passes shared across the cores. Transcendentals are
+// fastmath's polynomials (vmath.h).
 #include "vmath.h"
 
 #include <atomic>
