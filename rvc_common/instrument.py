@@ -73,6 +73,32 @@ def split(work: str, pieces: int) -> None:
         obs.split(work, pieces)
 
 
+class Seen:
+    """An observer that keeps the implementations (`used`) and splits (`split`) it is told of, taps ignored; as a
+    context manager it observes the block: `with Seen() as seen: ...`, then `seen.impls`, `seen.splits`."""
+
+    def __init__(self):
+        self.impls: set[str] = set()
+        self.splits: dict[str, int] = {}
+        self._token: contextvars.Token | None = None
+
+    def extra(self, name: str, value: Any, layout: str) -> None:
+        pass
+
+    def used(self, implementation: str) -> None:
+        self.impls.add(implementation)
+
+    def split(self, work: str, pieces: int) -> None:
+        self.splits[work] = pieces
+
+    def __enter__(self) -> "Seen":
+        self._token = observe(self)
+        return self
+
+    def __exit__(self, *_: Any) -> None:
+        stop_observing(self._token)
+
+
 # ----------------------------------------------------------------------------------------------- layer mode
 def layer_by_layer() -> bool:
     """True inside `layers()`: fused stages then call every original layer in turn (the localisation path)."""

@@ -15,29 +15,6 @@ from rvc_mlx.hubert import Attention
 from rvc_mlx.norms import LayerNorm
 
 
-class _Seen:
-    """An observer that keeps the implementations and splits it is told of."""
-
-    def __init__(self):
-        self.impls, self.splits = set(), {}
-
-    def extra(self, *_):
-        pass
-
-    def used(self, implementation: str):
-        self.impls.add(implementation)
-
-    def split(self, work: str, pieces: int):
-        self.splits[work] = pieces
-
-    def __enter__(self):
-        self._token = instrument.observe(self)
-        return self
-
-    def __exit__(self, *_):
-        instrument.stop_observing(self._token)
-
-
 def _rng(*key) -> np.random.Generator:
     return np.random.default_rng([23, *(int(round(k * 10)) if isinstance(k, float) else int(k) for k in key)])
 
@@ -83,11 +60,11 @@ def test_hubert_attention_takes_the_kernel_in_query_blocks_and_mlx_ops_layer_by_
     cfg = HubertConfig(hidden_size=128, num_attention_heads=2, intermediate_size=256)
     attn = Attention(cfg)
     x = mx.array(_rng(5).standard_normal((1, 30, 128)).astype(np.float32))
-    with dispatch.use_chunks(attention_rows=8), _Seen() as seen:
+    with dispatch.use_chunks(attention_rows=8), instrument.Seen() as seen:
         fast, weights = attn(x)
     assert weights is None and f"kernel attention {isa}" in seen.impls
     assert seen.splits == {"hubert attention query chunks": 4}
-    with instrument.layers(), _Seen() as seen:
+    with instrument.layers(), instrument.Seen() as seen:
         slow, weights = attn(x)
     assert weights is not None and "mlx attention" in seen.impls and not seen.splits
     np.testing.assert_allclose(np.asarray(fast), np.asarray(slow), rtol=0, atol=2e-6)
@@ -118,7 +95,7 @@ def test_layer_norm_kernel_matches_torch_float64(isa, rows, channels, offset, re
 def test_layer_norm_falls_back_to_mlx_without_the_kernels():
     norm = LayerNorm(16)
     x, r = (mx.array(_rng(9, i).standard_normal((2, 3, 16)).astype(np.float32)) for i in range(2))
-    with dispatch.use_kernels(False), _Seen() as seen:
+    with dispatch.use_kernels(False), instrument.Seen() as seen:
         y = norm(x, r)
     assert not any(u.startswith("kernel") for u in seen.impls)
     np.testing.assert_allclose(np.asarray(y), np.asarray(mx.fast.layer_norm(x + r, norm.weight, norm.bias, 1e-5)),
