@@ -101,21 +101,24 @@ void group_norm_gelu_block(const Src& h, float* y, const float* gamma, const flo
   }
 }
 
-// Work item `item` of GroupNorm (+ GELU) over B batches of L frames of C channels, from h(batch): GROUP_VECTORS
-// vectors of channels (the channels' last block, if narrower, a vector at a time: the counts are compile-time).
+// GroupNorm (+ GELU) over B batches of L frames of C channels, from h(batch), on all cores: a work item per batch and
+// GROUP_VECTORS vectors of channels (the channels' last block, if narrower, a vector at a time: the counts are
+// compile-time).
 template <class Source>
-void group_norm_gelu_item(const Source& h, long item, float* y, const float* gamma, const float* beta, long L, int C,
-                          float eps, bool gelu) {
+void group_norm_gelu(const Source& h, long B, float* y, const float* gamma, const float* beta, long L, int C,
+                     float eps, bool gelu) {
   const int blocks = (C / LANES + GROUP_VECTORS - 1) / GROUP_VECTORS;
-  const long batch = item / blocks;
-  const int c = (int)(item % blocks) * GROUP_VECTORS * LANES;
-  const auto src = h(batch);
-  float* yb = y + batch * L * C;
-  if ((C - c) / LANES >= GROUP_VECTORS) {
-    group_norm_gelu_block<GROUP_VECTORS>(src, yb, gamma, beta, L, C, c, eps, gelu);
-  } else {
-    for (int cv = c; cv < C; cv += LANES) group_norm_gelu_block<1>(src, yb, gamma, beta, L, C, cv, eps, gelu);
-  }
+  share(B * blocks, [&](long item) {
+    const long batch = item / blocks;
+    const int c = (int)(item % blocks) * GROUP_VECTORS * LANES;
+    const auto src = h(batch);
+    float* yb = y + batch * L * C;
+    if ((C - c) / LANES >= GROUP_VECTORS) {
+      group_norm_gelu_block<GROUP_VECTORS>(src, yb, gamma, beta, L, C, c, eps, gelu);
+    } else {
+      for (int cv = c; cv < C; cv += LANES) group_norm_gelu_block<1>(src, yb, gamma, beta, L, C, cv, eps, gelu);
+    }
+  });
 }
 
 // One row of n (a multiple of LANES): h = x + r (r optional, rounded as MLX's add), then LayerNorm. The mean is the
@@ -251,12 +254,8 @@ PyObject* py_group_norm_gelu(PyObject*, PyObject* args) {
   }
   const float *x = xb.data(), *g = gb.data(), *b = bb.data();
   float* y = yb.mutable_data();
-  const int blocks = (C / LANES + GROUP_VECTORS - 1) / GROUP_VECTORS;
   Py_BEGIN_ALLOW_THREADS
-  share(B * blocks, [&](long item) {
-    group_norm_gelu_item([&](long batch) { return Stored{x + batch * L * C, C}; }, item, y, g, b, L, C, eps,
-                         gelu != 0);
-  });
+  group_norm_gelu([&](long batch) { return Stored{x + batch * L * C, C}; }, B, y, g, b, L, C, eps, gelu != 0);
   Py_END_ALLOW_THREADS
   Py_RETURN_NONE;
 }
@@ -284,12 +283,8 @@ PyObject* py_conv_group_norm_gelu(PyObject*, PyObject* args) {
   }
   const float *x = xb.data(), *w = wb.data(), *g = gb.data(), *b = bb.data();
   float* y = yb.mutable_data();
-  const int blocks = (C / LANES + GROUP_VECTORS - 1) / GROUP_VECTORS;
   Py_BEGIN_ALLOW_THREADS
-  share(B * blocks, [&](long item) {
-    group_norm_gelu_item([&](long batch) { return MonoConv{x + batch * N, w, K, C, stride}; }, item, y, g, b, L, C,
-                         eps, true);
-  });
+  group_norm_gelu([&](long batch) { return MonoConv{x + batch * N, w, K, C, stride}; }, B, y, g, b, L, C, eps, true);
   Py_END_ALLOW_THREADS
   Py_RETURN_NONE;
 }
