@@ -3,9 +3,11 @@
 // the whole (T, T) score matrix and a second batched GEMM; here each work item (a head's block of query rows)
 // computes its scores, their softmax and its output rows while the scores are in L1/L2, and the cores share the
 // items. Summation: a score sums q . k over the head's dims in order (fused multiply-adds from zero); an output
-// sums p * v over the keys in passes of KEY_STEP keys, each pass from zero, added to the running total.
+// sums e * v over the keys in passes of KEY_STEP keys, each pass from zero, added to the running total, and is
+// divided by the sum of the e last (softmax's division moved after the sum: D divisions per row instead of T).
 #include "vmath.h"
 
+#include <memory>
 #include <new>
 #include <vector>
 
@@ -20,7 +22,8 @@ constexpr int RB = 6;
 #endif
 constexpr int NB = 2;
 constexpr int WIDE = NB * LANES;  // keys / dims per register block
-constexpr int KEY_STEP = 256;     // keys per pass of the output's sum: a blocked sum, as OpenBLAS's GEMM does
+constexpr int KEY_STEP = 128;     // keys per pass of the output's sum: a blocked sum, as OpenBLAS's GEMM does
+constexpr float NO_KEY = -3.0e38f;  // the score of a padding key: below every real score, never the row's max
 
 struct Dims {
   int B, T, H, D, Tp;  // Tp: keys rounded up to WIDE (the packed keys' padding is zero)
@@ -28,85 +31,146 @@ struct Dims {
   float scale;
 };
 
-// s[r][j .. j + WIDE) = q[r] . k[j ..] for RB rows of q (row stride D); kb: keys j .. j + WIDE packed as (D, WIDE).
-inline void score_block(const float* __restrict q, const float* __restrict kb, float* __restrict s, const Dims& d,
-                        int j) {
+// The register blocks read their broadcast operand at compile-time offsets from one pointer (the queries packed as
+// (D, RB), the scores in tiles of RB rows x KEY_STEP keys): with a pointer per row they spilled to the stack and
+// reloaded, twice the loads per multiply-add.
+
+// s[r][j .. j + WIDE) = (q[r] . k[j ..]) * scale for RB query rows (qp: packed (D, RB)), and top[r] = max(top[r],
+// those scores); kb: keys j .. j + WIDE packed as (D, WIDE); s: the tile row of query 0 at key j; padding keys
+// (j >= T) score NO_KEY.
+inline void score_block(const float* __restrict qp, const float* __restrict kb, float* __restrict s,
+                        vf* __restrict top, const Dims& d, int j) {
   vf acc[RB][NB];
-  const float* qr[RB];  // row pointers: the inner loop's addresses are base + c, no index arithmetic
 #pragma GCC unroll 16
-  for (int r = 0; r < RB; ++r) {
-    qr[r] = q + (size_t)r * d.D;
+  for (int r = 0; r < RB; ++r)
     for (int n = 0; n < NB; ++n) acc[r][n] = vf{};
-  }
   const float* k = kb;
-  for (int c = 0; c < d.D; ++c, k += WIDE) {
+  const float* qc = qp;
+  for (int c = 0; c < d.D; ++c, k += WIDE, qc += RB) {
     vf kv[NB];
     for (int n = 0; n < NB; ++n) kv[n] = *(const vf*)(k + n * LANES);
 #pragma GCC unroll 16
     for (int r = 0; r < RB; ++r) {
-      const float qv = qr[r][c];
+      const float qv = qc[r];
       for (int n = 0; n < NB; ++n) acc[r][n] += qv * kv[n];
     }
   }
+  vi keep[NB];  // lanes of real keys (all set but in the last block)
+  for (int n = 0; n < NB; ++n) {
+    vi key;
+    for (int i = 0; i < LANES; ++i) key[i] = j + n * LANES + i;
+    keep[n] = key < d.T;
+  }
 #pragma GCC unroll 16
   for (int r = 0; r < RB; ++r)
-    for (int n = 0; n < NB; ++n) *(vf*)(s + (size_t)r * d.Tp + j + n * LANES) = acc[r][n];
+    for (int n = 0; n < NB; ++n) {
+      vf sc = acc[r][n] * d.scale;
+      sc = keep[n] ? sc : vf{} + NO_KEY;
+      *(vf*)(s + (size_t)r * KEY_STEP + n * LANES) = sc;
+      top[r] = sc > top[r] ? sc : top[r];
+    }
 }
 
-// o[r][c .. c + WIDE) (+)= sum over keys j in [j0, j1) of p[r][j] * v[j][c ..] for RB rows of p (row stride Tp);
-// v: the head's values packed as (T, D); o: RB rows of D, overwritten by the first pass (j0 == 0), else added to.
-inline void output_block(const float* __restrict p, const float* __restrict v, float* __restrict o, const Dims& d,
-                         int c, int j0, int j1) {
-  const float* pr[RB];  // row pointers: the inner loop's addresses are base + j, no index arithmetic
+// o[r][c .. c + WIDE) (+)= sum over keys j < n of p[r][j] * v[j][c ..] for RB rows of a score tile p (row stride
+// KEY_STEP); v: the tile's first key's values, rows D apart; o: RB row pointers, overwritten when `first`.
+inline void output_block(const float* __restrict p, const float* __restrict v, float* const* __restrict o, int D,
+                         int c, int n_keys, bool first) {
   vf acc[RB][NB];
 #pragma GCC unroll 16
-  for (int r = 0; r < RB; ++r) {
-    pr[r] = p + (size_t)r * d.Tp;
+  for (int r = 0; r < RB; ++r)
     for (int n = 0; n < NB; ++n) acc[r][n] = vf{};
-  }
-  const float* vj = v + (size_t)j0 * d.D + c;
-  for (int j = j0; j < j1; ++j, vj += d.D) {
+  const float* vj = v + c;
+  for (int j = 0; j < n_keys; ++j, vj += D) {
     vf vv[NB];
     for (int n = 0; n < NB; ++n) vv[n] = *(const vf*)(vj + n * LANES);
 #pragma GCC unroll 16
     for (int r = 0; r < RB; ++r) {
-      const float pv = pr[r][j];
+      const float pv = p[r * KEY_STEP + j];
       for (int n = 0; n < NB; ++n) acc[r][n] += pv * vv[n];
     }
   }
 #pragma GCC unroll 16
   for (int r = 0; r < RB; ++r)
     for (int n = 0; n < NB; ++n) {
-      vf* dst = (vf*)(o + (size_t)r * d.D + c + n * LANES);
-      *dst = j0 ? *dst + acc[r][n] : acc[r][n];
+      vf* dst = (vf*)(o[r] + c + n * LANES);
+      *dst = first ? acc[r][n] : *dst + acc[r][n];
     }
 }
 
-// Query rows [r0, r0 + rows) of head h in batch b. Buffers (per worker): qb (R, D), sb (R, Tp), ob (R, D), with R =
-// rows rounded up to RB (the padding rows are zero queries, computed and dropped).
-void item(const float* q, const float* kp, const float* vp, float* out, const Dims& d, int b, int h, int r0, int rows,
-          float* qb, float* sb, float* ob) {
-  const int R = (rows + RB - 1) / RB * RB;
-  for (int r = 0; r < R; ++r) {
-    float* dst = qb + (size_t)r * d.D;
-    if (r < rows)
-      std::memcpy(dst, q + ((size_t)b * d.T + r0 + r) * d.E + (size_t)h * d.D, sizeof(float) * d.D);
-    else
-      std::memset(dst, 0, sizeof(float) * d.D);
+// A worker's buffers for blocks of R query rows: packed queries (R / RB, D, RB), scores in tiles (Tk / KEY_STEP,
+// R, KEY_STEP) with Tk the keys rounded up to KEY_STEP, row maxima (R vectors), sums (R) and output rows (RB, D)
+// for the padding rows of a last block. Not zero-filled: each item writes what it reads.
+struct Scratch {
+  std::unique_ptr<float[]> mem;
+  float *qp, *s, *sum, *spare;
+  vf* top;
+  int tiles;
+  Scratch(int R, const Dims& d) : tiles((d.T + KEY_STEP - 1) / KEY_STEP) {
+    mem.reset(new float[(size_t)R * d.D + (size_t)tiles * R * KEY_STEP + (size_t)R * (LANES + 1) +
+                        (size_t)RB * d.D]);
+    qp = mem.get();
+    s = qp + (size_t)R * d.D;
+    top = (vf*)(s + (size_t)tiles * R * KEY_STEP);
+    sum = (float*)(top + R);
+    spare = sum + R;
   }
+};
+
+// Query rows [r0, r0 + rows) of head h in batch b, read from q and written to out in place. The R - rows padding
+// rows (R: rows rounded up to RB) are zero queries whose outputs go to the spare rows and are dropped.
+void item(const float* q, const float* kp, const float* vp, float* out, const Dims& d, int b, int h, int r0, int rows,
+          int R, Scratch& w) {
+  const size_t first = ((size_t)b * d.T + r0) * d.E + (size_t)h * d.D;
+  for (int r = 0; r < R; ++r) {
+    const float* src = q + first + (size_t)r * d.E;
+    float* dst = w.qp + (size_t)(r / RB) * d.D * RB + r % RB;
+    for (int c = 0; c < d.D; ++c) dst[(size_t)c * RB] = r < rows ? src[c] : 0.0f;
+  }
+  const vf low = vf{} + NO_KEY;
+  for (int r = 0; r < R; ++r) w.top[r] = low;
   const float* kh = kp + ((size_t)b * d.H + h) * d.D * d.Tp;
-  for (int j = 0; j < d.Tp; j += WIDE)  // key blocks outer: a block's packed keys stay in L1 across the row blocks
+  for (int j = 0; j < d.Tp; j += WIDE) {  // key blocks outer: a block's packed keys stay in L1 across the row blocks
+    float* tile = w.s + (size_t)(j / KEY_STEP) * R * KEY_STEP + j % KEY_STEP;
     for (int r = 0; r < R; r += RB)
-      score_block(qb + (size_t)r * d.D, kh + (size_t)j * d.D, sb + (size_t)r * d.Tp, d, j);
-  // (the padding rows' raw scores are zeros: their output is computed from them and dropped)
-  for (int r = 0; r < rows; ++r) softmax_row(sb + (size_t)r * d.Tp, sb + (size_t)r * d.Tp, d.T, d.scale);
+      score_block(w.qp + (size_t)r * d.D, kh + (size_t)j * d.D, tile + (size_t)r * KEY_STEP, w.top + r, d, j);
+  }
+  // e = exp(s - max) over the real keys and their sums, as fastmath's softmax (the padding rows' scores, zeros from
+  // zero queries, are left as they are: their outputs are dropped)
+  for (int r = 0; r < rows; ++r) {
+    const float m = hmax(w.top[r]);
+    vf acc{};
+    for (int t = 0; t < w.tiles; ++t) {
+      float* sr = w.s + ((size_t)t * R + r) * KEY_STEP;
+      const int n = std::min(KEY_STEP, d.T - t * KEY_STEP), whole = n - n % LANES;
+      for (int i = 0; i < whole; i += LANES) {
+        const vf e = exp_v(*(const vf*)(sr + i) - m);
+        *(vf*)(sr + i) = e;
+        acc += e;
+      }
+      if (whole < n) {  // the padding keys' NO_KEY scores: exp clamps them to a tiny value, zeroed here
+        vf e = exp_v(*(const vf*)(sr + whole) - m);
+        for (int i = n - whole; i < LANES; ++i) e[i] = 0.0f;
+        *(vf*)(sr + whole) = e;
+        acc += e;
+      }
+    }
+    w.sum[r] = hsum(acc);
+  }
   const float* vh = vp + ((size_t)b * d.H + h) * d.T * d.D;
-  for (int j0 = 0; j0 < d.T; j0 += KEY_STEP)  // a pass's values (KEY_STEP x WIDE) stay in L1 across the row blocks
+  float* orow[RB];
+  for (int t = 0; t < w.tiles; ++t) {  // a tile's values (KEY_STEP x WIDE) stay in L1 across the row blocks
+    const int n = std::min(KEY_STEP, d.T - t * KEY_STEP);
     for (int c = 0; c < d.D; c += WIDE)
-      for (int r = 0; r < R; r += RB)
-        output_block(sb + (size_t)r * d.Tp, vh, ob + (size_t)r * d.D, d, c, j0, std::min(d.T, j0 + KEY_STEP));
-  for (int r = 0; r < rows; ++r)
-    std::memcpy(out + ((size_t)b * d.T + r0 + r) * d.E + (size_t)h * d.D, ob + (size_t)r * d.D, sizeof(float) * d.D);
+      for (int r = 0; r < R; r += RB) {
+        for (int i = 0; i < RB; ++i) orow[i] = r + i < rows ? out + first + (size_t)(r + i) * d.E : w.spare + i * d.D;
+        output_block(w.s + ((size_t)t * R + r) * KEY_STEP, vh + (size_t)t * KEY_STEP * d.D, orow, d.D, c, n, t == 0);
+      }
+  }
+  for (int r = 0; r < rows; ++r) {
+    vf* o = (vf*)(out + first + (size_t)r * d.E);
+    const vf s = vf{} + w.sum[r];
+    for (int c = 0; c < d.D / LANES; ++c) o[c] = o[c] / s;
+  }
 }
 
 }  // namespace
@@ -142,10 +206,10 @@ PyObject* py_attention(PyObject*, PyObject* args) {
   try {
     // each head's keys in blocks of WIDE as (Tp / WIDE, D, WIDE), zero-padded (a score block reads them in order),
     // and its values as (T, D): a pass reads consecutive rows (in place, rows E apart, each key was a new page)
-    std::vector<float> kp((size_t)d.B * H * d.Tp * d.D), vp((size_t)d.B * H * d.T * d.D);
+    std::unique_ptr<float[]> kp(new float[(size_t)d.B * H * d.Tp * d.D]), vp(new float[(size_t)d.B * H * d.T * d.D]);
     share((long)d.B * H, [&](long bh) {
       const int b = (int)(bh / H), h = (int)(bh % H);
-      float *kdst = kp.data() + (size_t)bh * d.Tp * d.D, *vdst = vp.data() + (size_t)bh * d.T * d.D;
+      float *kdst = kp.get() + (size_t)bh * d.Tp * d.D, *vdst = vp.get() + (size_t)bh * d.T * d.D;
       for (int j = 0; j < d.Tp; ++j) {
         const size_t src = ((size_t)b * d.T + j) * d.E + (size_t)h * d.D;
         float* kb = kdst + (size_t)(j / WIDE) * d.D * WIDE + j % WIDE;
@@ -154,16 +218,16 @@ PyObject* py_attention(PyObject*, PyObject* args) {
       }
     });
     const int workers = (int)std::max(1L, std::min<long>((long)d.B * H * blocks, cores()));
-    std::vector<std::vector<float>> bufs(workers, std::vector<float>((size_t)R * (2 * d.D + d.Tp)));
+    std::vector<Scratch> scratch;
+    scratch.reserve(workers);
+    for (int w = 0; w < workers; ++w) scratch.emplace_back(R, d);
     std::atomic<long> next{0};
     const long total = (long)d.B * H * blocks;
     parallel(workers, [&](int w) {
-      float* qbuf = bufs[w].data();
-      float *sbuf = qbuf + (size_t)R * d.D, *obuf = sbuf + (size_t)R * d.Tp;
       for (long i; (i = next.fetch_add(1, std::memory_order_relaxed)) < total;) {
         const int blk = (int)(i % blocks), bh = (int)(i / blocks);
         const int r0 = blk * rows;
-        item(q, kp.data(), vp.data(), out, d, bh / H, bh % H, r0, std::min(rows, d.T - r0), qbuf, sbuf, obuf);
+        item(q, kp.get(), vp.get(), out, d, bh / H, bh % H, r0, std::min(rows, d.T - r0), R, scratch[w]);
       }
     });
   } catch (const std::bad_alloc&) {

@@ -473,7 +473,7 @@ def gru(x: mx.array) -> str:
 # than a few hundred query rows per GEMM (its other operand, the keys, is repacked per call) halve OpenBLAS's speed
 ATTENTION_CHUNK_BYTES = 64 << 20
 ATTENTION_MIN_ROWS = 256
-ATTENTION_KERNEL_ROWS = 24  # query rows per kernel work item: 4 register blocks (AVX2) reuse each block of keys
+ATTENTION_KERNEL_ROWS = 48  # query rows per kernel work item: 4 register blocks (8 on AVX2) reuse each block of keys
 RESBLOCK_CHUNK_BYTES = 4 << 20  # per activation in a time chunk: small enough to stay in cache across its GEMMs
 RESBLOCK_MIN_MARGINS = 4  # a chunk spans at least this many halos (each chunk re-reads its halos)
 
