@@ -14,7 +14,7 @@ from setuptools import Extension, setup
 from setuptools.command.build_ext import build_ext
 
 SOURCES = ["csrc/module.cpp", "csrc/conv2d.cpp", "csrc/depthwise.cpp", "csrc/gru.cpp", "csrc/elementwise.cpp",
-           "csrc/attention.cpp", "csrc/pool.cpp"]
+           "csrc/attention.cpp", "csrc/gemm.cpp", "csrc/pool.cpp"]
 COMMON = ["-O3", "-std=c++17", "-pthread", "-fvisibility=hidden", "-fno-semantic-interposition"]
 X86_FLAGS = {
     "avx512": ["-mavx512f", "-mavx512dq", "-mavx512bw", "-mavx512vl", "-mavx2", "-mfma"],

@@ -76,4 +76,5 @@ PyObject* py_gelu(PyObject*, PyObject* args);
 PyObject* py_group_norm_gelu(PyObject*, PyObject* args);
 PyObject* py_conv_group_norm_gelu(PyObject*, PyObject* args);
 PyObject* py_attention(PyObject*, PyObject* args);
+PyObject* py_linear(PyObject*, PyObject* args);
 PyObject* py_layer_norm(PyObject*, PyObject* args);

@@ -43,6 +43,9 @@ PyMethodDef methods[] = {
      "attention(q, k, v, out, heads, scale, rows): per batch and head (D = E / heads dims), out[b, t, head] = "
      "softmax over keys j of (q[b, t, head] . k[b, j, head]) * scale, times v[b, j, head]; q, k, v, out (B, T, E) "
      "float32 C-contiguous, D a multiple of 2 * LANES; `rows` query rows per work item."},
+    {"linear", py_linear, METH_VARARGS,
+     "linear(x, w, bias, y): y = bias + x w^T for x (M, K), w packed as (N / (2 * LANES), K, 2 * LANES) (panels of "
+     "2 * LANES output columns), bias (N) or None, y (M, N); float32 C-contiguous."},
     {nullptr, nullptr, 0, nullptr}};
 
 #ifndef RVC_KERNELS_ISA

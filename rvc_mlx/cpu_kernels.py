@@ -189,6 +189,21 @@ def attention(q: mx.array, k: mx.array, v: mx.array, heads: int, scale: float, r
     return out()
 
 
+def linear(module, x: mx.array) -> mx.array:
+    """`module`'s Linear (weight (N, K), optional bias) of x (..., K) as (..., N): the kernel's GEMM on the weight
+    packed once as panels of 2 * LANES output columns (N a multiple of them), kept until the weight is replaced."""
+    n, k = module.weight.shape
+    cache = _weight_cache(module)
+    wide = 2 * dispatch.lanes()
+    if (wide, "panels") not in cache:
+        w = np.asarray(module.weight, dtype=np.float32)
+        cache[wide, "panels"] = np.ascontiguousarray(w.reshape(n // wide, wide, k).transpose(0, 2, 1))
+    xn = host(x).reshape(-1, k)
+    buf, y = _output((xn.shape[0], n))
+    _k().linear(xn, cache[wide, "panels"], host(module.bias) if "bias" in module else None, buf)
+    return y().reshape(*x.shape[:-1], n)
+
+
 def gelu(x: mx.array) -> mx.array:
     """torch's exact GELU of x (any layout)."""
     xn = host(x)

@@ -15,7 +15,7 @@ from rvc_common.config import HUBERT, HubertConfig
 from rvc_common.instrument import layer_by_layer, split
 from rvc_mlx import cpu_kernels, dispatch, precision
 from rvc_mlx.fastmath import GELU, softmax
-from rvc_mlx.layers import Conv1d
+from rvc_mlx.layers import Conv1d, Linear
 from rvc_mlx.norms import LayerNorm
 from rvc_mlx.runtime import mx, nn
 
@@ -80,7 +80,7 @@ class FeatureProjection(nn.Module):
     def __init__(self, cfg: HubertConfig):
         super().__init__()
         self.layer_norm = LayerNorm(cfg.conv_dim[-1], eps=cfg.layer_norm_eps)
-        self.projection = nn.Linear(cfg.conv_dim[-1], cfg.hidden_size)
+        self.projection = Linear(cfg.conv_dim[-1], cfg.hidden_size)
         self.dropout = nn.Dropout(0.0)
 
     def __call__(self, x: mx.array) -> mx.array:
@@ -122,10 +122,10 @@ class Attention(nn.Module):
         self.head_dim = cfg.hidden_size // cfg.num_attention_heads
         self.scaling = self.head_dim ** -0.5
         e = cfg.hidden_size
-        self.k_proj = nn.Linear(e, e)
-        self.v_proj = nn.Linear(e, e)
-        self.q_proj = nn.Linear(e, e)
-        self.out_proj = nn.Linear(e, e)
+        self.k_proj = Linear(e, e)
+        self.v_proj = Linear(e, e)
+        self.q_proj = Linear(e, e)
+        self.out_proj = Linear(e, e)
 
     def __call__(self, x: mx.array) -> tuple[mx.array, mx.array | None]:
         b, t, _ = x.shape
@@ -157,9 +157,9 @@ class FeedForward(nn.Module):
     def __init__(self, cfg: HubertConfig):
         super().__init__()
         self.intermediate_dropout = nn.Dropout(0.0)
-        self.intermediate_dense = nn.Linear(cfg.hidden_size, cfg.intermediate_size)
+        self.intermediate_dense = Linear(cfg.hidden_size, cfg.intermediate_size)
         self.intermediate_act_fn = GELU()
-        self.output_dense = nn.Linear(cfg.intermediate_size, cfg.hidden_size)
+        self.output_dense = Linear(cfg.intermediate_size, cfg.hidden_size)
         self.output_dropout = nn.Dropout(0.0)
 
     def __call__(self, x: mx.array) -> mx.array:
@@ -220,7 +220,7 @@ class HubertModel(nn.Module):
         self.feature_projection = FeatureProjection(cfg)
         self.encoder = Encoder(cfg)
         if final_proj:  # absent from HuBERT bases without RVC v1's projection (e.g. Applio's custom embedders)
-            self.final_proj = nn.Linear(cfg.hidden_size, cfg.classifier_proj_size)
+            self.final_proj = Linear(cfg.hidden_size, cfg.classifier_proj_size)
 
     @property
     def has_final_proj(self) -> bool:

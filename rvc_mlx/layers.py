@@ -13,6 +13,16 @@ from rvc_mlx.precision import host
 from rvc_mlx.runtime import mx, nn
 
 
+class Linear(nn.Linear):
+    """torch.nn.Linear (weight (out, in), bias (out)); (..., in) -> (..., out). `dispatch.linear` chooses the GEMM:
+    the kernel's (`cpu_kernels.linear`, weights packed once) or MLX's addmm."""
+
+    def __call__(self, x: mx.array) -> mx.array:
+        if dispatch.linear(x, self.weight) == "kernel":
+            return cpu_kernels.linear(self, x)
+        return super().__call__(x)
+
+
 class GRU(nn.Module):
     """torch.nn.GRU (1 layer, batch_first, optional bidirectional); (B, T, F) -> ((B, T, D*H), (D, B, H)).
 

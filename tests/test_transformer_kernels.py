@@ -1,7 +1,8 @@
-"""The transformer kernels (csrc/attention.cpp, LayerNorm in csrc/elementwise.cpp), in every build this CPU runs
-(the `isa` fixture), compute what torch computes in float64, no worse than torch's own float32 error: multi-head
-attention over query blocks, key passes and padded key blocks at their boundaries; LayerNorm of a residual sum,
-of offset inputs too. HuBERT's layers take them where dispatch says, and MLX's ops without the kernels."""
+"""The transformer kernels (csrc/attention.cpp, csrc/gemm.cpp, LayerNorm in csrc/elementwise.cpp), in every build
+this CPU runs (the `isa` fixture), compute what torch computes in float64, no worse than torch's own float32 error:
+multi-head attention over query blocks, key passes and padded key blocks at their boundaries; Linear layers over
+row blocks, input blocks and column panels at theirs; LayerNorm of a residual sum, of offset inputs too. HuBERT's
+layers take them where dispatch says, and MLX's ops without the kernels."""
 
 import mlx.core as mx
 import numpy as np
@@ -12,6 +13,7 @@ from rvc_common import instrument
 from rvc_common.config import HubertConfig
 from rvc_mlx import cpu_kernels, dispatch
 from rvc_mlx.hubert import Attention
+from rvc_mlx.layers import Linear
 from rvc_mlx.norms import LayerNorm
 
 
@@ -69,6 +71,53 @@ def test_hubert_attention_takes_the_kernel_in_query_blocks_and_mlx_ops_layer_by_
         slow, weights = attn(x)
     assert weights is not None and "mlx attention" in seen.impls and not seen.splits
     np.testing.assert_allclose(np.asarray(fast), np.asarray(slow), rtol=0, atol=2e-6)
+
+
+# (rows, inputs, outputs, bias): one row (a register block of padding rows) over one panel; a block and one row
+# over 300 inputs (input blocks of 256, the last short); 5 inputs, no bias; HuBERT's feed-forward at 10 s of audio
+LINEAR_CASES = [(1, 64, 32, True), (13, 300, 96, True), (7, 5, 64, False), (499, 768, 3072, True)]
+
+
+@pytest.mark.parametrize("rows,inputs,outputs,bias", LINEAR_CASES)
+def test_linear_kernel_matches_torch_float64(isa, rows, inputs, outputs, bias):
+    rng = _rng(rows, inputs, outputs, bias)
+    x = rng.standard_normal((1, rows, inputs)).astype(np.float32)
+    w = (rng.standard_normal((outputs, inputs)) / inputs ** 0.5).astype(np.float32)
+    b = rng.standard_normal(outputs).astype(np.float32) if bias else None
+    layer = Linear(inputs, outputs, bias=bias)
+    layer.weight = mx.array(w)
+    if bias:
+        layer.bias = mx.array(b)
+    with instrument.Seen() as seen:
+        got = layer(mx.array(x))
+    assert seen.impls == {f"kernel linear {isa}"}
+    tx, tw, tb = torch.from_numpy(x), torch.from_numpy(w), None if b is None else torch.from_numpy(b)
+    ref = torch.nn.functional.linear(tx.double(), tw.double(), None if tb is None else tb.double())
+    err, err_torch = _errors(got, ref, torch.nn.functional.linear(tx, tw, tb))
+    assert err <= 2 * err_torch + 2.4e-7, (err, err_torch)
+
+
+def test_linear_takes_mlx_for_outputs_that_are_not_whole_panels_and_without_the_kernels(isa):
+    x = mx.array(_rng(3).standard_normal((2, 9, 24)).astype(np.float32))
+    for outputs, kernels in ((20, True), (32, False)):
+        layer = Linear(24, outputs)
+        with dispatch.use_kernels(kernels), instrument.Seen() as seen:
+            y = layer(x)
+        assert seen.impls == {"mlx linear"}, (outputs, kernels)
+        np.testing.assert_array_equal(np.asarray(y), np.asarray(mx.addmm(layer.bias, x, layer.weight.T)))
+
+
+def test_linear_kernel_repacks_a_replaced_weight_and_refuses_a_packing_that_does_not_fit(isa):
+    layer = Linear(16, 32)
+    x = mx.array(_rng(4).standard_normal((3, 16)).astype(np.float32))
+    layer(x)
+    layer.weight = layer.weight * 2  # new weights: the packed copy of the old ones must not be used
+    np.testing.assert_allclose(np.asarray(layer(x)), np.asarray(mx.addmm(layer.bias, x, layer.weight.T)),
+                               rtol=1e-6, atol=1e-6)
+    wide = 2 * dispatch.lanes()
+    with pytest.raises(ValueError, match="must agree"):
+        dispatch.kernels().linear(np.zeros((3, 16), np.float32), np.zeros((1, 8, wide), np.float32), None,
+                                  np.zeros((3, wide), np.float32))
 
 
 # (rows, channels, offset, residual): one AVX-512 vector; HuBERT's projection (512) and encoder (768) widths;
