@@ -13,14 +13,9 @@
 
 namespace {
 
-// Register blocks: RB query rows x NB vectors (of keys for the scores, of head dims for the output), the
-// accumulators filling the vector registers but for the loaded vectors and the broadcast value (as conv2d.cpp).
-#if defined(__AVX512F__)
-constexpr int RB = 12;
-#else
-constexpr int RB = 6;
-#endif
-constexpr int NB = 2;
+// Register blocks (kernels.h): RB query rows x NB vectors (of keys for the scores, of head dims for the output).
+constexpr int RB = BLOCK_ROWS;
+constexpr int NB = BLOCK_VECTORS;
 constexpr int WIDE = NB * LANES;  // keys / dims per register block
 constexpr int KEY_STEP = 128;     // keys per pass of the output's sum: a blocked sum, as OpenBLAS's GEMM does
 constexpr float NO_KEY = -3.0e38f;  // the score of a padding key: below every real score, never the row's max

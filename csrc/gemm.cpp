@@ -11,15 +11,9 @@
 
 namespace {
 
-// Register block: RB rows x NB vectors of columns, the accumulators filling the vector registers but for the
-// loaded vectors and the broadcast value (as attention.cpp); x packed as (K, RB) per block of rows, so that the
-// broadcasts are at fixed offsets from one pointer.
-#if defined(__AVX512F__)
-constexpr int RB = 12;
-#else
-constexpr int RB = 6;
-#endif
-constexpr int NB = 2;
+// Register block (kernels.h): RB rows x NB vectors of output columns; x packed as (K, RB) per block of rows.
+constexpr int RB = BLOCK_ROWS;
+constexpr int NB = BLOCK_VECTORS;
 constexpr int WIDE = NB * LANES;
 constexpr int K_STEP = 256;  // inputs per block: a row block's packed x (RB x K_STEP) and a panel's slice in L1
 constexpr int PANELS = 4;    // panels per work item's column block (a row block's x is reused across them)

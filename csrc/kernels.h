@@ -21,6 +21,16 @@ constexpr int LANES = 4;
 #endif
 typedef float vf __attribute__((vector_size(LANES * 4), aligned(4)));  // aligned(4): unaligned loads/stores
 
+// The register block of the GEMM-shaped kernels (attention.cpp, gemm.cpp): BLOCK_ROWS rows x BLOCK_VECTORS vectors
+// of accumulators fill the vector registers but for the loaded vectors and the broadcast value (24 of 32 zmm, 12 of
+// 16 ymm); the broadcast operand is packed (k, BLOCK_ROWS) so that it is read at fixed offsets from one pointer.
+#if defined(__AVX512F__)
+constexpr int BLOCK_ROWS = 12;
+#else
+constexpr int BLOCK_ROWS = 6;
+#endif
+constexpr int BLOCK_VECTORS = 2;
+
 // A held Python buffer of a C-contiguous float32 array; errors name the calling function and the argument.
 struct Buffer {
   const char* fn;
