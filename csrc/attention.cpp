@@ -212,18 +212,14 @@ PyObject* py_attention(PyObject*, PyObject* args) {
         if (j < d.T) std::memcpy(vdst + (size_t)j * d.D, v + src, sizeof(float) * d.D);
       }
     });
-    const int workers = (int)std::max(1L, std::min<long>((long)d.B * H * blocks, cores()));
+    const int workers = workers_for((long)d.B * H * blocks);
     std::vector<Scratch> scratch;
     scratch.reserve(workers);
     for (int w = 0; w < workers; ++w) scratch.emplace_back(R, d);
-    std::atomic<long> next{0};
-    const long total = (long)d.B * H * blocks;
-    parallel(workers, [&](int w) {
-      for (long i; (i = next.fetch_add(1, std::memory_order_relaxed)) < total;) {
-        const int blk = (int)(i % blocks), bh = (int)(i / blocks);
-        const int r0 = blk * rows;
-        item(q, kp.get(), vp.get(), out, d, bh / H, bh % H, r0, std::min(rows, d.T - r0), R, scratch[w]);
-      }
+    share_items((long)d.B * H * blocks, workers, [&](int w, long i) {
+      const int blk = (int)(i % blocks), bh = (int)(i / blocks);
+      const int r0 = blk * rows;
+      item(q, kp.get(), vp.get(), out, d, bh / H, bh % H, r0, std::min(rows, d.T - r0), R, scratch[w]);
     });
   } catch (const std::bad_alloc&) {
     out_of_memory = true;

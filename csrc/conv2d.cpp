@@ -11,7 +11,6 @@
 #include "kernels.h"
 
 #include <algorithm>
-#include <atomic>
 #include <climits>
 #include <cstring>
 #include <new>
@@ -248,53 +247,48 @@ void conv2d(const float* x, int B, int H, int W, const float* w, const float* bi
   const int wb = tw + (s.kw - 1) * s.dw;  // window columns; column u of tile t holds input column t*tw + u - pl
   s.rowlen = (size_t)wb * s.C;
   s.cols = wb;
-  // One worker per core (pool.cpp). Workers take windows from a shared counter, so that a core busy with another
-  // thread (OpenBLAS's or torch's spinning workers) only slows its own share.
+  // One worker per core (pool.cpp), each taking its contiguous share of the work items (Shares, kernels.h).
   const int chunk = R == 1 ? s.O : 4 * LANES, chunks = (s.O + chunk - 1) / chunk;
   const long total = (long)B * groups * tiles * chunks;  // work items: (window, chunk of output channels)
-  const int n = (int)std::max(1L, std::min<long>(total, cores()));
+  const int n = workers_for(total);
   // per worker: the kh + R - 1 input rows of a window, zero-padded (the pixel blocks then never test bounds),
   // and the pixel offsets of a window; allocated here, where std::bad_alloc reaches the caller
   std::vector<std::vector<float>> bufs(n, std::vector<float>((size_t)(s.kh + R - 1) * s.rowlen));
   std::vector<std::vector<size_t>> offsets(n, std::vector<size_t>((size_t)2 * R * tw));
-  std::atomic<long> next{0};
-  auto work = [&](int worker) {
+  std::vector<long> filled(n, -1);  // the window in each worker's buf
+  share_items(total, n, [&](int worker, long item) {
     float* buf = bufs[worker].data();
     size_t* offs = offsets[worker].data();
-    long filled = -1;  // the window in buf
-    for (long item; (item = next.fetch_add(1, std::memory_order_relaxed)) < total;) {
-      const long g = item / chunks;
-      const int o0 = (int)(item % chunks) * chunk, o1 = std::min(s.O, o0 + chunk);
-      const int tile = g % tiles, b = g / tiles / groups, h0 = (g / tiles % groups) * R;
-      const int rows = std::min(R, q.ho - h0), t0 = tile * tw, cols = std::min(tw, q.wo - t0);
-      const int lo = std::clamp(q.pl - t0 + s.pre.v0, 0, wb), hi = std::clamp(q.pl - t0 + s.pre.v1, lo, wb);
-      for (int i = 0; i < rows + s.kh - 1 && filled != g; ++i) {
-        float* dst = buf + i * s.rowlen;
-        const int row_in = h0 + i - q.pt;
-        if (row_in < 0 || row_in >= H) {
-          std::memset(dst, 0, sizeof(float) * s.rowlen);
-          continue;
-        }
-        fill_row(dst, x + (size_t)(b * H + row_in) * W * s.C, t0 - q.pl, lo, hi, wb, s.C, s.pre, R == 1);
-      }
-      filled = g;
-      float* out = y + ((size_t)(b * q.Yh + q.oy + h0 * q.sy) * q.Yw + q.ox) * s.O + t0 * s.ostride;
-      const float* wg = w + (size_t)(b % G) * group_taps;
-      const float* bg = bias ? bias + (size_t)(b % G) * s.O : nullptr;
-      if (R == 1) {
-        channels(buf, s, wg, bg, out, Row{0, s.ostride}, cols, o0, o1);
+    const long g = item / chunks;
+    const int o0 = (int)(item % chunks) * chunk, o1 = std::min(s.O, o0 + chunk);
+    const int tile = g % tiles, b = g / tiles / groups, h0 = (g / tiles % groups) * R;
+    const int rows = std::min(R, q.ho - h0), t0 = tile * tw, cols = std::min(tw, q.wo - t0);
+    const int lo = std::clamp(q.pl - t0 + s.pre.v0, 0, wb), hi = std::clamp(q.pl - t0 + s.pre.v1, lo, wb);
+    for (int i = 0; i < rows + s.kh - 1 && filled[worker] != g; ++i) {
+      float* dst = buf + i * s.rowlen;
+      const int row_in = h0 + i - q.pt;
+      if (row_in < 0 || row_in >= H) {
+        std::memset(dst, 0, sizeof(float) * s.rowlen);
         continue;
       }
-      size_t *ioff = offs, *ooff = offs + R * tw;
-      for (int r = 0, p = 0; r < rows; ++r)
-        for (int c = 0; c < cols; ++c, ++p) {
-          ioff[p] = r * s.rowlen + (size_t)c * s.C;
-          ooff[p] = (size_t)r * q.sy * q.Yw * s.O + c * s.ostride;
-        }
-      channels(buf, s, wg, bg, out, List{ioff, ooff}, rows * cols, o0, o1);
+      fill_row(dst, x + (size_t)(b * H + row_in) * W * s.C, t0 - q.pl, lo, hi, wb, s.C, s.pre, R == 1);
     }
-  };
-  parallel(n, work);
+    filled[worker] = g;
+    float* out = y + ((size_t)(b * q.Yh + q.oy + h0 * q.sy) * q.Yw + q.ox) * s.O + t0 * s.ostride;
+    const float* wg = w + (size_t)(b % G) * group_taps;
+    const float* bg = bias ? bias + (size_t)(b % G) * s.O : nullptr;
+    if (R == 1) {
+      channels(buf, s, wg, bg, out, Row{0, s.ostride}, cols, o0, o1);
+      return;
+    }
+    size_t *ioff = offs, *ooff = offs + R * tw;
+    for (int r = 0, p = 0; r < rows; ++r)
+      for (int c = 0; c < cols; ++c, ++p) {
+        ioff[p] = r * s.rowlen + (size_t)c * s.C;
+        ooff[p] = (size_t)r * q.sy * q.Yw * s.O + c * s.ostride;
+      }
+    channels(buf, s, wg, bg, out, List{ioff, ooff}, rows * cols, o0, o1);
+  });
 }
 
 // G groups of (rows, O) weights, each in blocks of BLOCK output channels.

@@ -7,7 +7,6 @@
 // exp is fastmath's (Cephes expf: e^r by polynomial times 2^n), so GLU and SiLU round as fastmath's within an ulp.
 #include "vmath.h"
 
-#include <atomic>
 #include <cmath>
 #include <new>
 #include <vector>
@@ -94,7 +93,7 @@ PyObject* py_depthwise_conv1d(PyObject*, PyObject* args) {
   }
   const int B = xs[0], tiles = (j.To + TILE - 1) / TILE;
   const long total = (long)B * tiles;
-  const int n = (int)std::max(1L, std::min<long>(total, cores()));
+  const int n = workers_for(total);
   std::vector<std::vector<float>> bufs;
   try {
     bufs.assign(n, std::vector<float>((size_t)(TILE + j.k - 1) * j.C));
@@ -102,14 +101,10 @@ PyObject* py_depthwise_conv1d(PyObject*, PyObject* args) {
     return PyErr_NoMemory();
   }
   Py_BEGIN_ALLOW_THREADS
-  std::atomic<long> next{0};
-  auto work = [&](int worker) {
-    for (long g; (g = next.fetch_add(1, std::memory_order_relaxed)) < total;) {
-      const int t0 = (int)(g % tiles) * TILE;
-      tile(j, (int)(g / tiles), t0, std::min(j.To, t0 + TILE), bufs[worker].data());
-    }
-  };
-  parallel(n, work);
+  share_items(total, n, [&](int worker, long g) {
+    const int t0 = (int)(g % tiles) * TILE;
+    tile(j, (int)(g / tiles), t0, std::min(j.To, t0 + TILE), bufs[worker].data());
+  });
   Py_END_ALLOW_THREADS
   Py_RETURN_NONE;
 }

@@ -5,7 +5,6 @@
 // fastmath's polynomials (vmath.h).
 #include "vmath.h"
 
-#include <atomic>
 #include <cmath>
 #include <vector>
 

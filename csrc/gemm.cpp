@@ -73,7 +73,7 @@ PyObject* py_linear(PyObject*, PyObject* args) {
   bool out_of_memory = false;
   Py_BEGIN_ALLOW_THREADS
   try {
-    const int workers = (int)std::max(1L, std::min<long>(std::max(groups, blocks), cores()));
+    const int workers = workers_for(std::max(groups, blocks));
     std::unique_ptr<float[]> xp(new float[(size_t)std::min(blocks, stretch) * K * RB]);
     std::unique_ptr<float[]> spare(new float[(size_t)workers * RB * N]);  // outputs of padding rows
     for (long s0 = 0; s0 < blocks; s0 += stretch) {
@@ -90,25 +90,22 @@ PyObject* py_linear(PyObject*, PyObject* args) {
       });
       const long n = s1 - s0, chunks = (n * RB + CHUNK_ROWS - 1) / CHUNK_ROWS, per = (n + chunks - 1) / chunks;
       const long total = chunks * groups;
-      std::atomic<long> next{0};
-      parallel((int)std::min<long>(workers, total), [&](int wk) {
+      share_items(total, (int)std::min<long>(workers, total), [&](int wk, long i) {
         float* mine = spare.get() + (size_t)wk * RB * N;
         float* rows[RB];
-        for (long i; (i = next.fetch_add(1, std::memory_order_relaxed)) < total;) {
-          const long b0 = i / groups * per, b1 = std::min(n, b0 + per);
-          const long p0 = i % groups * PANELS, p1 = std::min(P, p0 + PANELS);
-          for (long k0 = 0; k0 < K; k0 += K_STEP) {
-            const int k = (int)std::min<long>(K_STEP, K - k0);
-            for (long p = p0; p < p1; ++p) {  // the panel's slice stays in L1 across the row blocks
-              const float* ws = w + ((size_t)p * K + k0) * WIDE;
-              for (long blk = b0; blk < b1; ++blk) {
-                for (int r = 0; r < RB; ++r) {
-                  const long row = (s0 + blk) * RB + r;
-                  rows[r] = (row < M ? y + (size_t)row * N : mine + (size_t)r * N) + p * WIDE;
-                }
-                block(xp.get() + ((size_t)blk * K + k0) * RB, ws, k, rows, bias ? bias + p * WIDE : nullptr,
-                      k0 == 0);
+        const long b0 = i / groups * per, b1 = std::min(n, b0 + per);
+        const long p0 = i % groups * PANELS, p1 = std::min(P, p0 + PANELS);
+        for (long k0 = 0; k0 < K; k0 += K_STEP) {
+          const int k = (int)std::min<long>(K_STEP, K - k0);
+          for (long p = p0; p < p1; ++p) {  // the panel's slice stays in L1 across the row blocks
+            const float* ws = w + ((size_t)p * K + k0) * WIDE;
+            for (long blk = b0; blk < b1; ++blk) {
+              for (int r = 0; r < RB; ++r) {
+                const long row = (s0 + blk) * RB + r;
+                rows[r] = (row < M ? y + (size_t)row * N : mine + (size_t)r * N) + p * WIDE;
               }
+              block(xp.get() + ((size_t)blk * K + k0) * RB, ws, k, rows, bias ? bias + p * WIDE : nullptr,
+                    k0 == 0);
             }
           }
         }

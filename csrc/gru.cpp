@@ -5,7 +5,6 @@
 // step is one vectorised GEMV (W_hh, 768 KB, stays in L2) and the gates; the two directions run on two cores.
 #include "kernels.h"
 
-#include <atomic>
 #include <cmath>
 #include <memory>
 #include <new>
@@ -109,10 +108,7 @@ PyObject* py_gru_scan(PyObject*, PyObject* args) {
   Py_DECREF(fast);  // the held buffers keep the arrays alive
   if (!ok) return nullptr;
   Py_BEGIN_ALLOW_THREADS
-  std::atomic<size_t> next{0};
-  parallel((int)dirs.size(), [&](int) {
-    for (size_t d; (d = next.fetch_add(1, std::memory_order_relaxed)) < dirs.size();) scan(dirs[d], B, T, H);
-  });
+  share_items((long)dirs.size(), (int)dirs.size(), [&](int, long d) { scan(dirs[d], B, T, H); });
   Py_END_ALLOW_THREADS
   Py_RETURN_NONE;
 }

@@ -22,9 +22,11 @@ def _roots(model, impl):
     return [model.hubert.model, model.synth.model, model.pitch_models["rmvpe"].model]
 
 
-@pytest.mark.parametrize("seconds", SECONDS)
-# the torch pipeline's 1 s smoke run (~14 s) re-checks only the twin that the pipeline goldens' freshness test runs
+# the torch pipeline's 1 s smoke run (~14 s) re-checks only the twin that the pipeline goldens' freshness test runs;
+# impl varies fastest: each MLX/torch pair runs back to back, so that a drift in the machine's speed falls on
+# both
 @pytest.mark.parametrize("impl", ["mlx", pytest.param("torch", marks=pytest.mark.slow)])
+@pytest.mark.parametrize("seconds", SECONDS)
 def test_bench_pipeline(benchmark, parity, impl, seconds):
     comp = parity.component("pipeline")
     w = comp.weights(None, CASE)

@@ -12,8 +12,10 @@ SECONDS = [pytest.param(1, id="1s"), pytest.param(10, id="10s", marks=pytest.mar
            pytest.param(60, id="60s", marks=(pytest.mark.slow, pytest.mark.long_bench))]
 
 
-@pytest.mark.parametrize("seconds", SECONDS)
+# impl (the outermost decorator) varies fastest: each MLX/torch pair runs back to back, so that a drift in the
+# machine's speed falls on both
 @pytest.mark.parametrize("impl", ["mlx", "torch"])
+@pytest.mark.parametrize("seconds", SECONDS)
 @pytest.mark.parametrize("variant", ["v2-32k-f0", "v2-40k-f0", "v2-48k-f0"])
 def test_bench_synth(benchmark, parity, variant, impl, seconds):
     comp = parity.component("synth")
