@@ -21,11 +21,13 @@
 namespace {
 
 // What happens to each output vector after the reduction, in MLX's order of ops: BatchNorm's x * scale + shift
-// (a multiply and an add, not contracted, as MLX's compiled kernel computes it), ReLU, then + residual.
+// (a multiply and an add, not contracted, as MLX's compiled kernel computes it), ReLU, then + residual; or ReLU
+// before the BatchNorm (CREPE's conv, ReLU, BatchNorm).
+enum Relu { NO_RELU = 0, RELU_AFTER_BN = 1, RELU_BEFORE_BN = 2 };
 struct Epilogue {
   const float* scale = nullptr;     // (O) or null
   const float* shift = nullptr;     // (O), with scale
-  bool relu = false;
+  int relu = NO_RELU;
   const float* residual = nullptr;  // laid out as y, or null
 };
 
@@ -126,12 +128,13 @@ inline void pixel_block(const float* __restrict in, const Shape& s, const float*
     for (int n = 0; n < NB; ++n) {
       vf v = acc[p][n];
       const size_t at_out = at.out(p) + ob + n * LANES;
+      if (e.relu == RELU_BEFORE_BN) v = v > 0 ? v : vf{};
       if (e.scale) {
         v *= *(const vf*)(e.scale + ob + n * LANES);
         asm("" : "+v"(v));  // keeps the multiply's rounding: no fused multiply-add with the shift
         v += *(const vf*)(e.shift + ob + n * LANES);
       }
-      if (e.relu) v = v > 0 ? v : vf{};
+      if (e.relu == RELU_AFTER_BN) v = v > 0 ? v : vf{};
       if (e.residual) v += *(const vf*)(e.residual + (out - s.y0) + at_out);
       *(vf*)(out + at_out) = v;
     }
@@ -311,7 +314,7 @@ PyObject* py_conv2d(PyObject*, PyObject* args) {
   PyObject* slope_o = Py_None;
   Placement q;
   Prologue pre{false, 0, INT_MIN, INT_MAX};
-  if (!PyArg_ParseTuple(args, "OOOO(ii)(ii)(ii)(ii)|OOpOiO(ii)ip", &xo, &wo, &bo, &yo, &q.pt, &q.pl, &q.ho, &q.wo,
+  if (!PyArg_ParseTuple(args, "OOOO(ii)(ii)(ii)(ii)|OOiOiO(ii)ip", &xo, &wo, &bo, &yo, &q.pt, &q.pl, &q.ho, &q.wo,
                         &q.oy, &q.ox, &q.sy, &q.sx, &so, &ho, &relu, &ro, &dilation, &slope_o, &pre.v0, &pre.v1, &G,
                         &blocked))
     return nullptr;
@@ -355,7 +358,12 @@ PyObject* py_conv2d(PyObject*, PyObject* args) {
                  q.sx, LANES);
     return nullptr;
   }
-  Epilogue post{so == Py_None ? nullptr : sb.data(), ho == Py_None ? nullptr : hb.data(), relu != 0,
+  if (relu < NO_RELU || relu > RELU_BEFORE_BN) {
+    PyErr_Format(PyExc_ValueError, "conv2d_nhwc: relu is 0 (none), 1 (after the BatchNorm) or 2 (before it), got %d",
+                 relu);
+    return nullptr;
+  }
+  Epilogue post{so == Py_None ? nullptr : sb.data(), ho == Py_None ? nullptr : hb.data(), relu,
                 ro == Py_None ? nullptr : rb.data()};
   pre.v0 = std::clamp(pre.v0, 0, W);
   pre.v1 = std::clamp(pre.v1, pre.v0, W);

@@ -35,6 +35,9 @@ def warn_if_missing() -> None:
                       RuntimeWarning, stacklevel=2)
 
 
+RELU_BEFORE_BN = 2  # the kernel's epilogue: ReLU, then the BatchNorm (1: the BatchNorm, then ReLU)
+
+
 def _k():
     return dispatch.kernels()
 
@@ -60,6 +63,34 @@ def conv1d(module, x: mx.array, padding: int, dilation: int) -> mx.array:
     b, length, c = x.shape
     y = _conv(module, "conv1d", lambda w: w[:, None], host(x).reshape(b, 1, length, c), (0, padding), dilation)
     return _to_mlx(y[:, 0], module.weight.shape[0])
+
+
+def tap_conv2d(module, x: mx.array, padding: tuple[int, int] = (0, 0), bn=None,
+               relu_first: bool = False) -> mx.array:
+    """`module`'s conv (weight (O, k, 1, C), optional bias, stride (s, 1)) of NHWC x (B, L, 1, C) zero-padded by
+    `padding` (frames before, after), (B, L', 1, O) out; then, in the kernel's epilogue, ReLU (`relu_first`) and
+    `bn` (eval: y * alpha + beta), CREPE's order. One 1 x k conv of an image whose rows are the B items (a 1-row
+    kernel never mixes rows; windows of rows hold several short items: CREPE's last convs have 4-16 outputs).
+    Stride s (CREPE's conv1: one input channel) folds s frames into channels: k / s taps of s * C channels."""
+    (o, k, _, c), s = module.weight.shape, module.stride[0]
+    b, length = x.shape[:2]
+    n = (length + sum(padding) - k) // s + 1
+    xn = host(x).reshape(b, length, c)
+    before = padding[0]
+    if s != 1:
+        if k % s or c != 1:
+            raise ValueError(f"tap_conv2d folds a stride only for one input channel and k a multiple of s; got "
+                             f"C {c}, k {k}, s {s}")
+        rows = -(-(length + sum(padding)) // s)
+        xn = np.pad(xn, [(0, 0), (before, rows * s - length - before), (0, 0)]).reshape(b, rows, s * c)
+        before = 0
+    weight = _packed(module, "tap", lambda w: w.reshape(o, 1, k // s, s * c))
+    scale, shift = (None, None) if bn is None else _affine(bn)
+    wide = weight.shape[-1]
+    buf, y = _output((b, n, wide))  # CREPE-full's conv1 output is 1 MB a frame: MLX's buffer, not a copy
+    _conv2d_nhwc(xn[None], weight, _bias(module), buf[None], (0, before), (b, n), scale=scale, shift=shift,
+                 relu=RELU_BEFORE_BN if relu_first else 0)
+    return (y() if wide == o else y()[..., :o])[:, :, None, :]
 
 
 def grouped_conv1d(module, x: mx.array, padding: int) -> mx.array:

@@ -13,8 +13,8 @@ import numpy as np
 from rvc_common.audio import check_mono
 from rvc_common.config import CREPE as CREPE_CFG, CREPEConfig
 from rvc_common.inputs import crepe_dither
-from rvc_common.instrument import split, tap
-from rvc_mlx import precision
+from rvc_common.instrument import layer_by_layer, output, split, tap
+from rvc_mlx import cpu_kernels, dispatch, precision
 from rvc_mlx.fastmath import sigmoid
 from rvc_mlx.layers import BatchNorm, TapConv2d
 from rvc_mlx.pitch import bins_to_frequency, mean_filter, median_filter, viterbi
@@ -41,8 +41,13 @@ class Crepe(nn.Module):
 
     def layer(self, x: mx.array, i: int) -> mx.array:
         # torchcrepe order: pad, conv, ReLU, BatchNorm, max-pool (2, 1) over time
-        x = mx.pad(x, [(0, 0), self.cfg.paddings[i - 1], (0, 0), (0, 0)])
-        x = getattr(self, f"conv{i}_BN")(nn.relu(getattr(self, f"conv{i}")(x)))
+        conv, bn = getattr(self, f"conv{i}"), getattr(self, f"conv{i}_BN")
+        if not layer_by_layer() and dispatch.fused(x, "conv2d (k,1)+relu+batchnorm", conv.weight.shape[0],
+                                                   (conv.weight, bn.weight)):
+            # the padding read as zeros and ReLU + BatchNorm in the kernel's epilogue: one pass, no padded copy
+            x = output(bn, cpu_kernels.tap_conv2d(conv, x, self.cfg.paddings[i - 1], bn=bn, relu_first=True))
+        else:
+            x = bn(nn.relu(conv(mx.pad(x, [(0, 0), self.cfg.paddings[i - 1], (0, 0), (0, 0)]))))
         b, length, w, c = x.shape
         return mx.max(x.reshape(b, length // 2, 2, w, c), axis=2)
 

@@ -350,7 +350,9 @@ TABLE: dict[str, tuple[Path, ...]] = {
         Path("gemm overlap-add", "{op} overlap-add", lambda f: True,
              "one GEMM + phase-wise overlap-add: MLX's CPU transposed conv is far slower"),
     ),
-    "conv2d (k,1)": (  # CREPE's tall convs, always GEMMs (MLX's single GEMM over k*C loses torch's accuracy)
+    "conv2d (k,1)": (  # CREPE's tall convs (MLX's single GEMM over k*C loses torch's accuracy)
+        Path("kernel", "conv2d (k,1)", lambda f: f.kernel, "direct conv kernel, each frame one row of pixels: taps "
+             "summed in passes of 8 x 32 channels in registers; the GEMMs below re-read their whole output per tap"),
         Path("gemm per-tap", "conv2d (k,1) per-tap", lambda f: f.length > 2 * f.outputs,
              "short outputs: 2-D GEMMs of each tap's rows (a batched GEMM of tiny matrices is slow)"),
         Path("gemm folded", "conv2d (k,1) folded", lambda f: True,
@@ -411,9 +413,9 @@ def _nonempty(x, weight_shape: tuple[int, ...], padding: tuple[int, int]) -> boo
     return x.shape[1] + 2 * padding[0] - kh + 1 >= 1 and x.shape[2] + 2 * padding[1] - kw + 1 >= 1
 
 
-def tap_conv2d(length: int, outputs: int) -> str:
-    """CREPE's (k, 1) convs as GEMMs over `length` input frames giving `outputs` frames."""
-    return choose("conv2d (k,1)", length=length, outputs=outputs)
+def tap_conv2d(x: mx.array, length: int, outputs: int) -> str:
+    """CREPE's (k, 1) convs of x over `length` input frames giving `outputs` frames."""
+    return choose("conv2d (k,1)", length=length, outputs=outputs, kernel=kernel_for(x))
 
 
 def conv1d(x: mx.array, weight_shape: tuple[int, ...], groups: int, stride: int, dilation: int,

@@ -124,11 +124,11 @@ def _gru_host_step(i_t: np.ndarray, h: np.ndarray, w_hh: np.ndarray, b_hh: np.nd
 
 
 class TapConv2d(nn.Conv2d):
-    """nn.Conv2d with a (k, 1) kernel, stride 1, on NHWC (B, L, 1, C), computed as shifted (folded) GEMMs.
+    """nn.Conv2d with a (k, 1) kernel, stride 1, on NHWC (B, L, 1, C): the conv kernel, else shifted (folded) GEMMs.
 
     MLX's conv runs one GEMM with inner dimension k*C; OpenBLAS's float32 accumulation over k*C = 8192 is ~8x
-    less accurate than torch's conv. Shifted GEMMs of inner dimension B*C <= 2048 (`folded_tap_sum`) stay below
-    torch's error on CREPE's layers and are faster.
+    less accurate than torch's conv. The kernel (sums in passes of 8 taps x 32 channels) and shifted GEMMs of inner
+    dimension B*C <= 2048 (`folded_tap_sum`) stay below torch's error on CREPE's layers and are faster.
     """
 
     def __call__(self, x: mx.array) -> mx.array:
@@ -138,8 +138,11 @@ class TapConv2d(nn.Conv2d):
                              f"{(k, kw)}, input {x.shape}, stride {self.stride}, padding {self.padding}")
         b, length = x.shape[0], x.shape[1]
         n = length - k + 1
+        path = dispatch.tap_conv2d(x, length, n)
+        if path == "kernel":
+            return cpu_kernels.tap_conv2d(self, x)  # (CREPE.layer fuses the padding, ReLU and BatchNorm)
         w = self.weight[:, :, 0, :]
-        if dispatch.tap_conv2d(length, n) == "gemm per-tap":  # copy each tap's rows (2-D GEMMs)
+        if path == "gemm per-tap":  # copy each tap's rows (2-D GEMMs)
             y = x[:, 0:n, 0].reshape(b * n, c) @ w[:, 0].T
             for j in range(1, k):
                 y = mx.addmm(y, x[:, j:j + n, 0].reshape(b * n, c), w[:, j].T)
