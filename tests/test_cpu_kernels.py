@@ -257,6 +257,40 @@ def test_conv1d_kernel_matches_torch_float64(isa, c_in, c_out, k, dilation, leng
     np.testing.assert_array_equal(np.array(conv(mx.array(x.transpose(0, 2, 1)))), np.array(y))  # the layer uses it
 
 
+# (C, O, k, stride, (before, after), length, frames): CREPE's conv1 (one channel, stride 4 folded into channels),
+# its asymmetric 'same' padding with k 64, a layer of 4 outputs per frame (several frames per window of rows), and
+# O not a multiple of the vector width (no BatchNorm then).
+TAP_CASES = [(1, 32, 512, 4, (254, 254), 1024, 3), (16, 32, 64, 1, (31, 32), 40, 5), (64, 48, 64, 1, (31, 32), 4, 9),
+             (8, 5, 16, 1, (0, 0), 70, 2)]
+
+
+@pytest.mark.parametrize("c_in,c_out,k,stride,pad,length,frames", TAP_CASES)
+def test_tap_conv2d_kernel_with_relu_then_batchnorm_matches_torch_float64(isa, c_in, c_out, k, stride, pad, length,
+                                                                          frames):
+    x, w, b = _randn(frames, c_in, length, 1), _randn(c_out, c_in, k, 1, scale=0.3 / k ** 0.5), _randn(c_out)
+    stats = dict(mean=_randn(c_out), var=np.abs(_randn(c_out)) + 0.5, weight=_randn(c_out), bias=_randn(c_out))
+    conv = (layers.TapConv2d if stride == 1 else nn.Conv2d)(c_in, c_out, (k, 1), (stride, 1))
+    conv.weight, conv.bias = mx.array(w.transpose(0, 2, 3, 1)), mx.array(b)
+    bn = None
+    if c_out % dispatch.lanes() == 0:
+        bn = layers.BatchNorm(c_out)
+        bn.running_mean, bn.running_var = mx.array(stats["mean"]), mx.array(stats["var"])
+        bn.weight, bn.bias = mx.array(stats["weight"]), mx.array(stats["bias"])
+        bn.eval()
+    y = cpu_kernels.tap_conv2d(conv, mx.array(x.transpose(0, 2, 3, 1)), pad, bn=bn, relu_first=bn is not None)
+
+    def ref(dtype):
+        t = {k: torch.from_numpy(v).to(dtype) for k, v in stats.items()}
+        xt = F.pad(torch.from_numpy(x).to(dtype), (0, 0, *pad))
+        out = F.conv2d(xt, torch.from_numpy(w).to(dtype), torch.from_numpy(b).to(dtype), stride=(stride, 1))
+        if bn is None:
+            return out
+        return F.batch_norm(F.relu(out), t["mean"], t["var"], t["weight"], t["bias"], False, 0.0, 1e-5)
+
+    err, err_torch = _errors(np.array(y).transpose(0, 3, 1, 2), ref(torch.float64), ref(torch.float32))
+    assert err <= 3 * err_torch + 2.4e-7, f"kernel error {err:.2e} vs torch float32 {err_torch:.2e}"
+
+
 # (C, groups, k, padding, length): HuBERT's positional conv (768 channels in 16 groups, k 128, half padding) at 10 s
 # of audio, a tail under one register block, and several batches of a small one.
 GROUPED_CASES = [(768, 16, 128, 64, 499, 1), (64, 4, 5, 2, 13, 3), (96, 2, 3, 0, 600, 2)]
