@@ -221,13 +221,14 @@ def attention(q: mx.array, k: mx.array, v: mx.array, heads: int, scale: float, r
 
 
 def linear(module, x: mx.array) -> mx.array:
-    """`module`'s Linear (weight (N, K), optional bias) of x (..., K) as (..., N): the kernel's GEMM on the weight
-    packed once as panels of 2 * LANES output columns (N a multiple of them), kept until the weight is replaced."""
-    n, k = module.weight.shape
+    """`module`'s Linear (weight (N, K), or a pointwise conv's (N, 1, K); optional bias) of x (..., K) as (..., N):
+    the kernel's GEMM on the weight packed once as panels of 2 * LANES output columns (N a multiple of them), kept
+    until the weight is replaced."""
+    n, k = module.weight.shape[0], module.weight.shape[-1]
     cache = _weight_cache(module)
     wide = 2 * dispatch.lanes()
     if (wide, "panels") not in cache:
-        w = np.asarray(module.weight, dtype=np.float32)
+        w = np.asarray(module.weight, dtype=np.float32).reshape(n, k)
         cache[wide, "panels"] = np.ascontiguousarray(w.reshape(n // wide, wide, k).transpose(0, 2, 1))
     xn = host(x).reshape(-1, k)
     buf, y = _output((xn.shape[0], n))

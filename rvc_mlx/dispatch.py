@@ -295,6 +295,8 @@ def blas_on_host() -> bool:
 NATIVE_CONV2D_CHANNELS = 64  # MLX's im2col conv2d wins from this many input channels ...
 NATIVE_CONV2D_MAX_PIXELS = 2048  # ... on images this small (RMVPE's bottom)
 THIN_GEMM_OUTPUTS = 32  # OpenBLAS runs a 1x1 conv with this few outputs at about half the kernel's speed
+LINEAR_MIN_CHANNELS = 256  # a 1x1 Conv1d on gemm.cpp from this many inputs (FCPE's 512-1024; the synthesizer's
+# 96-192 ran 7% slower there than on OpenBLAS)
 
 
 @dataclass(frozen=True)
@@ -339,6 +341,9 @@ TABLE: dict[str, tuple[Path, ...]] = {
              "(k mod s frames of each s), at a few GB/s"),
         Path("gemm strided", "conv1d strided", lambda f: f.stride != 1,
              "stride s as a stride-1 conv over frames folded s at a time (a free reshape)"),
+        Path("kernel linear", "conv1d 1x1 linear", lambda f: f.k == 1 and f.groups == 1 and f.stride == 1
+             and f.linear_kernel, "a pointwise conv is a Linear layer: gemm.cpp, the weights packed once (MLX's "
+             "matmul runs on OpenBLAS, whose kernels an OPENBLAS_CORETYPE may narrow)"),
         Path("gemm 1x1", "conv1d 1x1", lambda f: f.k == 1,
              "a pointwise conv is one GEMM (OpenBLAS's blocked sum keeps the attention logits' rounding)"),
         Path("gemm shifted", "conv1d shifted", lambda f: True,
@@ -427,7 +432,9 @@ def conv1d(x: mx.array, weight_shape: tuple[int, ...], groups: int, stride: int,
     host_blas = groups == 1 and dilation == 1 and float32_weights and kernel and blas_on_host()
     return choose("conv1d", groups=groups, depthwise=groups == o == x.shape[-1] and c == 1, stride=stride,
                   dilation=dilation, k=k, kernel=kernel, kernel_vec=kernel_for(x, o),
-                  kernel_groups=groups > 1 and kernel_for(x, o // groups), host_blas=host_blas)
+                  kernel_groups=groups > 1 and kernel_for(x, o // groups), host_blas=host_blas,
+                  linear_kernel=kernel and float32_weights and o % (2 * lanes()) == 0 and c >= LINEAR_MIN_CHANNELS
+                  and x.size > 0)
 
 
 def fused(x: mx.array | np.ndarray, op: str, channels: int | None = None, weights: tuple = ()) -> bool:

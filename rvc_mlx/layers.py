@@ -218,7 +218,7 @@ class Conv1d(nn.Conv1d):
 
     PATHS = {"mlx": "_mlx", "kernel": "_kernel", "kernel depthwise": "_kernel_depthwise", "kernel grouped": "_grouped",
              "gemm multiply-adds": "_multiply_adds", "gemm strided host": "_strided_host", "gemm strided": "_strided",
-             "gemm 1x1": "_shifted", "gemm shifted": "_shifted"}
+             "kernel linear": "_linear", "gemm 1x1": "_shifted", "gemm shifted": "_shifted"}
 
     def __call__(self, x: mx.array, pad: bool = True) -> mx.array:
         """conv1d(x) + bias by the path dispatch.TABLE["conv1d"] chooses. `pad=False`: the caller's input already
@@ -234,6 +234,9 @@ class Conv1d(nn.Conv1d):
 
     def _kernel(self, x: mx.array, padding: int) -> mx.array:
         return cpu_kernels.conv1d(self, x, padding, self.dilation)
+
+    def _linear(self, x: mx.array, padding: int) -> mx.array:
+        return cpu_kernels.linear(self, pad_time(x, padding, padding) if padding else x)
 
     def _grouped(self, x: mx.array, padding: int) -> mx.array:
         return cpu_kernels.grouped_conv1d(self, x, padding)

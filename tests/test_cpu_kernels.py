@@ -291,6 +291,19 @@ def test_tap_conv2d_kernel_with_relu_then_batchnorm_matches_torch_float64(isa, c
     assert err <= 3 * err_torch + 2.4e-7, f"kernel error {err:.2e} vs torch float32 {err_torch:.2e}"
 
 
+def test_pointwise_conv1d_runs_on_the_linear_kernel_and_matches_torch_float64(isa):
+    x, w, b = _randn(2, 512, 37), _randn(64, 512, 1, scale=0.05), _randn(64)
+    conv = layers.Conv1d(512, 64, 1)
+    conv.weight, conv.bias = mx.array(w.transpose(0, 2, 1)), mx.array(b)
+    xm = mx.array(x.transpose(0, 2, 1))
+    assert dispatch.conv1d(xm, conv.weight.shape, 1, 1, 1) == "kernel linear"
+    y = conv(xm)
+    ref = F.conv1d(torch.from_numpy(x).double(), torch.from_numpy(w).double(), torch.from_numpy(b).double())
+    err, err_torch = _errors(np.array(y).transpose(0, 2, 1), ref,
+                             F.conv1d(torch.from_numpy(x), torch.from_numpy(w), torch.from_numpy(b)))
+    assert err <= 3 * err_torch + 2.4e-7, f"kernel error {err:.2e} vs torch float32 {err_torch:.2e}"
+
+
 # (C, groups, k, padding, length): HuBERT's positional conv (768 channels in 16 groups, k 128, half padding) at 10 s
 # of audio, a tail under one register block, and several batches of a small one.
 GROUPED_CASES = [(768, 16, 128, 64, 499, 1), (64, 4, 5, 2, 13, 3), (96, 2, 3, 0, 600, 2)]
