@@ -23,7 +23,6 @@ namespace {
 // What happens to each output vector after the reduction, in MLX's order of ops: BatchNorm's x * scale + shift
 // (a multiply and an add, not contracted, as MLX's compiled kernel computes it), ReLU, then + residual; or ReLU
 // before the BatchNorm (CREPE's conv, ReLU, BatchNorm).
-enum Relu { NO_RELU = 0, RELU_AFTER_BN = 1, RELU_BEFORE_BN = 2 };
 struct Epilogue {
   const float* scale = nullptr;     // (O) or null
   const float* shift = nullptr;     // (O), with scale

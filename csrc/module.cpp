@@ -66,6 +66,7 @@ PyMODINIT_FUNC RVC_CAT(PyInit__kernels_, RVC_KERNELS_ISA)() {
   PyObject* m = PyModule_Create(&module);
   if (m && (PyModule_AddIntConstant(m, "LANES", LANES) != 0 ||
             PyModule_AddIntConstant(m, "WEIGHT_BLOCK", 4 * LANES) != 0 ||
+            PyModule_AddIntConstant(m, "RELU_BEFORE_BN", RELU_BEFORE_BN) != 0 ||
             PyModule_AddStringConstant(m, "ISA", RVC_STR(RVC_KERNELS_ISA)) != 0)) {
     Py_DECREF(m);
     return nullptr;

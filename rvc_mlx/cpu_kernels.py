@@ -35,9 +35,6 @@ def warn_if_missing() -> None:
                       RuntimeWarning, stacklevel=2)
 
 
-RELU_BEFORE_BN = 2  # the kernel's epilogue: ReLU, then the BatchNorm (1: the BatchNorm, then ReLU)
-
-
 def _k():
     return dispatch.kernels()
 
@@ -89,7 +86,7 @@ def tap_conv2d(module, x: mx.array, padding: tuple[int, int] = (0, 0), bn=None,
     wide = weight.shape[-1]
     buf, y = _output((b, n, wide))  # CREPE-full's conv1 output is 1 MB a frame: MLX's buffer, not a copy
     _conv2d_nhwc(xn[None], weight, _bias(module), buf[None], (0, before), (b, n), scale=scale, shift=shift,
-                 relu=RELU_BEFORE_BN if relu_first else 0)
+                 relu=_k().RELU_BEFORE_BN if relu_first else 0)
     return (y() if wide == o else y()[..., :o])[:, :, None, :]
 
 
