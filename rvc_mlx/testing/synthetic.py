@@ -12,6 +12,7 @@ Commands: python -m rvc_mlx.testing.synthetic rmvpe --seed 0 -o rmvpe.pt
 from __future__ import annotations
 
 import argparse
+import fcntl
 import io
 import os
 import shutil
@@ -288,17 +289,23 @@ def write_checkpoint(component: str, path: Path, seed: int = 0) -> str:
 def cached_checkpoint(component: str, seed: int = 0) -> Path:
     """The synthetic checkpoint for `component`, generated on first use into the cache directory."""
     path = cache_dir() / "synthetic" / GENERATORS[component][1].format(seed=seed, v=GENERATOR_VERSION)
-    if not path.exists():
-        # a temp name of this process's own: parallel test workers may generate the same checkpoint at once
-        tmp = path.with_name(f"{path.name}.{os.getpid()}.partial")
-        write_checkpoint(component, tmp, seed)
-        try:
-            tmp.rename(path)  # a directory appears complete or not at all
-        except OSError:  # another process's rename won (a directory cannot replace a non-empty one)
-            if not path.exists():
-                raise
-        if tmp.exists():
-            shutil.rmtree(tmp) if tmp.is_dir() else tmp.unlink()
+    if path.exists():
+        return path
+    # parallel test workers often want the same checkpoint at once: one generates it, the others wait for it
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.with_name(f"{path.name}.lock"), "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not path.exists():
+            # a temp name of this process's own, renamed when complete (a killed generator leaves no checkpoint)
+            tmp = path.with_name(f"{path.name}.{os.getpid()}.partial")
+            write_checkpoint(component, tmp, seed)
+            try:
+                tmp.rename(path)  # a directory appears complete or not at all
+            except OSError:  # another process's rename won (one that does not take the lock: an older version)
+                if not path.exists():
+                    raise
+            if tmp.exists():
+                shutil.rmtree(tmp) if tmp.is_dir() else tmp.unlink()
     return path
 
 
